@@ -1,0 +1,272 @@
+// Graph: nodes in topological order, the values between them and the params in
+// forward order (the k = 0..N-1 of the method). A step is forward(), then
+// backward() under the installed BackwardPlan; select() installs a plan from a
+// mask of params and lays out activation memory for exactly that plan.
+#pragma once
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "elastic/core/context.hpp"
+#include "elastic/core/error.hpp"
+#include "elastic/core/tensor.hpp"
+#include "elastic/graph/backward_plan.hpp"
+#include "elastic/graph/node.hpp"
+#include "elastic/graph/param.hpp"
+
+namespace elastic {
+
+using ValueId = int;
+
+// A graph input: a value the user writes before forward().
+class InputNode final : public Node {
+ public:
+  InputNode(std::string name, Shape shape) : Node(std::move(name)), shape_(std::move(shape)) {}
+  std::string_view type() const override { return "input"; }
+  void setup(std::span<const dnnl::memory::desc>, Context&, ParamStore&) override {
+    set_output(activation_desc(shape_));
+  }
+  void forward(const RunCtx&) override {}
+  void backward_data(const RunCtx&) override {}
+
+ private:
+  Shape shape_;
+};
+
+class Graph {
+ public:
+  explicit Graph(Context& ctx) : ctx_(ctx) {}
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  // A graph input of a plain shape (NCHW for images). With requires_grad its
+  // gradient is computed whenever anything is (used by gradient checks).
+  ValueId input(std::string name, Shape shape, bool requires_grad = false) {
+    const ValueId v = add<InputNode>({}, std::move(name), std::move(shape));
+    info_[v].is_input = true;
+    info_[v].requires_grad = requires_grad;
+    return v;
+  }
+
+  // Adds node N(args...) reading `inputs`; returns the value it produces.
+  template <class N, class... A>
+  ValueId add(std::vector<ValueId> inputs, A&&... args) {
+    if (finalized_) fail("cannot add a node after finalize()");
+    for (ValueId v : inputs)
+      if (v < 0 || v >= static_cast<ValueId>(nodes_.size()))
+        fail("node input {} does not name an existing value", v);
+    auto node = std::make_unique<N>(std::forward<A>(args)...);
+    const ValueId id = static_cast<ValueId>(nodes_.size());
+    node->declare(params_);
+    for (int k : node->param_ids()) params_[k].node = id;
+    Topology::NodeInfo info;
+    info.inputs = std::move(inputs);
+    info.params = node->param_ids();
+    info_.push_back(std::move(info));
+    nodes_.push_back(std::move(node));
+    return id;
+  }
+
+  // Keeps `v` (and its gradient) in a buffer of its own, readable after a step.
+  void mark_output(ValueId v) { info_.at(v).is_output = true; }
+
+  // Allocates and initializes params, sets up every node for its input shapes
+  // and installs the plan that trains every param.
+  void finalize(std::uint64_t seed = 0) {
+    if (finalized_) fail("graph is already finalized");
+    params_.allocate(seed);
+    std::vector<int> consumers(nodes_.size(), 0);
+    for (const auto& info : info_)
+      for (int v : info.inputs) ++consumers[v];
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      auto& node = *nodes_[i];
+      std::vector<dnnl::memory::desc> in;
+      for (int v : info_[i].inputs) in.push_back(nodes_[v]->output_desc());
+      node.create_inputs(in, ctx_.engine());
+      node.setup(in, ctx_, params_);
+      if (!node.has_output()) fail("layer '{}' ({}) set no output in setup", node.name(), node.type());
+      info_[i].bytes = static_cast<std::int64_t>(node.output_desc().get_size());
+      const Reads d = node.data_reads(), w = node.weights_reads();
+      info_[i].data_reads_inputs = d.inputs;
+      info_[i].data_reads_output = d.output;
+      info_[i].weights_reads_inputs = w.inputs;
+      info_[i].weights_reads_output = w.output;
+      if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
+    }
+    topo_.nodes = info_;
+    topo_.num_params = static_cast<int>(params_.size());
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      if (info_[i].is_input || info_[i].is_output) pinned_act_[i] = aligned_floats(info_[i].bytes / 4 + 1);
+      if (info_[i].is_output || (info_[i].is_input && info_[i].requires_grad))
+        pinned_grad_[i] = aligned_floats(info_[i].bytes / 4 + 1);
+    }
+    finalized_ = true;
+    select(std::vector<bool>(params_.size(), true));
+  }
+
+  // Installs the plan of `mask` (one flag per param). Plans are cached, so
+  // switching between a few selections costs only re-binding handles.
+  void select(const std::vector<bool>& mask) {
+    require_finalized();
+    auto it = plans_.find(mask);
+    if (it == plans_.end()) {
+      Compiled c;
+      c.plan = derive_plan(topo_, mask);
+      c.memory = plan_memory(topo_, c.plan);
+      it = plans_.emplace(mask, std::move(c)).first;
+    }
+    current_ = &it->second;
+    if (current_->memory.arena_bytes > arena_bytes_) {
+      arena_ = aligned_floats(current_->memory.arena_bytes / 4 + 1);
+      arena_bytes_ = current_->memory.arena_bytes;
+    }
+    bind();
+  }
+  void select_all() { select(std::vector<bool>(params_.size(), true)); }
+  void select_none() { select(std::vector<bool>(params_.size(), false)); }
+
+  const BackwardPlan& plan() const { return current_->plan; }
+  // Bytes of activations and gradients the current plan holds at its peak.
+  std::int64_t plan_arena_bytes() const { return current_->memory.arena_bytes; }
+
+  void forward(bool training) {
+    require_finalized();
+    RunCtx run{ctx_.stream(), training, step_};
+    for (auto& node : nodes_) node->forward(run);
+    ctx_.wait();
+  }
+
+  // Gradients of the selected params (and of inputs that require them) from
+  // the output gradients, which the user writes (write_grad) before the step.
+  void backward() {
+    require_finalized();
+    RunCtx run{ctx_.stream(), true, step_};
+    const auto& plan = current_->plan;
+    for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) run_backward(i, run, plan);
+    ctx_.wait();
+  }
+
+  // The pieces of a step, for the profiler: node i's passes alone.
+  void forward_node(int i, bool training) { nodes_[i]->forward({ctx_.stream(), training, step_}); }
+  void backward_data_node(int i) {
+    RunCtx run{ctx_.stream(), true, step_};
+    nodes_[i]->backward_data(run);
+    accumulate_gradients(i);
+  }
+  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), true, step_}); }
+
+  // Plain copies in and out of pinned values (inputs and outputs).
+  Tensor read(ValueId v) { return to_plain(memory_of(v, false), ctx_.stream()); }
+  void write(ValueId v, const Tensor& t) { from_plain(t, memory_of(v, false), ctx_.stream()); }
+  Tensor read_grad(ValueId v) { return to_plain(memory_of(v, true), ctx_.stream()); }
+  void write_grad(ValueId v, const Tensor& t) { from_plain(t, memory_of(v, true), ctx_.stream()); }
+
+  // Dropout masks depend on this counter; the trainer advances it every step.
+  void set_step(std::uint64_t step) { step_ = step; }
+  std::uint64_t step() const { return step_; }
+
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+  Context& context() { return ctx_; }
+  std::size_t size() const { return nodes_.size(); }
+  Node& node(ValueId v) { return *nodes_.at(v); }
+  template <class N>
+  N& node_as(ValueId v) {
+    auto* n = dynamic_cast<N*>(nodes_.at(v).get());
+    if (!n) fail("value {} ('{}') is not produced by a {}", v, nodes_.at(v)->name(), typeid(N).name());
+    return *n;
+  }
+  const Topology& topology() const { return topo_; }
+  Shape shape(ValueId v) const { return nodes_.at(v)->output_desc().dims(); }
+
+ private:
+  struct Compiled {
+    BackwardPlan plan;
+    MemoryPlan memory;
+  };
+
+  void require_finalized() const {
+    if (!finalized_) fail("graph is not finalized; call finalize() first");
+  }
+
+  void run_backward(int i, const RunCtx& run, const BackwardPlan& plan) {
+    if (plan.run_weights[i]) nodes_[i]->backward_weights(run);
+    if (plan.run_data[i]) {
+      nodes_[i]->backward_data(run);
+      accumulate_gradients(i);
+    }
+  }
+
+  // Adds the gradients node i wrote into temporaries into their values' gradients.
+  void accumulate_gradients(int i) {
+    const auto& temps = current_->memory.temp_offset[i];
+    for (std::size_t j = 0; j < temps.size(); ++j) {
+      if (temps[j] < 0) continue;
+      const int v = info_[i].inputs[j];
+      float* __restrict acc = grad_ptr(v);
+      const float* __restrict add = at(temps[j]);
+      const std::int64_t count = info_[v].bytes / 4;
+#pragma omp parallel for simd schedule(static)
+      for (std::int64_t e = 0; e < count; ++e) acc[e] += add[e];
+    }
+  }
+
+  float* at(std::int64_t offset) {
+    return offset < 0 ? nullptr : reinterpret_cast<float*>(reinterpret_cast<char*>(arena_.get()) + offset);
+  }
+  float* act_ptr(int v) {
+    auto it = pinned_act_.find(v);
+    return it != pinned_act_.end() ? it->second.get() : at(current_->memory.act_offset[v]);
+  }
+  float* grad_ptr(int v) {
+    auto it = pinned_grad_.find(v);
+    return it != pinned_grad_.end() ? it->second.get() : at(current_->memory.grad_offset[v]);
+  }
+
+  void bind() {
+    const auto& plan = current_->plan;
+    const auto& mem = current_->memory;
+    std::vector<float*> src, dsrc;
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      const auto& inputs = info_[i].inputs;
+      src.assign(inputs.size(), nullptr);
+      dsrc.assign(inputs.size(), nullptr);
+      for (std::size_t j = 0; j < inputs.size(); ++j) {
+        src[j] = act_ptr(inputs[j]);
+        if (plan.need_diff_src[i][j])
+          dsrc[j] = mem.temp_offset[i][j] >= 0 ? at(mem.temp_offset[i][j]) : grad_ptr(inputs[j]);
+      }
+      nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc,
+                      plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr);
+    }
+  }
+
+  dnnl::memory memory_of(ValueId v, bool grad) {
+    require_finalized();
+    auto& pinned = grad ? pinned_grad_ : pinned_act_;
+    auto it = pinned.find(v);
+    if (it == pinned.end())
+      fail("value '{}' is not kept after a step{}; mark it as an output before finalize()",
+           nodes_.at(v)->name(), grad ? " with its gradient" : "");
+    return dnnl::memory(nodes_[v]->output_desc(), ctx_.engine(), it->second.get());
+  }
+
+  Context& ctx_;
+  ParamStore params_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<Topology::NodeInfo> info_;
+  Topology topo_;
+  bool finalized_ = false;
+  std::map<std::vector<bool>, Compiled> plans_;
+  const Compiled* current_ = nullptr;
+  std::shared_ptr<float[]> arena_;
+  std::int64_t arena_bytes_ = 0;
+  std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
+  std::uint64_t step_ = 0;
+};
+
+}  // namespace elastic

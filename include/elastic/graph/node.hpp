@@ -1,0 +1,147 @@
+// The Node interface: one op of the graph with three separately callable
+// passes (forward, backward_data, backward_weights) so that each can be skipped
+// by a BackwardPlan and timed on its own by the profiler.
+//
+// Life cycle: the graph constructs a node, calls declare() so it can add its
+// params, then setup() once with its input descriptors: setup infers the output
+// descriptor (set_output) and creates every oneDNN primitive. Before running,
+// the graph binds buffers to the node's memory objects; forward/backward then
+// only execute primitives on them. Argument maps built in setup stay valid
+// because binding changes handles, never the memory objects.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "elastic/core/context.hpp"
+#include "elastic/core/error.hpp"
+#include "elastic/core/tensor.hpp"
+#include "elastic/graph/param.hpp"
+
+namespace elastic {
+
+using Args = std::unordered_map<int, dnnl::memory>;
+
+// State of one pass over the graph.
+struct RunCtx {
+  dnnl::stream& stream;
+  bool training = false;   // dropout active; batch norm in batch-statistics mode uses batch stats
+  std::uint64_t step = 0;  // dropout masks are a function of (seed, step, element)
+};
+
+// Which activations a backward half reads; the memory planner keeps exactly
+// those alive until that half has run.
+struct Reads {
+  bool inputs = false;
+  bool output = false;
+};
+
+// The layout values take between nodes: channels-last for images (oneDNN's
+// convolutions are as fast on it as on blocked layouts, and it has no padding),
+// dense row-major for everything else.
+inline dnnl::memory::desc activation_desc(const Shape& shape) {
+  if (shape.size() == 4) return {shape, dnnl::memory::data_type::f32, dnnl::memory::format_tag::nhwc};
+  return plain_desc(shape);
+}
+
+inline float* ptr(const dnnl::memory& mem) { return static_cast<float*>(mem.get_data_handle()); }
+
+class Node {
+ public:
+  explicit Node(std::string name) : name_(std::move(name)) {}
+  virtual ~Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  virtual std::string_view type() const = 0;
+
+  // Adds this node's params and buffers to the store (names prefixed by name()).
+  virtual void declare(ParamStore&) {}
+
+  // Infers the output (must call set_output) and creates the primitives for
+  // these input descriptors. Params are allocated by now.
+  virtual void setup(std::span<const dnnl::memory::desc> inputs, Context& ctx, ParamStore& params) = 0;
+
+  virtual void forward(const RunCtx& run) = 0;
+  // Writes the gradient w.r.t. every input i with has_diff_src(i); reads diff_dst().
+  virtual void backward_data(const RunCtx& run) = 0;
+  // Writes the gradient of every param of this node; reads diff_dst().
+  virtual void backward_weights(const RunCtx&) {}
+
+  virtual Reads data_reads() const { return {}; }
+  virtual Reads weights_reads() const { return {}; }
+
+  const std::string& name() const { return name_; }
+  const std::vector<int>& param_ids() const { return params_; }
+  dnnl::memory::desc output_desc() const { return dst_.get_desc(); }
+  std::size_t num_inputs() const { return src_.size(); }
+
+  // --- used by the graph ---
+  void create_inputs(std::span<const dnnl::memory::desc> inputs, const dnnl::engine& engine) {
+    engine_ = engine;
+    src_.clear();
+    diff_src_.clear();
+    for (const auto& md : inputs) {
+      src_.emplace_back(md, engine, static_cast<void*>(nullptr));
+      diff_src_.emplace_back(md, engine, static_cast<void*>(nullptr));
+    }
+    has_diff_src_.assign(inputs.size(), false);
+  }
+  bool has_output() const { return static_cast<bool>(dst_); }
+
+  void bind(std::span<float* const> src, float* dst, std::span<float* const> diff_src, float* diff_dst) {
+    for (std::size_t i = 0; i < src_.size(); ++i) {
+      src_[i].set_data_handle(src[i]);
+      diff_src_[i].set_data_handle(diff_src[i]);
+      has_diff_src_[i] = diff_src[i] != nullptr;
+    }
+    dst_.set_data_handle(dst);
+    diff_dst_.set_data_handle(diff_dst);
+    on_bind();
+  }
+
+ protected:
+  // Declares the output; creates dst()/diff_dst() with this descriptor.
+  void set_output(const dnnl::memory::desc& md) {
+    dst_ = dnnl::memory(md, engine_, static_cast<void*>(nullptr));
+    diff_dst_ = dnnl::memory(md, engine_, static_cast<void*>(nullptr));
+  }
+
+  int add_param(ParamStore& store, std::string_view suffix, Shape shape, ParamRole role, Init init) {
+    const int k = store.add(fmt::format("{}.{}", name_, suffix), std::move(shape), role, init);
+    params_.push_back(k);
+    return k;
+  }
+
+  // Called after every bind, for nodes that keep extra views of bound buffers.
+  virtual void on_bind() {}
+
+  const dnnl::memory& src(std::size_t i = 0) const { return src_[i]; }
+  const dnnl::memory& diff_src(std::size_t i = 0) const { return diff_src_[i]; }
+  bool has_diff_src(std::size_t i = 0) const { return has_diff_src_[i]; }
+  const dnnl::memory& dst() const { return dst_; }
+  const dnnl::memory& diff_dst() const { return diff_dst_; }
+  const dnnl::engine& engine() const { return engine_; }
+
+  // Input check helper: throws an error naming this layer.
+  void expect(bool ok, std::string_view what) const {
+    if (!ok) fail("layer '{}' ({}): {}", name_, type(), what);
+  }
+
+  std::vector<int> params_;
+
+ private:
+  std::string name_;
+  dnnl::engine engine_;
+  std::vector<dnnl::memory> src_, diff_src_;
+  std::vector<bool> has_diff_src_;
+  dnnl::memory dst_, diff_dst_;
+};
+
+}  // namespace elastic

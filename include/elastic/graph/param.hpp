@@ -1,0 +1,169 @@
+// Trainable tensors (Params) and non-trainable state (Buffers, e.g. batch-norm
+// running statistics). Values live in one contiguous arena and gradients in a
+// mirrored one, so optimizers, importance and checkpoints are loops over spans.
+// Params are numbered k = 0..N-1 in the order layers declare them (forward order).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "elastic/core/error.hpp"
+#include "elastic/core/random.hpp"
+#include "elastic/core/tensor.hpp"
+
+namespace elastic {
+
+// What a param is to its layer; training types select by role.
+enum class ParamRole { weight, bias, norm_scale, norm_shift, other };
+
+struct Init {
+  enum Kind { zeros, ones, uniform, normal, constant } kind = zeros;
+  float scale = 0;  // uniform(-scale, scale), normal(0, scale), or the constant
+  static Init zero() { return {zeros, 0}; }
+  static Init one() { return {ones, 1}; }
+  // PyTorch's default for conv/linear weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  static Init fan_in(std::int64_t fan_in) { return {uniform, 1.0f / std::sqrt(float(fan_in))}; }
+  static Init gaussian(float stddev) { return {normal, stddev}; }
+  static Init fill(float value) { return {constant, value}; }
+};
+
+struct Param {
+  std::string name;   // torchvision naming, e.g. "layer1.0.conv1.weight"
+  Shape shape;        // torchvision shape, e.g. (out, in, kh, kw)
+  ParamRole role = ParamRole::weight;
+  Init init;
+  std::int64_t offset = 0;  // into the value and gradient arenas, in floats
+  int node = -1;            // index of the graph node that owns it
+  float* value = nullptr;   // set by ParamStore::allocate
+  float* grad = nullptr;
+
+  std::int64_t size() const { return numel(shape); }
+  std::span<float> values() const { return {value, static_cast<std::size_t>(size())}; }
+  std::span<float> grads() const { return {grad, static_cast<std::size_t>(size())}; }
+};
+
+struct Buffer {
+  std::string name;  // e.g. "bn1.running_mean"
+  Shape shape;
+  float fill = 0;
+  std::int64_t offset = 0;
+  float* value = nullptr;
+  std::int64_t size() const { return numel(shape); }
+  std::span<float> values() const { return {value, static_cast<std::size_t>(size())}; }
+};
+
+class ParamStore {
+ public:
+  // Declares a param; returns its index k. Names must be unique.
+  int add(std::string name, Shape shape, ParamRole role, Init init) {
+    check_new_name(name);
+    params_.push_back({std::move(name), std::move(shape), role, init});
+    return static_cast<int>(params_.size()) - 1;
+  }
+
+  int add_buffer(std::string name, Shape shape, float fill) {
+    check_new_name(name);
+    buffers_.push_back({std::move(name), std::move(shape), fill});
+    return static_cast<int>(buffers_.size()) - 1;
+  }
+
+  // Lays out both arenas (each tensor 64-byte aligned) and initializes values
+  // from each param's Init with a generator seeded by `seed`.
+  void allocate(std::uint64_t seed) {
+    if (allocated()) fail("params are already allocated");
+    std::int64_t total = 0;
+    for (auto& p : params_) {
+      p.offset = total;
+      total += round_up(p.size());
+    }
+    values_ = aligned_floats(total);
+    grads_ = aligned_floats(total);
+    arena_size_ = total;
+    Rng rng(seed);
+    for (auto& p : params_) {
+      p.value = values_.get() + p.offset;
+      p.grad = grads_.get() + p.offset;
+      initialize(p, rng);
+    }
+    std::int64_t btotal = 0;
+    for (auto& b : buffers_) {
+      b.offset = btotal;
+      btotal += round_up(b.size());
+    }
+    buffer_values_ = aligned_floats(btotal);
+    for (auto& b : buffers_) {
+      b.value = buffer_values_.get() + b.offset;
+      std::fill(b.values().begin(), b.values().end(), b.fill);
+    }
+  }
+
+  bool allocated() const { return values_ != nullptr; }
+  std::size_t size() const { return params_.size(); }
+  Param& operator[](std::size_t k) { return params_[k]; }
+  const Param& operator[](std::size_t k) const { return params_[k]; }
+  std::span<Param> params() { return params_; }
+  std::span<const Param> params() const { return params_; }
+  std::span<Buffer> buffers() { return buffers_; }
+  std::span<const Buffer> buffers() const { return buffers_; }
+  Buffer& buffer(std::size_t i) { return buffers_[i]; }
+
+  // Index of the param named `name`, or -1.
+  int find(std::string_view name) const {
+    for (std::size_t k = 0; k < params_.size(); ++k)
+      if (params_[k].name == name) return static_cast<int>(k);
+    return -1;
+  }
+  int find_buffer(std::string_view name) const {
+    for (std::size_t i = 0; i < buffers_.size(); ++i)
+      if (buffers_[i].name == name) return static_cast<int>(i);
+    return -1;
+  }
+
+  // Whole arenas, padding included (padding stays zero).
+  std::span<float> value_arena() { return {values_.get(), static_cast<std::size_t>(arena_size_)}; }
+  std::span<float> grad_arena() { return {grads_.get(), static_cast<std::size_t>(arena_size_)}; }
+  std::int64_t total_elements() const {
+    std::int64_t n = 0;
+    for (const auto& p : params_) n += p.size();
+    return n;
+  }
+
+  void zero_grads() { std::fill(grad_arena().begin(), grad_arena().end(), 0.0f); }
+
+ private:
+  static std::int64_t round_up(std::int64_t n) { return (n + 15) / 16 * 16; }
+
+  void check_new_name(const std::string& name) {
+    if (allocated()) fail("cannot declare '{}': params are already allocated", name);
+    if (!names_.emplace(name, 0).second) fail("duplicate param or buffer name '{}'", name);
+  }
+
+  static void initialize(Param& p, Rng& rng) {
+    auto v = p.values();
+    switch (p.init.kind) {
+      case Init::zeros: std::fill(v.begin(), v.end(), 0.0f); break;
+      case Init::ones: std::fill(v.begin(), v.end(), 1.0f); break;
+      case Init::constant: std::fill(v.begin(), v.end(), p.init.scale); break;
+      case Init::uniform:
+        for (auto& x : v) x = rng.uniform(-p.init.scale, p.init.scale);
+        break;
+      case Init::normal:
+        for (auto& x : v) x = p.init.scale * rng.normal();
+        break;
+    }
+  }
+
+  std::vector<Param> params_;
+  std::vector<Buffer> buffers_;
+  std::map<std::string, int, std::less<>> names_;
+  std::shared_ptr<float[]> values_, grads_, buffer_values_;
+  std::int64_t arena_size_ = 0;
+};
+
+}  // namespace elastic

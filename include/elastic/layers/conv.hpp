@@ -1,0 +1,149 @@
+// Conv2d as torch.nn.Conv2d (stride, padding, dilation, groups incl. depthwise,
+// optional bias) on oneDNN's convolution primitives: forward, backward_data and
+// backward_weights (weights and bias in one kernel: one selection unit).
+// Params keep torchvision's layout (out, in/groups, kh, kw); where a primitive
+// prefers a blocked weight layout the node reorders into a buffer of its own.
+#pragma once
+
+#include <optional>
+
+#include "elastic/graph/node.hpp"
+
+namespace elastic {
+
+struct Conv2dOptions {
+  std::int64_t in_channels = 0, out_channels = 0;
+  std::int64_t kernel_h = 1, kernel_w = 1;
+  std::int64_t stride = 1, padding = 0, dilation = 1, groups = 1;
+  bool bias = true;
+};
+
+class Conv2d final : public Node {
+ public:
+  Conv2d(std::string name, Conv2dOptions o) : Node(std::move(name)), o_(o) {
+    if (o.in_channels <= 0 || o.out_channels <= 0 || o.kernel_h <= 0 || o.kernel_w <= 0 ||
+        o.stride <= 0 || o.padding < 0 || o.dilation <= 0 || o.groups <= 0)
+      fail("layer '{}' (conv2d): channels, kernel, stride, dilation and groups must be positive, padding >= 0",
+           this->name());
+    if (o.in_channels % o.groups || o.out_channels % o.groups)
+      fail("layer '{}' (conv2d): in_channels {} and out_channels {} must be multiples of groups {}",
+           this->name(), o.in_channels, o.out_channels, o.groups);
+  }
+
+  std::string_view type() const override { return "conv2d"; }
+  const Conv2dOptions& options() const { return o_; }
+
+  void declare(ParamStore& store) override {
+    const auto fan_in = o_.in_channels / o_.groups * o_.kernel_h * o_.kernel_w;
+    weight_ = add_param(store, "weight", {o_.out_channels, o_.in_channels / o_.groups, o_.kernel_h, o_.kernel_w},
+                        ParamRole::weight, Init::fan_in(fan_in));
+    if (o_.bias) bias_ = add_param(store, "bias", {o_.out_channels}, ParamRole::bias, Init::fan_in(fan_in));
+  }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore& store) override {
+    using namespace dnnl;
+    using tag = memory::format_tag;
+    expect(in.size() == 1, "expects one input");
+    const auto x = in[0].dims();  // (N, C, H, W)
+    expect(x.size() == 4 && x[1] == o_.in_channels,
+           fmt::format("expects input (N, {}, H, W), got {}", o_.in_channels, to_string(x)));
+    const auto out_size = [&](std::int64_t size, std::int64_t k) {
+      return (size + 2 * o_.padding - o_.dilation * (k - 1) - 1) / o_.stride + 1;
+    };
+    const Shape y{x[0], o_.out_channels, out_size(x[2], o_.kernel_h), out_size(x[3], o_.kernel_w)};
+    expect(y[2] > 0 && y[3] > 0, fmt::format("input {} is too small for the kernel", to_string(x)));
+    set_output(activation_desc(y));
+
+    const auto& eng = ctx.engine();
+    const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
+        pad{o_.padding, o_.padding};
+    // The user weight layout: torchvision's (out, in/g, kh, kw), as goihw when grouped.
+    const memory::desc user_w_md =
+        o_.groups == 1
+            ? memory::desc({o_.out_channels, o_.in_channels, o_.kernel_h, o_.kernel_w}, memory::data_type::f32,
+                           tag::oihw)
+            : memory::desc({o_.groups, o_.out_channels / o_.groups, o_.in_channels / o_.groups, o_.kernel_h,
+                            o_.kernel_w},
+                           memory::data_type::f32, tag::goihw);
+    const memory::desc any_w(user_w_md.dims(), memory::data_type::f32, tag::any);
+    const memory::desc bias_md = o_.bias ? memory::desc({o_.out_channels}, memory::data_type::f32, tag::a)
+                                         : memory::desc();
+    const auto& src_md = in[0];
+    const auto& dst_md = output_desc();
+
+    convolution_forward::primitive_desc fwd_pd(
+        {prop_kind::forward_training, algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides,
+         dilates, pad, pad},
+        eng);
+    convolution_backward_data::primitive_desc bwd_data_pd(
+        {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
+    convolution_backward_weights::primitive_desc bwd_w_pd(
+        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
+    fwd_ = convolution_forward(fwd_pd);
+    bwd_data_ = convolution_backward_data(bwd_data_pd);
+    bwd_weights_ = convolution_backward_weights(bwd_w_pd);
+
+    const Param& w = store[weight_];
+    user_w_ = memory(user_w_md, eng, w.value);
+    user_dw_ = memory(user_w_md, eng, w.grad);
+    fwd_w_ = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
+    bwd_w_ = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
+                 ? fwd_w_
+                 : relayout(user_w_, bwd_data_pd.weights_desc(), eng, bwd_w_reorder_);
+    if (bwd_w_pd.diff_weights_desc() == user_w_md) {
+      prim_dw_ = user_dw_;
+    } else {
+      prim_dw_ = memory(bwd_w_pd.diff_weights_desc(), eng);
+      dw_reorder_ = reorder(prim_dw_, user_dw_);
+    }
+    fwd_args_ = {{DNNL_ARG_SRC, src()}, {DNNL_ARG_WEIGHTS, fwd_w_}, {DNNL_ARG_DST, dst()}};
+    bwd_data_args_ = {{DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_WEIGHTS, bwd_w_}, {DNNL_ARG_DIFF_SRC, diff_src()}};
+    bwd_weights_args_ = {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_WEIGHTS, prim_dw_}};
+    if (o_.bias) {
+      const Param& b = store[bias_];
+      fwd_args_[DNNL_ARG_BIAS] = memory(bias_md, eng, b.value);
+      bwd_weights_args_[DNNL_ARG_DIFF_BIAS] = memory(bias_md, eng, b.grad);
+    }
+  }
+
+  void forward(const RunCtx& run) override {
+    if (fwd_w_reorder_) fwd_w_reorder_->execute(run.stream, user_w_, fwd_w_);
+    fwd_.execute(run.stream, fwd_args_);
+  }
+
+  void backward_data(const RunCtx& run) override {
+    if (!has_diff_src()) return;
+    // Weights were reordered for this step's forward already when layouts agree.
+    if (bwd_w_reorder_) bwd_w_reorder_->execute(run.stream, user_w_, bwd_w_);
+    bwd_data_.execute(run.stream, bwd_data_args_);
+  }
+
+  void backward_weights(const RunCtx& run) override {
+    bwd_weights_.execute(run.stream, bwd_weights_args_);
+    if (dw_reorder_) dw_reorder_->execute(run.stream, prim_dw_, user_dw_);
+  }
+
+  Reads weights_reads() const override { return {.inputs = true}; }
+
+ private:
+  // `user` itself when `want` is its layout, else a node-owned buffer in `want`
+  // and the reorder that fills it.
+  static dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, const dnnl::engine& eng,
+                               std::optional<dnnl::reorder>& fill) {
+    if (want == user.get_desc()) return user;
+    dnnl::memory m(want, eng);
+    fill = dnnl::reorder(user, m);
+    return m;
+  }
+
+  Conv2dOptions o_;
+  int weight_ = -1, bias_ = -1;
+  dnnl::convolution_forward fwd_;
+  dnnl::convolution_backward_data bwd_data_;
+  dnnl::convolution_backward_weights bwd_weights_;
+  dnnl::memory user_w_, user_dw_, fwd_w_, bwd_w_, prim_dw_;
+  std::optional<dnnl::reorder> fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;
+  Args fwd_args_, bwd_data_args_, bwd_weights_args_;
+};
+
+}  // namespace elastic
