@@ -28,6 +28,33 @@ namespace elastic {
 
 using Args = std::unordered_map<int, dnnl::memory>;
 
+// A primitive with its arguments bound once, in setup. Running it goes through
+// oneDNN's C API with the prebuilt argument array, so the call itself builds no
+// container (the C++ execute() copies its map into a new vector every call).
+class Call {
+ public:
+  Call() = default;
+  Call(dnnl::primitive primitive, Args args) : primitive_(std::move(primitive)), keep_(std::move(args)) {
+    for (const auto& [key, mem] : keep_) c_args_.push_back({key, mem.get()});
+  }
+  explicit operator bool() const { return static_cast<bool>(primitive_); }
+  void operator()(dnnl::stream& stream) const {
+    dnnl::error::wrap_c_api(dnnl_primitive_execute(primitive_.get(), stream.get(),
+                                                   static_cast<int>(c_args_.size()), c_args_.data()),
+                            "could not execute a primitive");
+  }
+
+ private:
+  dnnl::primitive primitive_;
+  Args keep_;  // holds the memory objects the C arguments point to
+  std::vector<dnnl_exec_arg_t> c_args_;
+};
+
+// A reorder (layout change or copy) from one memory to another, bound once.
+inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
+  return Call(dnnl::reorder(from, to), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+}
+
 // State of one pass over the graph.
 struct RunCtx {
   dnnl::stream& stream;

@@ -5,8 +5,6 @@
 // prefers a blocked weight layout the node reorders into a buffer of its own.
 #pragma once
 
-#include <optional>
-
 #include "elastic/graph/node.hpp"
 
 namespace elastic {
@@ -79,48 +77,46 @@ class Conv2d final : public Node {
         {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
     convolution_backward_weights::primitive_desc bwd_w_pd(
         {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
-    fwd_ = convolution_forward(fwd_pd);
-    bwd_data_ = convolution_backward_data(bwd_data_pd);
-    bwd_weights_ = convolution_backward_weights(bwd_w_pd);
-
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = memory(user_w_md, eng, w.grad);
-    fwd_w_ = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
-    bwd_w_ = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
-                 ? fwd_w_
-                 : relayout(user_w_, bwd_data_pd.weights_desc(), eng, bwd_w_reorder_);
-    if (bwd_w_pd.diff_weights_desc() == user_w_md) {
-      prim_dw_ = user_dw_;
-    } else {
-      prim_dw_ = memory(bwd_w_pd.diff_weights_desc(), eng);
-      dw_reorder_ = reorder(prim_dw_, user_dw_);
+    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
+    // Backward-data reuses the forward's reordered weights when it wants the same layout.
+    const memory bwd_w = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
+                             ? fwd_w
+                             : relayout(user_w_, bwd_data_pd.weights_desc(), eng, bwd_w_reorder_);
+    memory prim_dw = user_dw_;
+    if (bwd_w_pd.diff_weights_desc() != user_w_md) {
+      prim_dw = memory(bwd_w_pd.diff_weights_desc(), eng);
+      dw_reorder_ = reorder_call(prim_dw, user_dw_);
     }
-    fwd_args_ = {{DNNL_ARG_SRC, src()}, {DNNL_ARG_WEIGHTS, fwd_w_}, {DNNL_ARG_DST, dst()}};
-    bwd_data_args_ = {{DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_WEIGHTS, bwd_w_}, {DNNL_ARG_DIFF_SRC, diff_src()}};
-    bwd_weights_args_ = {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_WEIGHTS, prim_dw_}};
+    Args fwd_args{{DNNL_ARG_SRC, src()}, {DNNL_ARG_WEIGHTS, fwd_w}, {DNNL_ARG_DST, dst()}};
+    Args bwd_weights_args{{DNNL_ARG_SRC, src()}, {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_WEIGHTS, prim_dw}};
     if (o_.bias) {
       const Param& b = store[bias_];
-      fwd_args_[DNNL_ARG_BIAS] = memory(bias_md, eng, b.value);
-      bwd_weights_args_[DNNL_ARG_DIFF_BIAS] = memory(bias_md, eng, b.grad);
+      fwd_args[DNNL_ARG_BIAS] = memory(bias_md, eng, b.value);
+      bwd_weights_args[DNNL_ARG_DIFF_BIAS] = memory(bias_md, eng, b.grad);
     }
+    fwd_ = Call(convolution_forward(fwd_pd), fwd_args);
+    bwd_data_ = Call(convolution_backward_data(bwd_data_pd),
+                     {{DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_WEIGHTS, bwd_w}, {DNNL_ARG_DIFF_SRC, diff_src()}});
+    bwd_weights_ = Call(convolution_backward_weights(bwd_w_pd), bwd_weights_args);
   }
 
   void forward(const RunCtx& run) override {
-    if (fwd_w_reorder_) fwd_w_reorder_->execute(run.stream, user_w_, fwd_w_);
-    fwd_.execute(run.stream, fwd_args_);
+    if (fwd_w_reorder_) fwd_w_reorder_(run.stream);
+    fwd_(run.stream);
   }
 
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
-    // Weights were reordered for this step's forward already when layouts agree.
-    if (bwd_w_reorder_) bwd_w_reorder_->execute(run.stream, user_w_, bwd_w_);
-    bwd_data_.execute(run.stream, bwd_data_args_);
+    if (bwd_w_reorder_) bwd_w_reorder_(run.stream);
+    bwd_data_(run.stream);
   }
 
   void backward_weights(const RunCtx& run) override {
-    bwd_weights_.execute(run.stream, bwd_weights_args_);
-    if (dw_reorder_) dw_reorder_->execute(run.stream, prim_dw_, user_dw_);
+    bwd_weights_(run.stream);
+    if (dw_reorder_) dw_reorder_(run.stream);
   }
 
   Reads weights_reads() const override { return {.inputs = true}; }
@@ -129,21 +125,18 @@ class Conv2d final : public Node {
   // `user` itself when `want` is its layout, else a node-owned buffer in `want`
   // and the reorder that fills it.
   static dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, const dnnl::engine& eng,
-                               std::optional<dnnl::reorder>& fill) {
+                               Call& fill) {
     if (want == user.get_desc()) return user;
     dnnl::memory m(want, eng);
-    fill = dnnl::reorder(user, m);
+    fill = reorder_call(user, m);
     return m;
   }
 
   Conv2dOptions o_;
   int weight_ = -1, bias_ = -1;
-  dnnl::convolution_forward fwd_;
-  dnnl::convolution_backward_data bwd_data_;
-  dnnl::convolution_backward_weights bwd_weights_;
-  dnnl::memory user_w_, user_dw_, fwd_w_, bwd_w_, prim_dw_;
-  std::optional<dnnl::reorder> fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;
-  Args fwd_args_, bwd_data_args_, bwd_weights_args_;
+  dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
+  Call fwd_, bwd_data_, bwd_weights_;
+  Call fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;  // empty when layouts agree
 };
 
 }  // namespace elastic

@@ -1,0 +1,132 @@
+#include <doctest/doctest.h>
+
+#include "elastic/core/random.hpp"
+#include "elastic/graph/backward_plan.hpp"
+
+using namespace elastic;
+
+namespace {
+// A chain input -> n0 -> n1 -> ... with one param per layer node.
+Topology chain(int layers) {
+  Topology t;
+  t.nodes.push_back({.is_input = true, .bytes = 100});
+  for (int i = 0; i < layers; ++i)
+    t.nodes.push_back({.inputs = {i}, .params = {i}, .weights_reads_inputs = true, .bytes = 100});
+  t.nodes.back().is_output = true;
+  t.num_params = layers;
+  return t;
+}
+}  // namespace
+
+TEST_CASE("backward_data runs only from the loss down to the earliest selected param") {
+  const auto t = chain(6);
+  std::vector<bool> mask(6, false);
+  mask[2] = mask[4] = true;  // params of nodes 3 and 5
+  const auto plan = derive_plan(t, mask);
+  for (int node = 0; node < 7; ++node) {
+    CAPTURE(node);
+    CHECK(plan.active[node] == (node >= 3));
+    CHECK(plan.run_data[node] == (node >= 4));  // node 3 needs no input gradient
+    CHECK(plan.run_weights[node] == (node == 3 || node == 5));
+  }
+}
+
+TEST_CASE("an empty selection runs no backward at all and a full one runs every layer") {
+  const auto t = chain(4);
+  const auto none = derive_plan(t, std::vector<bool>(4, false));
+  const auto all = derive_plan(t, std::vector<bool>(4, true));
+  for (int node = 0; node < 5; ++node) {
+    CHECK_FALSE(none.active[node]);
+    CHECK_FALSE(none.run_data[node]);
+    CHECK(all.run_weights[node] == (node > 0));
+    CHECK(all.run_data[node] == (node > 1));
+  }
+}
+
+TEST_CASE("only the branch that leads to a selected param gets gradients at a join") {
+  // 0 input; 1 = a(0) [p0]; 2 = b(0) [p1]; 3 = add(1, 2); 4 = head(3) [p2]
+  Topology t;
+  t.nodes = {{.is_input = true, .bytes = 64},
+             {.inputs = {0}, .params = {0}, .bytes = 64},
+             {.inputs = {0}, .params = {1}, .bytes = 64},
+             {.inputs = {1, 2}, .bytes = 64},
+             {.inputs = {3}, .params = {2}, .is_output = true, .bytes = 64}};
+  t.num_params = 3;
+  const auto plan = derive_plan(t, {false, true, false});
+  CHECK(plan.active[2]);
+  CHECK_FALSE(plan.active[1]);
+  CHECK(plan.need_diff_src[3] == std::vector<bool>{false, true});
+  CHECK(plan.run_data[4]);
+  CHECK_FALSE(plan.run_weights[4]);
+  CHECK_FALSE(plan.run_data[2]);
+  CHECK(plan.run_weights[2]);
+}
+
+TEST_CASE("a mask of the wrong length is rejected") {
+  CHECK_THROWS_AS(derive_plan(chain(3), std::vector<bool>(2, true)), Error);
+}
+
+TEST_CASE("buffers alive at the same time never share memory") {
+  Rng rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<Lifetime> items;
+    const int n = 1 + static_cast<int>(rng.below(40));
+    for (int i = 0; i < n; ++i) {
+      const int a = static_cast<int>(rng.below(30)), len = static_cast<int>(rng.below(10));
+      items.push_back({static_cast<std::int64_t>(1 + rng.below(5000)), a, a + len});
+    }
+    std::int64_t total = 0;
+    const auto off = assign_offsets(items, total);
+    std::int64_t peak_live = 0;
+    for (int step = 0; step < 40; ++step) {
+      std::int64_t live = 0;
+      for (const auto& it : items)
+        if (it.begin <= step && step <= it.end) live += (it.bytes + 63) / 64 * 64;
+      peak_live = std::max(peak_live, live);
+    }
+    CHECK(total >= peak_live);
+    for (int i = 0; i < n; ++i) {
+      CHECK(off[i] % 64 == 0);
+      CHECK(off[i] + items[i].bytes <= total);
+      for (int j = i + 1; j < n; ++j) {
+        const bool same_time = items[i].begin <= items[j].end && items[j].begin <= items[i].end;
+        const bool same_space = off[i] < off[j] + items[j].bytes && off[j] < off[i] + items[i].bytes;
+        if (same_time && same_space) FAIL("items ", i, " and ", j, " overlap");
+      }
+    }
+  }
+}
+
+TEST_CASE("a plan that trains only the last layers keeps fewer activations than full training") {
+  const auto t = chain(10);
+  std::vector<bool> last(10, false);
+  last[9] = true;
+  const auto full_plan = derive_plan(t, std::vector<bool>(10, true));
+  const auto last_plan = derive_plan(t, last);
+  const auto full = plan_memory(t, full_plan);
+  const auto partial = plan_memory(t, last_plan);
+  const auto none = plan_memory(t, derive_plan(t, std::vector<bool>(10, false)));
+  // Full training keeps every layer's input until its backward_weights.
+  CHECK(full.arena_bytes >= 9 * 128);
+  CHECK(partial.arena_bytes < full.arena_bytes / 3);
+  CHECK(none.arena_bytes <= partial.arena_bytes);
+  // Gradients exist only where the plan needs them.
+  CHECK(partial.grad_offset[3] == -1);
+  CHECK(full.grad_offset[3] >= 0);
+}
+
+TEST_CASE("a value read by two consumers gets its second gradient through a temporary") {
+  // 0 input; 1 = a(0) [p0]; 2 = b(1) [p1]; 3 = add(1, 2) -> output
+  Topology t;
+  t.nodes = {{.is_input = true, .bytes = 64},
+             {.inputs = {0}, .params = {0}, .bytes = 256},
+             {.inputs = {1}, .params = {1}, .bytes = 256},
+             {.inputs = {1, 2}, .is_output = true, .bytes = 256}};
+  t.num_params = 2;
+  const auto plan = derive_plan(t, {true, true});
+  const auto mem = plan_memory(t, plan);
+  // The add (processed first in backward) writes value 1's gradient directly; node 2 adds into it.
+  CHECK(mem.temp_offset[3][0] == -1);
+  CHECK(mem.temp_offset[2][0] >= 0);
+  CHECK(mem.temp_offset[2][0] != mem.grad_offset[1]);
+}

@@ -1,0 +1,130 @@
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "elastic/graph/graph.hpp"
+#include "elastic/layers/add.hpp"
+#include "elastic/layers/conv.hpp"
+#include "elastic/testing/gradcheck.hpp"
+
+using namespace elastic;
+
+namespace {
+Conv2dOptions conv3x3(std::int64_t in, std::int64_t out) {
+  return {.in_channels = in, .out_channels = out, .kernel_h = 3, .kernel_w = 3, .padding = 1};
+}
+
+// x -> c1 -> c2 -> add(c2, c1) -> c3 -> output; c1's output has two consumers.
+struct ResidualNet {
+  ValueId x, c1, c2, sum, c3;
+  explicit ResidualNet(Graph& g, bool input_grad) {
+    x = g.input("x", {3, 5, 7, 6}, input_grad);
+    c1 = g.add<Conv2d>({x}, "c1", conv3x3(5, 6));
+    c2 = g.add<Conv2d>({c1}, "c2", conv3x3(6, 6));
+    sum = g.add<Add>({c2, c1}, "add");
+    c3 = g.add<Conv2d>({sum}, "c3", conv3x3(6, 4));
+  }
+};
+
+std::vector<float> grads_of(Graph& g, int k) {
+  const auto& p = g.params()[k];
+  return {p.grad, p.grad + p.size()};
+}
+}  // namespace
+
+TEST_CASE("gradients through a residual join match finite differences") {
+  Context ctx(2);
+  Graph g(ctx);
+  ResidualNet net(g, true);
+  g.finalize(1);
+  testing::random_input(g, net.x, 2);
+  const auto res = testing::check_gradients(g, {net.x}, net.c3);
+  CHECK_MESSAGE(res.ok, res.report);
+  CHECK(res.checked > 100);
+}
+
+TEST_CASE("a partial plan gives the selected params the same gradients as full backward") {
+  Context ctx(2);
+  Graph g(ctx);
+  ResidualNet net(g, false);
+  g.finalize(3);
+  testing::random_input(g, net.x, 4);
+  Tensor seed(g.shape(net.c3));
+  Rng rng(9);
+  for (auto& v : seed.span()) v = rng.uniform(-1, 1);
+  g.write_grad(net.c3, seed);
+
+  g.select_all();
+  g.params().zero_grads();
+  g.forward(true);
+  g.backward();
+  const auto full_c2w = grads_of(g, 2);
+  const auto full_c3w = grads_of(g, 4);
+  const auto full_bytes = g.plan_arena_bytes();
+
+  // Select c2 and c3 only: c1 gets no gradient, backward_data stops above c2.
+  std::vector<bool> mask{false, false, true, true, true, true};
+  g.select(mask);
+  CHECK(g.plan().run_data[net.sum]);
+  CHECK(g.plan().run_weights[net.c2]);
+  CHECK_FALSE(g.plan().run_data[net.c2]);
+  CHECK_FALSE(g.plan().run_weights[net.c1]);
+  g.params().zero_grads();
+  g.forward(true);
+  g.backward();
+  CHECK(grads_of(g, 2) == full_c2w);
+  CHECK(grads_of(g, 4) == full_c3w);
+  for (float v : grads_of(g, 0)) CHECK(v == 0.0f);
+  CHECK(g.plan_arena_bytes() <= full_bytes);
+}
+
+TEST_CASE("switching plans back and forth gives identical results") {
+  Context ctx(2);
+  Graph g(ctx);
+  ResidualNet net(g, false);
+  g.mark_output(net.c1);
+  g.finalize(5);
+  testing::random_input(g, net.x, 6);
+  g.write_grad(net.c3, Tensor(g.shape(net.c3), 1.0f));
+  g.forward(true);
+  g.backward();
+  const auto first = grads_of(g, 0);
+  const Tensor out = g.read(net.c3);
+  g.select({false, false, false, false, true, true});
+  g.forward(true);
+  g.backward();
+  g.select_all();
+  g.forward(true);
+  g.backward();
+  CHECK(grads_of(g, 0) == first);
+  const Tensor again = g.read(net.c3);
+  CHECK(std::equal(out.span().begin(), out.span().end(), again.span().begin()));
+}
+
+TEST_CASE("reading a value that is not kept names it") {
+  Context ctx(1);
+  Graph g(ctx);
+  ResidualNet net(g, false);
+  g.finalize();
+  g.forward(false);
+  CHECK_THROWS_WITH_AS(g.read(net.c2), doctest::Contains("c2"), Error);
+  CHECK_NOTHROW(g.read(net.c3));
+}
+
+TEST_CASE("graph construction errors are reported") {
+  Context ctx(1);
+  Graph g(ctx);
+  auto x = g.input("x", {1, 2, 4, 4});
+  CHECK_THROWS_AS(g.add<Add>({x, 7}, "bad"), Error);
+  auto y = g.input("y", {1, 3, 4, 4});
+  g.add<Add>({x, y}, "mismatch");
+  CHECK_THROWS_WITH_AS(g.finalize(), doctest::Contains("mismatch"), Error);
+}
+
+TEST_CASE("an input with a wrong shape is rejected on write") {
+  Context ctx(1);
+  Graph g(ctx);
+  ResidualNet net(g, false);
+  g.finalize();
+  CHECK_THROWS_AS(g.write(net.x, Tensor({3, 5, 7, 7})), Error);
+}
