@@ -7,3 +7,4 @@ find_dependency(fmt)             # fmt::fmt
 find_dependency(xtensor)         # xtensor
 find_dependency(OpenMP)          # OpenMP::OpenMP_CXX: oneDNN's threading runtime
 find_dependency(ZLIB)            # ZLIB::ZLIB: .gz dataset files
+find_dependency(nlohmann_json)   # nlohmann_json::nlohmann_json: safetensors headers, profiles

@@ -165,6 +165,12 @@ class Graph {
   Tensor read_grad(ValueId v) { return to_plain(memory_of(v, true), ctx_.stream()); }
   void write_grad(ValueId v, const Tensor& t) { from_plain(t, memory_of(v, true), ctx_.stream()); }
 
+  // Direct access to a pinned value's buffer in its physical layout (desc(v):
+  // NHWC for images), for writing inputs every step without a copy or a reorder.
+  float* value_data(ValueId v) { return pinned(v, false); }
+  float* grad_data(ValueId v) { return pinned(v, true); }
+  dnnl::memory::desc desc(ValueId v) const { return nodes_.at(v)->output_desc(); }
+
   // Dropout masks depend on this counter; the trainer advances it every step.
   void set_step(std::uint64_t step) { step_ = step; }
   std::uint64_t step() const { return step_; }
@@ -245,14 +251,18 @@ class Graph {
     }
   }
 
-  dnnl::memory memory_of(ValueId v, bool grad) {
+  float* pinned(ValueId v, bool grad) {
     require_finalized();
     auto& pinned = grad ? pinned_grad_ : pinned_act_;
     auto it = pinned.find(v);
     if (it == pinned.end())
       fail("value '{}' is not kept after a step{}; mark it as an output before finalize()",
            nodes_.at(v)->name(), grad ? " with its gradient" : "");
-    return dnnl::memory(nodes_[v]->output_desc(), ctx_.engine(), it->second.get());
+    return it->second.get();
+  }
+
+  dnnl::memory memory_of(ValueId v, bool grad) {
+    return dnnl::memory(nodes_[v]->output_desc(), ctx_.engine(), pinned(v, grad));
   }
 
   Context& ctx_;
