@@ -135,6 +135,7 @@ class Graph {
 
   void forward(bool training) {
     require_finalized();
+    training_ = training;
     RunCtx run{ctx_.stream(), training, step_};
     for (auto& node : nodes_) node->forward(run);
     ctx_.wait();
@@ -142,22 +143,26 @@ class Graph {
 
   // Gradients of the selected params (and of inputs that require them) from
   // the output gradients, which the user writes (write_grad) before the step.
+  // Runs in the mode of the last forward (dropout masks, batch statistics).
   void backward() {
     require_finalized();
-    RunCtx run{ctx_.stream(), true, step_};
+    RunCtx run{ctx_.stream(), training_, step_};
     const auto& plan = current_->plan;
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) run_backward(i, run, plan);
     ctx_.wait();
   }
 
   // The pieces of a step, for the profiler: node i's passes alone.
-  void forward_node(int i, bool training) { nodes_[i]->forward({ctx_.stream(), training, step_}); }
+  void forward_node(int i, bool training) {
+    training_ = training;
+    nodes_[i]->forward({ctx_.stream(), training, step_});
+  }
   void backward_data_node(int i) {
-    RunCtx run{ctx_.stream(), true, step_};
+    RunCtx run{ctx_.stream(), training_, step_};
     nodes_[i]->backward_data(run);
     accumulate_gradients(i);
   }
-  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), true, step_}); }
+  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), training_, step_}); }
 
   // Plain copies in and out of pinned values (inputs and outputs).
   Tensor read(ValueId v) { return to_plain(memory_of(v, false), ctx_.stream()); }
@@ -277,6 +282,7 @@ class Graph {
   std::int64_t arena_bytes_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;
+  bool training_ = true;  // mode of the last forward, which backward repeats
 };
 
 }  // namespace elastic

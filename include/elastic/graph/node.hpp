@@ -141,7 +141,11 @@ class Node {
   }
 
   int add_param(ParamStore& store, std::string_view suffix, Shape shape, ParamRole role, Init init) {
-    const int k = store.add(fmt::format("{}.{}", name_, suffix), std::move(shape), role, init);
+    return add_param_named(store, fmt::format("{}.{}", name_, suffix), std::move(shape), role, init);
+  }
+  // A param whose full name does not start with the node's (e.g. ViT's top-level class_token).
+  int add_param_named(ParamStore& store, std::string full_name, Shape shape, ParamRole role, Init init) {
+    const int k = store.add(std::move(full_name), std::move(shape), role, init);
     params_.push_back(k);
     return k;
   }

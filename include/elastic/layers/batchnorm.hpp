@@ -1,0 +1,183 @@
+// BatchNorm2d as torch.nn.BatchNorm2d, on oneDNN's batch normalization
+// primitives, in two modes switchable at run time:
+//  - frozen (the default; fine-tuning, SPEC section 4): normalizes with the
+//    running statistics in training and inference alike; gamma and beta train;
+//  - batch statistics: training forwards normalize with the batch's mean and
+//    (biased) variance and update the running statistics as torch does
+//    (momentum, unbiased variance); inference uses the running statistics.
+// backward_data is oneDNN's; the gamma/beta gradients are two per-channel sums
+// computed here (one pass over x and dy), cheaper than running oneDNN's full
+// backward, which would also write a diff_src nobody asked for.
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "elastic/graph/node.hpp"
+
+namespace elastic {
+
+struct BatchNorm2dOptions {
+  std::int64_t num_features = 0;
+  float eps = 1e-5f;
+  float momentum = 0.1f;
+};
+
+class BatchNorm2d final : public Node {
+ public:
+  BatchNorm2d(std::string name, BatchNorm2dOptions o) : Node(std::move(name)), o_(o) {
+    if (o.num_features <= 0) fail("layer '{}' (batchnorm2d): num_features must be positive", this->name());
+  }
+
+  std::string_view type() const override { return "batchnorm2d"; }
+  void set_batch_stats(bool on) { batch_stats_ = on; }
+  bool batch_stats() const { return batch_stats_; }
+
+  void declare(ParamStore& store) override {
+    const Shape c{o_.num_features};
+    weight_ = add_param(store, "weight", c, ParamRole::norm_scale, Init::one());
+    bias_ = add_param(store, "bias", c, ParamRole::norm_shift, Init::zero());
+    running_mean_ = store.add_buffer(name() + ".running_mean", c, 0.0f);
+    running_var_ = store.add_buffer(name() + ".running_var", c, 1.0f);
+  }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore& store) override {
+    using namespace dnnl;
+    using flags = normalization_flags;
+    expect(in.size() == 1, "expects one input");
+    const auto x = in[0].dims();
+    expect(x.size() == 4 && x[1] == o_.num_features,
+           fmt::format("expects input (N, {}, H, W), got {}", o_.num_features, to_string(x)));
+    set_output(in[0]);
+    const auto& eng = ctx.engine();
+    const memory::desc stat_md({o_.num_features}, memory::data_type::f32, memory::format_tag::a);
+    const auto affine = flags::use_scale | flags::use_shift;
+    const auto global = affine | flags::use_global_stats;
+
+    gamma_ = store[weight_].value;
+    beta_ = store[bias_].value;
+    dgamma_ = store[weight_].grad;
+    dbeta_ = store[bias_].grad;
+    rmean_ = store.buffer(running_mean_).value;
+    rvar_ = store.buffer(running_var_).value;
+    bmean_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
+    bvar_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
+    const memory scale(stat_md, eng, gamma_), shift(stat_md, eng, beta_);
+    const memory rmean(stat_md, eng, rmean_), rvar(stat_md, eng, rvar_);
+    const memory bmean(stat_md, eng, bmean_.data()), bvar(stat_md, eng, bvar_.data());
+
+    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global}, eng);
+    batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine}, eng);
+    // oneDNN 2.6 offers backward_data only with gamma = 1, so backward_data runs the
+    // full backward and sends gamma/beta gradients to scratch (backward_weights
+    // computes its own, since it also runs where backward_data does not).
+    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global}, eng,
+                                                       fwd_g);
+    batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine}, eng,
+                                                       fwd_b);
+    scratch_.assign(static_cast<std::size_t>(2 * o_.num_features), 0.0f);
+    const memory dscale(stat_md, eng, scratch_.data()), dshift(stat_md, eng, scratch_.data() + o_.num_features);
+    const Args common{{DNNL_ARG_SRC, src()}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
+    const auto with = [&](Args a, std::initializer_list<std::pair<const int, memory>> more) {
+      a.insert(more);
+      return a;
+    };
+    fwd_global_ = Call(batch_normalization_forward(fwd_g),
+                       with(common, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}, {DNNL_ARG_DST, dst()}}));
+    fwd_batch_ = Call(batch_normalization_forward(fwd_b),
+                      with(common, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}, {DNNL_ARG_DST, dst()}}));
+    // (oneDNN 2.6's batch-statistics backward also insists on the shift argument.)
+    const Args bwd{{DNNL_ARG_SRC, src()}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}, {DNNL_ARG_DIFF_DST, diff_dst()},
+                   {DNNL_ARG_DIFF_SRC, diff_src()}, {DNNL_ARG_DIFF_SCALE, dscale}, {DNNL_ARG_DIFF_SHIFT, dshift}};
+    bwd_global_ = Call(batch_normalization_backward(bwd_g),
+                       with(bwd, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
+    bwd_batch_ = Call(batch_normalization_backward(bwd_b),
+                      with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
+    rows_ = x[0] * x[2] * x[3];
+    max_threads_ = omp_get_max_threads();
+    partial_.assign(static_cast<std::size_t>(2 * o_.num_features * max_threads_), 0.0);
+  }
+
+  void forward(const RunCtx& run) override {
+    if (!uses_batch(run)) {
+      fwd_global_(run.stream);
+      return;
+    }
+    fwd_batch_(run.stream);
+    run.stream.wait();
+    const float m = o_.momentum;
+    const float unbias = rows_ > 1 ? float(rows_) / float(rows_ - 1) : 1.0f;
+    for (std::int64_t c = 0; c < o_.num_features; ++c) {
+      rmean_[c] = (1 - m) * rmean_[c] + m * bmean_[static_cast<std::size_t>(c)];
+      rvar_[c] = (1 - m) * rvar_[c] + m * bvar_[static_cast<std::size_t>(c)] * unbias;
+    }
+  }
+
+  void backward_data(const RunCtx& run) override {
+    if (!has_diff_src()) return;
+    (uses_batch(run) ? bwd_batch_ : bwd_global_)(run.stream);
+  }
+
+  // d gamma[c] = sum dy * (x - mean[c]) / sqrt(var[c] + eps), d beta[c] = sum dy,
+  // over the N*H*W rows of the channels-last tensors, with the statistics the forward used.
+  void backward_weights(const RunCtx& run) override {
+    run.stream.wait();
+    const bool batch = uses_batch(run);
+    const float* mean = batch ? bmean_.data() : rmean_;
+    const float* var = batch ? bvar_.data() : rvar_;
+    const float* x = ptr(src());
+    const float* dy = ptr(diff_dst());
+    const std::int64_t C = o_.num_features;
+    double* partial = partial_.data();
+    int used = 1;
+#pragma omp parallel num_threads(max_threads_)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#pragma omp single
+      used = nt;
+      double* acc = partial + 2 * C * t;  // [C] sum dy*(x-mean), [C] sum dy
+      std::fill(acc, acc + 2 * C, 0.0);
+      const std::int64_t begin = rows_ * t / nt, end = rows_ * (t + 1) / nt;
+      for (std::int64_t r = begin; r < end; ++r) {
+        const float* xr = x + r * C;
+        const float* dr = dy + r * C;
+#pragma omp simd
+        for (std::int64_t c = 0; c < C; ++c) {
+          acc[c] += double(dr[c]) * double(xr[c] - mean[c]);
+          acc[C + c] += double(dr[c]);
+        }
+      }
+    }
+    for (std::int64_t c = 0; c < C; ++c) {
+      double g = 0, b = 0;
+      for (int t = 0; t < used; ++t) {
+        g += partial[2 * C * t + c];
+        b += partial[2 * C * t + C + c];
+      }
+      dgamma_[c] = static_cast<float>(g / std::sqrt(double(var[c]) + o_.eps));
+      dbeta_[c] = static_cast<float>(b);
+    }
+  }
+
+  Reads data_reads() const override { return {.inputs = true}; }
+  Reads weights_reads() const override { return {.inputs = true}; }
+
+ private:
+  bool uses_batch(const RunCtx& run) const { return batch_stats_ && run.training; }
+
+  BatchNorm2dOptions o_;
+  bool batch_stats_ = false;
+  int weight_ = -1, bias_ = -1, running_mean_ = -1, running_var_ = -1;
+  float *gamma_ = nullptr, *beta_ = nullptr, *dgamma_ = nullptr, *dbeta_ = nullptr;
+  float *rmean_ = nullptr, *rvar_ = nullptr;  // (C) running statistics, in the buffer arena
+  std::vector<float> bmean_, bvar_;           // (C) statistics of the last training batch
+  std::vector<float> scratch_;                // (2, C) gamma/beta gradients of backward_data, unused
+  std::vector<double> partial_;               // (threads, 2, C) per-thread sums of backward_weights
+  std::int64_t rows_ = 0;                     // N*H*W
+  int max_threads_ = 1;
+  Call fwd_global_, fwd_batch_, bwd_global_, bwd_batch_;
+};
+
+}  // namespace elastic

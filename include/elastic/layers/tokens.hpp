@@ -1,0 +1,147 @@
+// Token plumbing of a vision transformer: patch-embedding maps to token rows,
+// the class token and position embedding, and picking the class token out.
+// Plain copies and sums over contiguous rows (no oneDNN primitive fits better).
+#pragma once
+
+#include <cstring>
+
+#include "elastic/graph/node.hpp"
+
+namespace elastic {
+
+namespace detail {
+inline void parallel_copy(float* __restrict dst, const float* __restrict src, std::int64_t rows, std::int64_t row) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * row, src + r * row, static_cast<std::size_t>(row) * sizeof(float));
+}
+}  // namespace detail
+
+// (N, C, H, W) in channels-last memory -> (N, H*W, C) tokens, as torchvision's
+// x.reshape(n, c, h * w).permute(0, 2, 1). Channels-last already stores exactly
+// those rows, so both directions are copies.
+class PatchTokens final : public Node {
+ public:
+  explicit PatchTokens(std::string name) : Node(std::move(name)) {}
+  std::string_view type() const override { return "patch_tokens"; }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
+    expect(in.size() == 1 && in[0].dims().size() == 4, "expects one (N, C, H, W) input");
+    const auto d = in[0].dims();
+    expect(in[0] == activation_desc(d), "expects a channels-last input");
+    set_output(activation_desc({d[0], d[2] * d[3], d[1]}));
+    count_ = numel(d);
+  }
+  void forward(const RunCtx&) override { detail::parallel_copy(ptr(dst()), ptr(src()), 1, count_); }
+  void backward_data(const RunCtx&) override {
+    if (has_diff_src()) detail::parallel_copy(ptr(diff_src()), ptr(diff_dst()), 1, count_);
+  }
+
+ private:
+  std::int64_t count_ = 0;
+};
+
+// (N, T, E) -> (N, T+1, E): prepends the class token and adds the position
+// embedding. Params: `class_token` (1, 1, E) and `encoder.pos_embedding`
+// (1, T+1, E), torchvision's top-level names.
+class ClassTokenPosEmbed final : public Node {
+ public:
+  ClassTokenPosEmbed(std::string name, std::int64_t embed_dim, std::int64_t tokens)
+      : Node(std::move(name)), e_(embed_dim), t_(tokens) {}
+  std::string_view type() const override { return "class_token_pos_embed"; }
+
+  void declare(ParamStore& store) override {
+    cls_ = add_param_named(store, "class_token", {1, 1, e_}, ParamRole::other, Init::zero());
+    pos_ = add_param_named(store, "encoder.pos_embedding", {1, t_ + 1, e_}, ParamRole::other, Init::gaussian(0.02f));
+  }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore& store) override {
+    const auto d = in[0].dims();
+    expect(in.size() == 1 && d.size() == 3 && d[1] == t_ && d[2] == e_,
+           fmt::format("expects input (N, {}, {}), got {}", t_, e_, to_string(d)));
+    n_ = d[0];
+    set_output(activation_desc({n_, t_ + 1, e_}));
+    cls_v_ = store[cls_].value;
+    pos_v_ = store[pos_].value;
+    cls_g_ = store[cls_].grad;
+    pos_g_ = store[pos_].grad;
+  }
+
+  void forward(const RunCtx&) override {
+    const float* x = ptr(src());
+    float* y = ptr(dst());
+    const std::int64_t row = (t_ + 1) * e_;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n = 0; n < n_; ++n) {
+      float* yn = y + n * row;
+      const float* xn = x + n * t_ * e_;
+      for (std::int64_t j = 0; j < e_; ++j) yn[j] = cls_v_[j] + pos_v_[j];
+      for (std::int64_t j = 0; j < t_ * e_; ++j) yn[e_ + j] = xn[j] + pos_v_[e_ + j];
+    }
+  }
+
+  void backward_data(const RunCtx&) override {
+    if (!has_diff_src()) return;
+    const float* dy = ptr(diff_dst());
+    float* dx = ptr(diff_src());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n = 0; n < n_; ++n)
+      std::memcpy(dx + n * t_ * e_, dy + n * (t_ + 1) * e_ + e_, static_cast<std::size_t>(t_ * e_) * sizeof(float));
+  }
+
+  // Both params are sums of the output gradient over the batch.
+  void backward_weights(const RunCtx&) override {
+    const float* dy = ptr(diff_dst());
+    const std::int64_t row = (t_ + 1) * e_;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t j = 0; j < row; ++j) {
+      float s = 0;
+      for (std::int64_t n = 0; n < n_; ++n) s += dy[n * row + j];
+      pos_g_[j] = s;
+      if (j < e_) cls_g_[j] = s;
+    }
+  }
+
+ private:
+  std::int64_t e_, t_, n_ = 0;
+  int cls_ = -1, pos_ = -1;
+  float *cls_v_ = nullptr, *pos_v_ = nullptr, *cls_g_ = nullptr, *pos_g_ = nullptr;
+};
+
+// (N, T, E) -> (N, E): token `index` of every sample (ViT's class token).
+class SelectToken final : public Node {
+ public:
+  explicit SelectToken(std::string name, std::int64_t index = 0) : Node(std::move(name)), index_(index) {}
+  std::string_view type() const override { return "select_token"; }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
+    const auto d = in[0].dims();
+    expect(in.size() == 1 && d.size() == 3, fmt::format("expects a (N, T, E) input, got {}", to_string(d)));
+    expect(index_ >= 0 && index_ < d[1], fmt::format("token {} is out of range for {} tokens", index_, d[1]));
+    n_ = d[0];
+    t_ = d[1];
+    e_ = d[2];
+    set_output(activation_desc({n_, e_}));
+  }
+
+  void forward(const RunCtx&) override {
+    const float* x = ptr(src());
+    float* y = ptr(dst());
+    for (std::int64_t n = 0; n < n_; ++n)
+      std::memcpy(y + n * e_, x + (n * t_ + index_) * e_, static_cast<std::size_t>(e_) * sizeof(float));
+  }
+
+  void backward_data(const RunCtx&) override {
+    if (!has_diff_src()) return;
+    float* dx = ptr(diff_src());
+    const float* dy = ptr(diff_dst());
+    std::memset(dx, 0, static_cast<std::size_t>(n_ * t_ * e_) * sizeof(float));
+    for (std::int64_t n = 0; n < n_; ++n)
+      std::memcpy(dx + (n * t_ + index_) * e_, dy + n * e_, static_cast<std::size_t>(e_) * sizeof(float));
+  }
+
+ private:
+  std::int64_t index_, n_ = 0, t_ = 0, e_ = 0;
+};
+
+}  // namespace elastic
