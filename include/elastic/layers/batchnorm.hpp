@@ -13,9 +13,8 @@
 #include <cmath>
 #include <vector>
 
-#include <omp.h>
-
 #include "elastic/graph/node.hpp"
+#include "elastic/layers/affine_grads.hpp"
 
 namespace elastic {
 
@@ -96,8 +95,8 @@ class BatchNorm2d final : public Node {
     bwd_batch_ = Call(batch_normalization_backward(bwd_b),
                       with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
     rows_ = x[0] * x[2] * x[3];
-    max_threads_ = omp_get_max_threads();
-    partial_.assign(static_cast<std::size_t>(2 * o_.num_features * max_threads_), 0.0);
+    rstd_.assign(static_cast<std::size_t>(o_.num_features), 0.0);
+    grads_.reserve(o_.num_features);
   }
 
   void forward(const RunCtx& run) override {
@@ -127,38 +126,13 @@ class BatchNorm2d final : public Node {
     const bool batch = uses_batch(run);
     const float* mean = batch ? bmean_.data() : rmean_;
     const float* var = batch ? bvar_.data() : rvar_;
+    for (std::int64_t c = 0; c < o_.num_features; ++c)
+      rstd_[static_cast<std::size_t>(c)] = 1.0 / std::sqrt(double(var[c]) + o_.eps);
     const float* x = ptr(src());
-    const float* dy = ptr(diff_dst());
+    const double* rstd = rstd_.data();
     const std::int64_t C = o_.num_features;
-    double* partial = partial_.data();
-    int used = 1;
-#pragma omp parallel num_threads(max_threads_)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp single
-      used = nt;
-      double* acc = partial + 2 * C * t;  // [C] sum dy*(x-mean), [C] sum dy
-      std::fill(acc, acc + 2 * C, 0.0);
-      const std::int64_t begin = rows_ * t / nt, end = rows_ * (t + 1) / nt;
-      for (std::int64_t r = begin; r < end; ++r) {
-        const float* xr = x + r * C;
-        const float* dr = dy + r * C;
-#pragma omp simd
-        for (std::int64_t c = 0; c < C; ++c) {
-          acc[c] += double(dr[c]) * double(xr[c] - mean[c]);
-          acc[C + c] += double(dr[c]);
-        }
-      }
-    }
-    for (std::int64_t c = 0; c < C; ++c) {
-      double g = 0, b = 0;
-      for (int t = 0; t < used; ++t) {
-        g += partial[2 * C * t + c];
-        b += partial[2 * C * t + C + c];
-      }
-      dgamma_[c] = static_cast<float>(g / std::sqrt(double(var[c]) + o_.eps));
-      dbeta_[c] = static_cast<float>(b);
-    }
+    grads_.run(rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return double(x[r * C + c] - mean[c]) * rstd[c]; },
+               dgamma_, dbeta_);
   }
 
   Reads data_reads() const override { return {.inputs = true}; }
@@ -174,9 +148,9 @@ class BatchNorm2d final : public Node {
   float *rmean_ = nullptr, *rvar_ = nullptr;  // (C) running statistics, in the buffer arena
   std::vector<float> bmean_, bvar_;           // (C) statistics of the last training batch
   std::vector<float> scratch_;                // (2, C) gamma/beta gradients of backward_data, unused
-  std::vector<double> partial_;               // (threads, 2, C) per-thread sums of backward_weights
+  std::vector<double> rstd_;                  // (C) 1 / sqrt(var + eps) of the statistics in use
+  detail::AffineGrads grads_;
   std::int64_t rows_ = 0;                     // N*H*W
-  int max_threads_ = 1;
   Call fwd_global_, fwd_batch_, bwd_global_, bwd_batch_;
 };
 

@@ -1,0 +1,28 @@
+// The `elastic` command: one binary, one subcommand per job.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands/step.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ElasticTrainer: fine-tune pretrained networks by training only the tensors that matter"};
+  app.require_subcommand(1);
+  elastic::cli::StepArgs step;
+  elastic::cli::add_step_command(app, step);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints help, or the error naming the flag
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    if (app.got_subcommand("step")) return elastic::cli::run_step(step);
+  } catch (const elastic::UsageError& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

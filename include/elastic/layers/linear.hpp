@@ -1,0 +1,94 @@
+// Linear as torch.nn.Linear: y = x W^T + b, W (out, in) in torch's layout, on
+// oneDNN's inner product primitives (forward, backward_data, backward_weights
+// with the bias gradient in the same kernel). Token-wise 3-D input (N, T, in)
+// runs as N*T rows through 2-D views of the same buffers.
+#pragma once
+
+#include <string>
+
+#include "elastic/graph/node.hpp"
+
+namespace elastic {
+
+struct LinearOptions {
+  std::int64_t in_features = 0, out_features = 0;
+  bool bias = true;
+  // Param names after "<layer name>."; multi-head attention uses in_proj_weight/in_proj_bias.
+  std::string weight_name = "weight", bias_name = "bias";
+};
+
+class Linear final : public Node {
+ public:
+  Linear(std::string name, LinearOptions o) : Node(std::move(name)), o_(std::move(o)) {
+    if (o_.in_features <= 0 || o_.out_features <= 0)
+      fail("layer '{}' (linear): in_features and out_features must be positive", this->name());
+  }
+
+  std::string_view type() const override { return "linear"; }
+  const LinearOptions& options() const { return o_; }
+
+  void declare(ParamStore& store) override {
+    weight_ = add_param(store, o_.weight_name, {o_.out_features, o_.in_features}, ParamRole::weight,
+                        Init::fan_in(o_.in_features));
+    if (o_.bias) bias_ = add_param(store, o_.bias_name, {o_.out_features}, ParamRole::bias, Init::fan_in(o_.in_features));
+  }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore& store) override {
+    using namespace dnnl;
+    expect(in.size() == 1, "expects one input");
+    Shape x = in[0].dims();
+    expect((x.size() == 2 || x.size() == 3) && x.back() == o_.in_features,
+           fmt::format("expects input (N, {0}) or (N, T, {0}), got {1}", o_.in_features, to_string(x)));
+    Shape y = x;
+    y.back() = o_.out_features;
+    set_output(activation_desc(y));
+    const std::int64_t rows = numel(x) / o_.in_features;
+    const auto& eng = ctx.engine();
+    const auto f32 = memory::data_type::f32;
+    const memory::desc x2({rows, o_.in_features}, f32, memory::format_tag::ab),
+        y2({rows, o_.out_features}, f32, memory::format_tag::ab),
+        w({o_.out_features, o_.in_features}, f32, memory::format_tag::ab),
+        b = o_.bias ? memory::desc({o_.out_features}, f32, memory::format_tag::a) : memory::desc();
+    for (auto* m : {&x_, &dx_}) *m = memory(x2, eng, static_cast<void*>(nullptr));
+    for (auto* m : {&y_, &dy_}) *m = memory(y2, eng, static_cast<void*>(nullptr));
+
+    inner_product_forward::primitive_desc fwd({prop_kind::forward_training, x2, w, b, y2}, eng);
+    inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, eng, fwd);
+    inner_product_backward_weights::primitive_desc bwd_w({x2, w, b, y2}, eng, fwd);
+    const Param& wp = store[weight_];
+    const memory wv(w, eng, wp.value), wg(w, eng, wp.grad);
+    Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};
+    Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
+    if (o_.bias) {
+      fa[DNNL_ARG_BIAS] = memory(b, eng, store[bias_].value);
+      wa[DNNL_ARG_DIFF_BIAS] = memory(b, eng, store[bias_].grad);
+    }
+    fwd_ = Call(inner_product_forward(fwd), fa);
+    bwd_data_ = Call(inner_product_backward_data(bwd_d),
+                     {{DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DIFF_SRC, dx_}});
+    bwd_weights_ = Call(inner_product_backward_weights(bwd_w), wa);
+  }
+
+  void forward(const RunCtx& run) override { fwd_(run.stream); }
+  void backward_data(const RunCtx& run) override {
+    if (has_diff_src()) bwd_data_(run.stream);
+  }
+  void backward_weights(const RunCtx& run) override { bwd_weights_(run.stream); }
+  Reads weights_reads() const override { return {.inputs = true}; }
+
+ protected:
+  void on_bind() override {
+    x_.set_data_handle(src().get_data_handle());
+    dx_.set_data_handle(diff_src().get_data_handle());
+    y_.set_data_handle(dst().get_data_handle());
+    dy_.set_data_handle(diff_dst().get_data_handle());
+  }
+
+ private:
+  LinearOptions o_;
+  int weight_ = -1, bias_ = -1;
+  dnnl::memory x_, dx_, y_, dy_;  // 2-D (rows, features) views of the bound buffers
+  Call fwd_, bwd_data_, bwd_weights_;
+};
+
+}  // namespace elastic

@@ -1,0 +1,51 @@
+// Building blocks shared by the model builders: convolution + batch norm (+
+// activation) under torchvision's names.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "elastic/graph/graph.hpp"
+#include "elastic/models/model.hpp"
+#include "elastic/layers/activation.hpp"
+#include "elastic/layers/batchnorm.hpp"
+#include "elastic/layers/conv.hpp"
+#include "elastic/layers/dropout.hpp"
+#include "elastic/layers/linear.hpp"
+
+namespace elastic::blocks {
+
+struct ConvSpec {
+  std::int64_t in = 0, out = 0, kernel = 1, stride = 1, padding = -1, groups = 1;  // padding -1: kernel / 2
+  bool bias = false;
+};
+
+inline ValueId conv(Graph& g, ValueId x, const std::string& name, const ConvSpec& s) {
+  return g.add<Conv2d>({x}, name,
+                       Conv2dOptions{.in_channels = s.in, .out_channels = s.out, .kernel_h = s.kernel,
+                                     .kernel_w = s.kernel, .stride = s.stride,
+                                     .padding = s.padding < 0 ? s.kernel / 2 : s.padding, .groups = s.groups,
+                                     .bias = s.bias});
+}
+
+inline ValueId bn(Graph& g, ValueId x, const std::string& name, std::int64_t channels) {
+  return g.add<BatchNorm2d>({x}, name, BatchNorm2dOptions{.num_features = channels});
+}
+
+// conv `conv_name`, batch norm `bn_name`, then the activation if any.
+inline ValueId conv_bn(Graph& g, ValueId x, const std::string& conv_name, const std::string& bn_name,
+                       const ConvSpec& s, std::optional<Activation> act) {
+  x = bn(g, conv(g, x, conv_name, s), bn_name, s.out);
+  if (act) x = g.add<Eltwise>({x}, bn_name + "_act", *act);
+  return x;
+}
+
+// The classifier of a fine-tuning run: dropout `dropout_name`, then linear
+// `name` from `features` to the model's classes. Returns the logits.
+inline ValueId classifier(Graph& g, ValueId x, const std::string& dropout_name, const std::string& name,
+                          std::int64_t features, const ModelOptions& o) {
+  x = g.add<Dropout>({x}, dropout_name, o.dropout, o.seed);
+  return g.add<Linear>({x}, name, LinearOptions{.in_features = features, .out_features = o.num_classes});
+}
+
+}  // namespace elastic::blocks

@@ -1,0 +1,73 @@
+// A classifier as the trainer sees it: a finalized graph from an image batch
+// (B, C, H, W) to logits (B, classes) and a mean cross-entropy loss, plus the
+// handles a training loop needs (input, logits, loss, batch-norm layers).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "elastic/graph/graph.hpp"
+#include "elastic/layers/batchnorm.hpp"
+#include "elastic/layers/loss.hpp"
+
+namespace elastic {
+
+// What every model builder takes.
+struct ModelOptions {
+  std::int64_t num_classes = 1000;
+  std::int64_t input_size = 224;  // square inputs (input_size x input_size, 3 channels)
+  std::int64_t batch = 4;
+  float dropout = 0.2f;  // before the new head
+  std::uint64_t seed = 0;
+};
+
+// Input normalization the pretrained weights expect, applied to RGB in [0, 1].
+struct Preprocess {
+  float mean[3] = {0.485f, 0.456f, 0.406f};  // ImageNet, as torchvision's weights use
+  float stddev[3] = {0.229f, 0.224f, 0.225f};
+};
+
+struct Model {
+  std::string name;
+  std::unique_ptr<Graph> graph;
+  ValueId images = -1, logits = -1, loss = -1;
+  Shape input_shape;  // (B, C, H, W)
+  std::int64_t num_classes = 0;
+  std::vector<ValueId> batch_norms;
+  std::vector<std::string> head_prefixes;  // params of the new head, e.g. {"fc."}: not loaded from a backbone
+  Preprocess preprocess;
+
+  std::int64_t batch() const { return input_shape.at(0); }
+  SoftmaxCrossEntropy& loss_node() { return graph->node_as<SoftmaxCrossEntropy>(loss); }
+  ParamStore& params() { return graph->params(); }
+
+  // Batch norm in batch-statistics mode (training from scratch) or with frozen
+  // running statistics (fine-tuning a pretrained backbone; the default).
+  void set_batch_stats(bool on) {
+    for (ValueId v : batch_norms) graph->node_as<BatchNorm2d>(v).set_batch_stats(on);
+  }
+};
+
+// Adds the loss to a graph whose logits are `logits`, finalizes it and returns
+// the model. `batch_norms` are collected from the graph's nodes.
+inline Model finish_model(std::string name, std::unique_ptr<Graph> graph, ValueId images, ValueId logits,
+                          std::uint64_t seed) {
+  Model m;
+  m.name = std::move(name);
+  m.images = images;
+  m.logits = logits;
+  m.loss = graph->add<SoftmaxCrossEntropy>({logits}, "loss");
+  graph->mark_output(logits);
+  graph->finalize(seed);
+  m.input_shape = graph->shape(images);
+  m.num_classes = graph->shape(logits).at(1);
+  for (std::size_t v = 0; v < graph->size(); ++v)
+    if (dynamic_cast<BatchNorm2d*>(&graph->node(static_cast<ValueId>(v)))) m.batch_norms.push_back(static_cast<ValueId>(v));
+  m.graph = std::move(graph);
+  // The loss is the mean over the batch; its own gradient is 1 for every step.
+  m.graph->grad_data(m.loss)[0] = 1.0f;
+  return m;
+}
+
+}  // namespace elastic

@@ -1,0 +1,111 @@
+#!/usr/bin/python3
+"""Writes a torchvision backbone's state dict as safetensors for elastic.
+
+Pure Python over torch (no safetensors package needed):
+
+  export_torchvision.py --model_name resnet50 --out resnet50.safetensors [--pretrained]
+
+Without --pretrained the weights are torchvision's random initialization (for tests).
+The head keeps torchvision's 1000 classes; elastic loads the backbone and builds a new head.
+"""
+import argparse
+import json
+import struct
+import sys
+
+import torch
+import torchvision
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32"}
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: tensor} to `path` in the safetensors layout (8-byte LE header length, JSON, data)."""
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"tensor {name}: dtype {t.dtype} is not supported")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    """Reads a safetensors file into {name: tensor} (float tensors as float64)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    names = {v: k for k, v in _DTYPES.items()}
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        t = torch.frombuffer(bytearray(data[b:end]), dtype=names[e["dtype"]]) if end > b else torch.empty(0)
+        out[name] = t.reshape(e["shape"])
+    return out
+
+
+class Vgg16Backbone(torch.nn.Module):
+    """torchvision's vgg16 `features` with elastic's head: global average pooling, dropout, `head`."""
+
+    def __init__(self, num_classes, weights=None):
+        super().__init__()
+        self.features = torchvision.models.vgg16(weights=weights).features
+        self.head = torch.nn.Linear(512, num_classes)
+        self.dropout = torch.nn.Dropout(0.2)
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.head(self.dropout(x))
+
+
+def build(model_name, num_classes=1000, input_size=224, pretrained=False):
+    """The torchvision module whose state dict names match elastic's model of that name."""
+    m = torchvision.models
+    if model_name == "resnet50":
+        return m.resnet50(weights=m.ResNet50_Weights.IMAGENET1K_V2 if pretrained else None, num_classes=num_classes)
+    if model_name == "mobilenetv2":
+        return m.mobilenet_v2(weights=m.MobileNet_V2_Weights.IMAGENET1K_V2 if pretrained else None,
+                              num_classes=num_classes)
+    if model_name == "vgg16":
+        return Vgg16Backbone(num_classes, m.VGG16_Weights.IMAGENET1K_V1 if pretrained else None)
+    if model_name == "vit":
+        if pretrained:
+            if input_size != 224:
+                raise SystemExit("--pretrained vit weights exist for --input_size 224 only")
+            return m.vit_b_16(weights=m.ViT_B_16_Weights.IMAGENET1K_V1)
+        return m.vit_b_16(weights=None, image_size=input_size, num_classes=num_classes)
+    raise SystemExit(f"--model_name {model_name!r} is not one of resnet50, vgg16, mobilenetv2, vit")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_name", required=True, choices=["resnet50", "vgg16", "mobilenetv2", "vit"])
+    p.add_argument("--out", required=True, help="safetensors file to write")
+    p.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet weights (downloads them)")
+    p.add_argument("--num_classes", type=int, default=1000)
+    p.add_argument("--input_size", type=int, default=224, help="vit only: sizes the position embedding")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    model = build(a.model_name, a.num_classes, a.input_size, a.pretrained)
+    write_safetensors(a.out, model.state_dict(), {"model_name": a.model_name, "source": "torchvision"})
+    print(f"wrote {len(model.state_dict())} tensors to {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
