@@ -5,7 +5,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstddef>
+#include <cstdlib>
 
 extern "C" {
 void* __libc_malloc(std::size_t);
@@ -19,8 +21,15 @@ inline std::atomic<bool> counting{false};
 inline std::atomic<long> count{0};
 inline std::atomic<long> bytes{0};
 inline std::atomic<long> largest{0};
+// With ALLOC_TRAP=<bytes> in the environment, a counted allocation that large
+// stops the program with SIGTRAP, so a debugger shows who made it.
 inline void note(std::size_t n = 0) {
   if (counting.load(std::memory_order_relaxed)) {
+    static const long trap = [] {
+      const char* e = std::getenv("ALLOC_TRAP");
+      return e ? std::atol(e) : 0L;
+    }();
+    if (trap > 0 && static_cast<long>(n) >= trap) std::raise(SIGTRAP);
     count.fetch_add(1, std::memory_order_relaxed);
     bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
     long seen = largest.load(std::memory_order_relaxed);

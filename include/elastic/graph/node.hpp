@@ -10,7 +10,10 @@
 // because binding changes handles, never the memory objects.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -28,6 +31,31 @@ namespace elastic {
 
 using Args = std::unordered_map<int, dnnl::memory>;
 
+// Every primitive is created with a user-managed scratchpad: in oneDNN's default
+// mode the library allocates and frees scratch memory inside every execution.
+inline dnnl::primitive_attr user_scratchpad(dnnl::primitive_attr attr = {}) {
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+namespace detail {
+// One scratch buffer shared by all primitives: they run one at a time on one
+// stream, so they can all use the same bytes. It only grows; a primitive keeps
+// alive the buffer it was given, so growing never invalidates an earlier one.
+// (Not for graphs executed concurrently from several threads.)
+inline std::shared_ptr<float[]> shared_scratchpad(std::size_t bytes) {
+  static std::mutex mutex;
+  static std::shared_ptr<float[]> buffer;
+  static std::size_t size = 0;
+  std::lock_guard lock(mutex);
+  if (bytes > size) {
+    size = std::max(bytes, 2 * size);
+    buffer = aligned_floats(static_cast<std::int64_t>(size / sizeof(float) + 1));
+  }
+  return buffer;
+}
+}  // namespace detail
+
 // A primitive with its arguments bound once, in setup. Running it goes through
 // oneDNN's C API with the prebuilt argument array, so the call itself builds no
 // container (the C++ execute() copies its map into a new vector every call).
@@ -35,6 +63,7 @@ class Call {
  public:
   Call() = default;
   Call(dnnl::primitive primitive, Args args) : primitive_(std::move(primitive)), keep_(std::move(args)) {
+    attach_scratchpad();
     for (const auto& [key, mem] : keep_) c_args_.push_back({key, mem.get()});
   }
   explicit operator bool() const { return static_cast<bool>(primitive_); }
@@ -45,14 +74,25 @@ class Call {
   }
 
  private:
+  // Binds the shared scratchpad when the primitive needs scratch memory.
+  void attach_scratchpad() {
+    const_dnnl_primitive_desc_t pd = nullptr;
+    dnnl::error::wrap_c_api(dnnl_primitive_get_primitive_desc(primitive_.get(), &pd), "could not query a primitive");
+    const dnnl_memory_desc_t* md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (!md || dnnl_memory_desc_get_size(md) == 0 || keep_.empty()) return;
+    scratch_ = detail::shared_scratchpad(dnnl_memory_desc_get_size(md));
+    keep_[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(*md), keep_.begin()->second.get_engine(), scratch_.get());
+  }
+
   dnnl::primitive primitive_;
   Args keep_;  // holds the memory objects the C arguments point to
   std::vector<dnnl_exec_arg_t> c_args_;
+  std::shared_ptr<float[]> scratch_;
 };
 
 // A reorder (layout change or copy) from one memory to another, bound once.
 inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
-  return Call(dnnl::reorder(from, to), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  return Call(dnnl::reorder(from, to, user_scratchpad()), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
 // State of one pass over the graph.

@@ -34,8 +34,8 @@ class Eltwise final : public Node {
       alg = algorithm::eltwise_clip_v2_use_dst_for_bwd;
       beta = 6.0f;
     }
-    eltwise_forward::primitive_desc fwd({prop_kind::forward_training, alg, in[0], alpha, beta}, ctx.engine());
-    eltwise_backward::primitive_desc bwd({alg, in[0], in[0], alpha, beta}, ctx.engine(), fwd);
+    eltwise_forward::primitive_desc fwd({prop_kind::forward_training, alg, in[0], alpha, beta}, user_scratchpad(), ctx.engine());
+    eltwise_backward::primitive_desc bwd({alg, in[0], in[0], alpha, beta}, user_scratchpad(), ctx.engine(), fwd);
     fwd_ = Call(eltwise_forward(fwd), {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DST, dst()}});
     bwd_ = Call(eltwise_backward(bwd), {{uses_dst() ? DNNL_ARG_DST : DNNL_ARG_SRC, uses_dst() ? dst() : src()},
                                         {DNNL_ARG_DIFF_DST, diff_dst()},

@@ -18,7 +18,7 @@ class Add final : public Node {
                                                      to_string(in[1].dims())));
     expect(in[0] == in[1], "inputs have different memory layouts");
     set_output(in[0]);
-    fwd_ = Call(dnnl::binary({{dnnl::algorithm::binary_add, in[0], in[1], in[0]}, ctx.engine()}),
+    fwd_ = Call(dnnl::binary({{dnnl::algorithm::binary_add, in[0], in[1], in[0]}, user_scratchpad(), ctx.engine()}),
                 {{DNNL_ARG_SRC_0, src(0)}, {DNNL_ARG_SRC_1, src(1)}, {DNNL_ARG_DST, dst()}});
     for (int i = 0; i < 2; ++i) copy_[i] = reorder_call(diff_dst(), diff_src(i));
   }

@@ -53,20 +53,20 @@ class ScaledDotProductAttention final : public Node {
     o_ = view(out), do_ = view(out);
     dq_ = view(head), dk_ = view(head), dv_ = view(head);
 
-    primitive_attr scaled;
+    primitive_attr scaled = user_scratchpad();
     scaled.set_output_scales(0, {1.0f / std::sqrt(static_cast<float>(d_))});
     const auto mm = [&](const memory& a, const memory& b, const memory& c, const primitive_attr& attr) {
       matmul::primitive_desc pd({a.get_desc(), b.get_desc(), c.get_desc()}, attr, eng);
       return Call(matmul(pd), {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
     };
-    const primitive_attr plain;
+    const primitive_attr plain = user_scratchpad();
     scores_ = mm(q_, kt_, P, scaled);  // S = Q K^T / sqrt(d), into P, softmaxed in place
-    softmax_forward::primitive_desc sm({prop_kind::forward_training, probs, 3}, eng);
+    softmax_forward::primitive_desc sm({prop_kind::forward_training, probs, 3}, user_scratchpad(), eng);
     softmax_ = Call(softmax_forward(sm), {{DNNL_ARG_SRC, P}, {DNNL_ARG_DST, P}});
     context_ = mm(P, v_, o_, plain);         // O = P V
     grad_v_ = mm(Pt, do_, dv_, plain);       // dV = P^T dO
     grad_p_ = mm(do_, vt_, dP, plain);       // dP = dO V^T
-    softmax_backward::primitive_desc smb({probs, probs, 3}, eng, sm);
+    softmax_backward::primitive_desc smb({probs, probs, 3}, user_scratchpad(), eng, sm);
     grad_s_ = Call(softmax_backward(smb), {{DNNL_ARG_DST, P}, {DNNL_ARG_DIFF_DST, dP}, {DNNL_ARG_DIFF_SRC, dS}});
     grad_q_ = mm(dS, k_, dq_, scaled);       // dQ = dS K / sqrt(d)
     grad_k_ = mm(dSt, q_, dk_, scaled);      // dK = dS^T Q / sqrt(d)

@@ -67,14 +67,14 @@ class BatchNorm2d final : public Node {
     const memory rmean(stat_md, eng, rmean_), rvar(stat_md, eng, rvar_);
     const memory bmean(stat_md, eng, bmean_.data()), bvar(stat_md, eng, bvar_.data());
 
-    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global}, eng);
-    batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine}, eng);
+    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global}, user_scratchpad(), eng);
+    batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine}, user_scratchpad(), eng);
     // oneDNN 2.6 offers backward_data only with gamma = 1, so backward_data runs the
     // full backward and sends gamma/beta gradients to scratch (backward_weights
     // computes its own, since it also runs where backward_data does not).
-    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global}, eng,
+    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global}, user_scratchpad(), eng,
                                                        fwd_g);
-    batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine}, eng,
+    batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine}, user_scratchpad(), eng,
                                                        fwd_b);
     scratch_.assign(static_cast<std::size_t>(2 * o_.num_features), 0.0f);
     const memory dscale(stat_md, eng, scratch_.data()), dshift(stat_md, eng, scratch_.data() + o_.num_features);

@@ -72,11 +72,11 @@ class Conv2d final : public Node {
     convolution_forward::primitive_desc fwd_pd(
         {prop_kind::forward_training, algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides,
          dilates, pad, pad},
-        eng);
+        user_scratchpad(), eng);
     convolution_backward_data::primitive_desc bwd_data_pd(
-        {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
+        {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng, fwd_pd);
     convolution_backward_weights::primitive_desc bwd_w_pd(
-        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, eng, fwd_pd);
+        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng, fwd_pd);
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = memory(user_w_md, eng, w.grad);

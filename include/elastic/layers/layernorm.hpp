@@ -54,8 +54,8 @@ class LayerNorm final : public Node {
     const memory scale(feat, eng, store[weight_].value), shift(feat, eng, store[bias_].value);
     const memory dscale(feat, eng, scratch_.data()), dshift(feat, eng, scratch_.data() + E);
     const auto affine = flags::use_scale | flags::use_shift;
-    layer_normalization_forward::primitive_desc fwd({prop_kind::forward_training, data, stat, o_.eps, affine}, eng);
-    layer_normalization_backward::primitive_desc bwd({prop_kind::backward, data, data, stat, o_.eps, affine}, eng,
+    layer_normalization_forward::primitive_desc fwd({prop_kind::forward_training, data, stat, o_.eps, affine}, user_scratchpad(), eng);
+    layer_normalization_backward::primitive_desc bwd({prop_kind::backward, data, data, stat, o_.eps, affine}, user_scratchpad(), eng,
                                                      fwd);
     fwd_ = Call(layer_normalization_forward(fwd), {{DNNL_ARG_SRC, x_},
                                                    {DNNL_ARG_DST, y_},

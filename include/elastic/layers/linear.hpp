@@ -52,9 +52,9 @@ class Linear final : public Node {
     for (auto* m : {&x_, &dx_}) *m = memory(x2, eng, static_cast<void*>(nullptr));
     for (auto* m : {&y_, &dy_}) *m = memory(y2, eng, static_cast<void*>(nullptr));
 
-    inner_product_forward::primitive_desc fwd({prop_kind::forward_training, x2, w, b, y2}, eng);
-    inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, eng, fwd);
-    inner_product_backward_weights::primitive_desc bwd_w({x2, w, b, y2}, eng, fwd);
+    inner_product_forward::primitive_desc fwd({prop_kind::forward_training, x2, w, b, y2}, user_scratchpad(), eng);
+    inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, fwd);
+    inner_product_backward_weights::primitive_desc bwd_w({x2, w, b, y2}, user_scratchpad(), eng, fwd);
     const Param& wp = store[weight_];
     const memory wv(w, eng, wp.value), wg(w, eng, wp.grad);
     Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};

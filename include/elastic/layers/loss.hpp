@@ -28,7 +28,7 @@ class SoftmaxCrossEntropy final : public Node {
     logp_.assign(static_cast<std::size_t>(n_ * c_), 0.0f);
     const memory logp(in[0], ctx.engine(), logp_.data());
     // Log-softmax keeps tiny probabilities representable: the loss of a row is exactly -logp[label].
-    logsoftmax_forward::primitive_desc pd({prop_kind::forward_inference, in[0], 1}, ctx.engine());
+    logsoftmax_forward::primitive_desc pd({prop_kind::forward_inference, in[0], 1}, user_scratchpad(), ctx.engine());
     softmax_ = Call(logsoftmax_forward(pd), {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DST, logp}});
   }
 

@@ -59,8 +59,8 @@ class Pool2d : public Node {
     const memory::dims strides{o_.stride_h, o_.stride_w}, kernel{o_.kernel_h, o_.kernel_w},
         pad{o_.padding_h, o_.padding_w};
     pooling_forward::primitive_desc fwd({prop_kind::forward_training, alg, in, out, strides, kernel, pad, pad},
-                                        ctx.engine());
-    pooling_backward::primitive_desc bwd({alg, in, out, strides, kernel, pad, pad}, ctx.engine(), fwd);
+                                        user_scratchpad(), ctx.engine());
+    pooling_backward::primitive_desc bwd({alg, in, out, strides, kernel, pad, pad}, user_scratchpad(), ctx.engine(), fwd);
     Args fwd_args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, y}};
     Args bwd_args{{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, dx}};
     if (max_) {
