@@ -1,0 +1,241 @@
+// TimingProfiler: measures, in place with the model's own kernels on dummy
+// data, the time model of SPEC section 1: T_fwd, and per selection unit t_dw
+// (its backward_weights kernel plus the optimizer update of its tensors) and
+// t_dy (the backward_data of every node between it and the next unit up).
+// Warm-up runs first, then the median of repeated runs, with the spread.
+// A Profile is saved as JSON keyed by what it depends on (model, input size,
+// classes, batch, threads, CPU); training refuses a profile of another key.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "elastic/core/timer.hpp"
+#include "elastic/method/units.hpp"
+#include "elastic/models/model.hpp"
+
+namespace elastic {
+
+// What a profile's times depend on.
+struct ProfileKey {
+  std::string model;
+  std::int64_t input_size = 0, num_classes = 0, batch = 0;
+  int threads = 0;
+  std::string cpu;
+  bool operator==(const ProfileKey&) const = default;
+};
+
+inline std::string cpu_model_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0 || line.rfind("Model", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown";
+}
+
+inline ProfileKey profile_key(const Model& m, int threads) {
+  return {m.name, m.input_shape.at(2), m.num_classes, m.input_shape.at(0), threads, cpu_model_name()};
+}
+
+struct Profile {
+  ProfileKey key;
+  std::vector<std::string> units;  // unit names, forward order
+  double t_fwd = 0, t_fwd_spread = 0;                // ms; spread = (max - min) over the repeats
+  std::vector<double> t_dw, t_dy;                    // ms per unit
+  std::vector<double> t_dw_spread, t_dy_spread;
+
+  double t_bwd_full() const {
+    double t = 0;
+    for (std::size_t k = 0; k < t_dw.size(); ++k) t += t_dw[k] + t_dy[k];
+    return t;
+  }
+  // Predicted T_b of a unit mask (SPEC section 1).
+  double t_bwd(const std::vector<bool>& mask) const {
+    std::size_t f = 0;
+    while (f < mask.size() && !mask[f]) ++f;
+    double t = 0;
+    for (std::size_t k = f; k < mask.size(); ++k) t += t_dy[k] + (mask[k] ? t_dw[k] : 0.0);
+    return t;
+  }
+
+  // Throws if this profile was measured for something else, naming what differs.
+  void check_matches(const ProfileKey& want, const std::string& source) const {
+    const auto differ = [&](const char* what, const auto& have, const auto& need) {
+      if (have != need)
+        fail("profile '{}' was measured for {} {}, but this run has {} {}; profile again (elastic profile)", source,
+             what, have, what, need);
+    };
+    differ("model", key.model, want.model);
+    differ("input size", key.input_size, want.input_size);
+    differ("num_classes", key.num_classes, want.num_classes);
+    differ("batch size", key.batch, want.batch);
+    differ("threads", key.threads, want.threads);
+    differ("cpu", key.cpu, want.cpu);
+  }
+
+  nlohmann::json to_json() const {
+    return {{"key",
+             {{"model", key.model},
+              {"input_size", key.input_size},
+              {"num_classes", key.num_classes},
+              {"batch", key.batch},
+              {"threads", key.threads},
+              {"cpu", key.cpu}}},
+            {"units", units},
+            {"t_fwd_ms", t_fwd},
+            {"t_fwd_spread_ms", t_fwd_spread},
+            {"t_dw_ms", t_dw},
+            {"t_dy_ms", t_dy},
+            {"t_dw_spread_ms", t_dw_spread},
+            {"t_dy_spread_ms", t_dy_spread}};
+  }
+
+  void save(const std::filesystem::path& path) const {
+    const auto tmp = std::filesystem::path(path.string() + ".tmp");
+    {
+      std::ofstream f(tmp);
+      if (!f) fail("cannot write profile '{}'", tmp.string());
+      f << to_json().dump(2) << "\n";
+      if (!f.flush()) fail("cannot write profile '{}'", tmp.string());
+    }
+    std::filesystem::rename(tmp, path);
+  }
+
+  static Profile load(const std::filesystem::path& path) {
+    std::ifstream f(path);
+    if (!f) fail("cannot open profile '{}'", path.string());
+    Profile p;
+    try {
+      const auto j = nlohmann::json::parse(f);
+      const auto& k = j.at("key");
+      p.key = {k.at("model").get<std::string>(), k.at("input_size").get<std::int64_t>(),
+               k.at("num_classes").get<std::int64_t>(), k.at("batch").get<std::int64_t>(), k.at("threads").get<int>(),
+               k.at("cpu").get<std::string>()};
+      p.units = j.at("units").get<std::vector<std::string>>();
+      p.t_fwd = j.at("t_fwd_ms").get<double>();
+      p.t_fwd_spread = j.at("t_fwd_spread_ms").get<double>();
+      p.t_dw = j.at("t_dw_ms").get<std::vector<double>>();
+      p.t_dy = j.at("t_dy_ms").get<std::vector<double>>();
+      p.t_dw_spread = j.at("t_dw_spread_ms").get<std::vector<double>>();
+      p.t_dy_spread = j.at("t_dy_spread_ms").get<std::vector<double>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("profile '{}' is malformed: {}", path.string(), e.what());
+    }
+    const auto n = p.units.size();
+    if (p.t_dw.size() != n || p.t_dy.size() != n || p.t_dw_spread.size() != n || p.t_dy_spread.size() != n)
+      fail("profile '{}' is malformed: {} units but {} t_dw and {} t_dy entries", path.string(), n, p.t_dw.size(),
+           p.t_dy.size());
+    for (std::size_t u = 0; u < n; ++u)
+      if (!(p.t_dw[u] >= 0) || !(p.t_dy[u] >= 0))
+        fail("profile '{}' is malformed: unit '{}' has a negative or NaN time", path.string(), p.units[u]);
+    if (!(p.t_fwd > 0)) fail("profile '{}' is malformed: t_fwd_ms must be positive", path.string());
+    return p;
+  }
+};
+
+struct ProfileOptions {
+  int warmup = 3;
+  int repeats = 10;
+};
+
+// Profiles any graph-backed model; G is the graph type (the engine's Graph).
+template <class G = Graph>
+class TimingProfiler {
+ public:
+  explicit TimingProfiler(ProfileOptions o = {}) : o_(o) {
+    if (o.repeats < 1 || o.warmup < 0) usage_fail("profiler: repeats must be >= 1 and warmup >= 0");
+  }
+
+  // Runs on whatever the model's input holds (dummy data is fine). Installs the
+  // full plan while measuring and restores `restore_mask` (params) afterwards.
+  Profile run(Model& m, int threads, const std::vector<bool>& restore_mask) {
+    G& g = *m.graph;
+    const auto units = selection_units(g);
+    const std::size_t n_nodes = g.size(), n_units = units.size();
+    g.select_all();
+    std::vector<std::vector<double>> data(n_nodes), weights(n_nodes);
+    std::vector<double> fwd;
+    std::vector<float> scratch_w, scratch_v, scratch_g;  // stand-ins for one optimizer update
+    std::int64_t largest = 0;
+    for (const auto& u : units) largest = std::max(largest, u.elements);
+    scratch_w.assign(static_cast<std::size_t>(largest), 0.5);
+    scratch_v.assign(static_cast<std::size_t>(largest), 0.0);
+    scratch_g.assign(static_cast<std::size_t>(largest), 0.1);
+    std::vector<std::vector<double>> update(n_units);
+    const auto& plan = g.plan();
+    for (int r = 0; r < o_.warmup + o_.repeats; ++r) {
+      const bool record = r >= o_.warmup;
+      Stopwatch sw;
+      g.forward(true);
+      if (record) fwd.push_back(sw.elapsed_ms());
+      for (std::size_t i = n_nodes; i-- > 0;) {
+        const int node = static_cast<int>(i);
+        if (plan.run_weights[i]) {
+          sw.reset();
+          g.backward_weights_node(node);
+          g.context().wait();
+          if (record) weights[i].push_back(sw.elapsed_ms());
+        }
+        if (plan.run_data[i]) {
+          sw.reset();
+          g.backward_data_node(node);
+          g.context().wait();
+          if (record) data[i].push_back(sw.elapsed_ms());
+        }
+      }
+      for (std::size_t u = 0; u < n_units; ++u) {
+        sw.reset();
+        sgd_like_update(scratch_w.data(), scratch_v.data(), scratch_g.data(), units[u].elements);
+        if (record) update[u].push_back(sw.elapsed_ms());
+      }
+    }
+    Profile p;
+    p.key = profile_key(m, threads);
+    const Summary f = summarize(fwd);
+    p.t_fwd = f.median;
+    p.t_fwd_spread = f.max - f.min;
+    for (std::size_t u = 0; u < n_units; ++u) {
+      p.units.push_back(units[u].name);
+      const Summary w = summarize(weights[static_cast<std::size_t>(units[u].node)]);
+      const Summary up = summarize(update[u]);
+      p.t_dw.push_back(w.median + up.median);
+      p.t_dw_spread.push_back(w.max - w.min + up.max - up.min);
+      // t_dy: backward_data of the nodes above this unit's node, up to and including the next unit's node.
+      const std::size_t from = static_cast<std::size_t>(units[u].node) + 1;
+      const std::size_t to = u + 1 < n_units ? static_cast<std::size_t>(units[u + 1].node) : n_nodes - 1;
+      double dy = 0, spread = 0;
+      for (std::size_t i = from; i <= to; ++i) {
+        if (data[i].empty()) continue;
+        const Summary d = summarize(data[i]);
+        dy += d.median;
+        spread += d.max - d.min;
+      }
+      p.t_dy.push_back(dy);
+      p.t_dy_spread.push_back(spread);
+    }
+    g.select(restore_mask);
+    return p;
+  }
+
+ private:
+  // The memory traffic of one SGDW update of `n` elements (what the trainer
+  // pays per selected tensor besides its kernel).
+  static void sgd_like_update(float* __restrict w, float* __restrict v, const float* __restrict g, std::int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+    for (std::int64_t i = 0; i < n; ++i) {
+      v[i] = 0.9f * v[i] - 1e-4f * g[i];
+      w[i] = w[i] - 1e-6f * w[i] + v[i];
+    }
+  }
+
+  ProfileOptions o_;
+};
+
+}  // namespace elastic
