@@ -49,6 +49,7 @@ inline Model small_cnn(Context& ctx, const SmallCnnOptions& o) {
   const ValueId logits =
       g->add<Linear>({h}, "fc", LinearOptions{.in_features = in, .out_features = o.num_classes});
   Model m = finish_model("small_cnn", std::move(g), x, logits, o.seed);
+  m.head_prefixes = {"fc."};
   m.set_batch_stats(true);
   return m;
 }

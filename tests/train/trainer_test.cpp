@@ -1,0 +1,136 @@
+#include <doctest/doctest.h>
+
+#include "elastic/models/small_cnn.hpp"
+#include "elastic/train/trainer.hpp"
+
+using namespace elastic;
+
+namespace {
+// 96 random 28x28 images whose label is the quadrant holding a bright square.
+data::ImageSet quadrant_set(int n, std::uint64_t seed) {
+  data::ImageSet s;
+  s.height = s.width = 28;
+  Rng rng(seed);
+  for (int i = 0; i < n; ++i) {
+    const int label = static_cast<int>(rng.below(4));
+    s.labels.push_back(label);
+    for (int y = 0; y < 28; ++y)
+      for (int x = 0; x < 28; ++x) {
+        const bool in = (y / 14) * 2 + (x / 14) == label && y % 14 > 3 && y % 14 < 11 && x % 14 > 3 && x % 14 < 11;
+        s.pixels.push_back(static_cast<std::uint8_t>(in ? 200 + rng.below(55) : rng.below(60)));
+      }
+  }
+  return s;
+}
+
+struct Setup {
+  Context ctx{2};
+  Model model = small_cnn(ctx, {.batch = 8, .num_classes = 4, .width1 = 8, .width2 = 16, .seed = 3});
+  data::ImageSet set = quadrant_set(96, 1);
+  ImageBatcher batches{set, 0.2f, 0.3f, 5};
+  Setup() { model.set_batch_stats(false); }
+  Profile profile() {
+    batches.start_epoch(0, false);
+    batches.load(model, 0);
+    return TimingProfiler<>({.warmup = 2, .repeats = 5}).run(model, ctx.threads(),
+                                                               std::vector<bool>(model.params().size(), true));
+  }
+};
+}  // namespace
+
+TEST_CASE("static training types select the head, the norms and biases, or everything") {
+  Setup s;
+  const auto& ps = s.model.params();
+  const auto selected = [&](TrainType t) {
+    Trainer tr(s.model, {.type = t, .num_epochs = 1}, 12);
+    std::vector<std::string> names;
+    for (std::size_t k = 0; k < ps.size(); ++k)
+      if (tr.mask()[k]) names.push_back(ps[k].name);
+    return names;
+  };
+  CHECK(selected(TrainType::full_training).size() == ps.size());
+  CHECK(selected(TrainType::traditional_tl_training) == std::vector<std::string>{"fc.weight", "fc.bias"});
+  const auto bn = selected(TrainType::bn_plus_bias_training);
+  CHECK(bn.size() == 2 * 4 + 2);  // four batch norms' gamma and beta, and the head
+  for (const auto& n : bn) CHECK((n.find(".bn.") != std::string::npos || n.starts_with("fc.")));
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12), doctest::Contains("profile"),
+                       Error);
+  CHECK_THROWS_WITH_AS(parse_train_type("elastic"), doctest::Contains("--train_type 'elastic'"), UsageError);
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::full_training, .rho = 1.5}, 12),
+                       doctest::Contains("--rho"), UsageError);
+}
+
+TEST_CASE("frozen params stay bit-identical while the selected ones train") {
+  Setup s;
+  Trainer tr(s.model, {.type = TrainType::traditional_tl_training, .num_epochs = 1, .learning_rate = 0.05f}, 12);
+  const auto& ps = s.model.params();
+  std::vector<std::vector<float>> before;
+  for (const auto& p : ps.params()) before.emplace_back(p.values().begin(), p.values().end());
+  tr.train_epoch(s.batches, 0);
+  for (std::size_t k = 0; k < ps.size(); ++k) {
+    CAPTURE(ps[k].name);
+    const bool same = std::equal(before[k].begin(), before[k].end(), ps[k].values().begin());
+    CHECK(same == !tr.mask()[k]);
+  }
+}
+
+TEST_CASE("elastic training selects within the budget every interval and logs each selection") {
+  Setup s;
+  const Profile p = s.profile();
+  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 3, .interval = 2, .rho = 0.75,
+                       .learning_rate = 0.05f},
+             12, p);
+  int logged = 0;
+  tr.on_selection = [&](const SelectionRecord&) { ++logged; };
+  Metrics first, last;
+  for (int e = 0; e < 3; ++e) {
+    const auto rec = tr.train_epoch(s.batches, e);
+    CHECK(rec.steps == 12);
+    CHECK(rec.train_ms > 0);
+    (e == 0 ? first : last) = rec.train;
+  }
+  REQUIRE(tr.selections().size() == 2);  // epochs 0 and 2
+  CHECK(logged == 2);
+  for (const auto& sel : tr.selections()) {
+    CHECK(sel.predicted_share <= 0.75 + 1e-9);
+    CHECK_FALSE(sel.selected_units.empty());
+    CHECK(sel.importance > 0);
+  }
+  CHECK(tr.selections()[1].epoch == 2);
+  // Under a tight budget not everything fits.
+  CHECK(std::count(tr.mask().begin(), tr.mask().end(), false) > 0);
+  CHECK(last.loss() < first.loss());
+}
+
+TEST_CASE("a rho below the cheapest useful selection is refused, naming the smallest rho") {
+  Setup s;
+  const Profile p = s.profile();
+  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 1, .rho = 0.05}, 12, p);
+  CHECK_THROWS_WITH_AS(tr.train_epoch(s.batches, 0), doctest::Contains("needs rho >="), UsageError);
+  Profile other = p;
+  other.units.pop_back();
+  CHECK_THROWS_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, other), Error);
+}
+
+TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {
+  float kernel_step[2], bias_step[2];
+  for (int i = 0; i < 2; ++i) {
+    Setup s;
+    const auto type = i == 0 ? TrainType::full_training : TrainType::prunetrain;
+    Trainer tr(s.model, {.type = type, .num_epochs = 1, .learning_rate = 0.1f, .weight_decay = 0.0f, .l1 = 0.01f}, 1);
+    const auto& ps = s.model.params();
+    const float w0 = ps[0].value[5], b0 = ps[ps.size() - 1].value[0];
+    data::ImageSet one = s.set;
+    one.labels.resize(8);
+    one.pixels.resize(8 * 28 * 28);
+    ImageBatcher b(one, 0.2f, 0.3f, 5);
+    tr.train_epoch(b, 0);
+    kernel_step[i] = ps[0].value[5] - w0;
+    bias_step[i] = ps[ps.size() - 1].value[0] - b0;
+    if (i == 1) {
+      // First SGDW step: v = -lr * (g + l1 * sign(w)); the difference is -lr * l1 * sign(w0).
+      CHECK(kernel_step[1] - kernel_step[0] == doctest::Approx(-0.1f * 0.01f * (w0 > 0 ? 1 : -1)).epsilon(1e-3));
+      CHECK(bias_step[1] == doctest::Approx(bias_step[0]));
+    }
+  }
+}
