@@ -1,7 +1,7 @@
 // Times a model's forward pass and full training step (forward, backward of
 // every param, SGDW update) at a given batch and input size, and prints one
 // JSON object: the engine's half of benchmarks/compare_pytorch.
-// Usage: model_step MODEL [batch] [input_size] [threads] [steps]
+// Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
 #include <cstdio>
 #include <cstdlib>
 
@@ -33,12 +33,13 @@ std::string json(const Summary& s) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps]\n");
+    std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]\n");
     return 2;
   }
   const std::string name = argv[1];
   const std::int64_t batch = argc > 2 ? std::atoll(argv[2]) : 4, size = argc > 3 ? std::atoll(argv[3]) : 224;
   const int threads = argc > 4 ? std::atoi(argv[4]) : 2, steps = argc > 5 ? std::atoi(argv[5]) : 10;
+  const int warmup = argc > 6 ? std::atoi(argv[6]) : 3;
   try {
     Context ctx(threads);
     Model m = build_model(name, ctx, {.num_classes = 1000, .input_size = size, .batch = batch});
@@ -53,8 +54,8 @@ int main(int argc, char** argv) {
     const std::vector<bool> all(m.params().size(), true);
     m.graph->select(all);
     std::uint64_t step = 0;
-    const Summary fwd = measure(3, steps, [&] { m.graph->forward(true); });
-    const Summary train = measure(3, steps, [&] {
+    const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
+    const Summary train = measure(warmup, steps, [&] {
       m.graph->set_step(step++);
       m.graph->forward(true);
       m.graph->backward();

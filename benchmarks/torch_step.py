@@ -3,7 +3,7 @@
 (forward, backward, SGD with momentum and weight decay) of the torchvision model that
 elastic's model of the same name mirrors, batch-norm statistics frozen as in elastic.
 
-usage: torch_step.py MODEL [batch] [input_size] [threads] [steps]   (prints one JSON object)
+usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup]   (prints one JSON object)
 """
 import json
 import os
@@ -30,7 +30,8 @@ def measure(fn, warmup, steps):
 
 def main():
     name = sys.argv[1]
-    batch, size, threads, steps = (int(v) for v in (sys.argv[2:6] + ["4", "224", "2", "10"][len(sys.argv) - 2:]))
+    defaults = ["4", "224", "2", "10", "3"]
+    batch, size, threads, steps, warmup = (int(v) for v in (sys.argv[2:7] + defaults[len(sys.argv[2:7]):]))
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     model = build(name, 1000, size)
@@ -53,7 +54,7 @@ def main():
         opt.step()
 
     out = {"model": name, "batch": batch, "input_size": size, "threads": threads,
-           "forward": measure(forward, 3, steps), "train_step": measure(train_step, 3, steps)}
+           "forward": measure(forward, warmup, steps), "train_step": measure(train_step, warmup, steps)}
     print(json.dumps(out))
 
 

@@ -11,7 +11,7 @@ namespace fs = std::filesystem;
 
 TEST_CASE("predicted step time T_fwd + T_b(m) matches the measured step of that plan within 15%") {
   Context ctx(2);
-  Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 96, .batch = 4});
+  Model m = build_model("resnet50", ctx, {.num_classes = 10, .input_size = 64, .batch = 4});
   Rng rng(1);
   Tensor x(m.input_shape);
   for (auto& v : x.span()) v = rng.normal();

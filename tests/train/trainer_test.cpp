@@ -81,7 +81,9 @@ TEST_CASE("elastic training selects within the budget every interval and logs ea
                        .learning_rate = 0.05f},
              12, p);
   int logged = 0;
+  std::vector<std::string> lines;
   tr.on_selection = [&](const SelectionRecord&) { ++logged; };
+  tr.log = [&](const std::string& line) { lines.push_back(line); };
   Metrics first, last;
   for (int e = 0; e < 3; ++e) {
     const auto rec = tr.train_epoch(s.batches, e);
@@ -100,6 +102,15 @@ TEST_CASE("elastic training selects within the budget every interval and logs ea
   // Under a tight budget not everything fits.
   CHECK(std::count(tr.mask().begin(), tr.mask().end(), false) > 0);
   CHECK(last.loss() < first.loss());
+  REQUIRE(lines.size() == 5);  // 2 selections + 3 epochs
+  CHECK(lines[0].find("selection at epoch 1") != std::string::npos);
+  CHECK(lines[0].find("mask ") != std::string::npos);
+  CHECK(lines[1].find("epoch 1: 12 steps") != std::string::npos);
+  // A profile measured for another setting is refused.
+  Profile other = p;
+  other.key.batch = 16;
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, other),
+                       doctest::Contains("batch size 16"), Error);
 }
 
 TEST_CASE("a rho below the cheapest useful selection is refused, naming the smallest rho") {
@@ -107,9 +118,9 @@ TEST_CASE("a rho below the cheapest useful selection is refused, naming the smal
   const Profile p = s.profile();
   Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 1, .rho = 0.05}, 12, p);
   CHECK_THROWS_WITH_AS(tr.train_epoch(s.batches, 0), doctest::Contains("needs rho >="), UsageError);
-  Profile other = p;
-  other.units.pop_back();
-  CHECK_THROWS_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, other), Error);
+  Profile fewer = p;
+  fewer.units.pop_back();
+  CHECK_THROWS_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, fewer), Error);
 }
 
 TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {

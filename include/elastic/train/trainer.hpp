@@ -63,7 +63,7 @@ struct TrainerOptions {
   int num_epochs = 12;
   int interval = 4;  // epochs between re-selections
   double rho = 0.533;
-  std::string optimizer = "sgd";  // "sgd" (SGDW) or "adam"
+  std::string optimizer;  // "sgd" (SGDW) or "adam"; empty: the reference's choice (Adam for vit, else SGDW)
   float learning_rate = 1e-4f;
   float weight_decay = 5e-4f;
   float l1 = 1e-4f;  // prunetrain's penalty on kernel weights
@@ -99,6 +99,7 @@ class Trainer {
     if (o_.interval < 1) usage_fail("--interval must be at least 1, got {}", o_.interval);
     if (o_.num_epochs < 1) usage_fail("--num_epochs must be at least 1, got {}", o_.num_epochs);
     if (!(o_.learning_rate > 0)) usage_fail("--learning_rate must be positive, got {}", o_.learning_rate);
+    if (o_.optimizer.empty()) o_.optimizer = m.name == "vit" ? "adam" : "sgd";
     if (o_.optimizer == "sgd")
       opt_ = std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = o_.weight_decay,
                                                 .initial_lr = o_.learning_rate});
@@ -108,6 +109,7 @@ class Trainer {
       usage_fail("--optimizer '{}' is not one of sgd, adam", o_.optimizer);
     if (is_elastic(o_.type)) {
       if (!profile_) fail("{} needs a timing profile of this model (elastic profile)", name_of(o_.type));
+      profile_->check_matches(profile_key(m_, m_.graph->context().threads()), "given");
       if (profile_->units.size() != units_.size())
         fail("the profile has {} units but model '{}' has {}", profile_->units.size(), m_.name, units_.size());
     }
@@ -115,8 +117,10 @@ class Trainer {
     m_.graph->select(mask_);
   }
 
-  // Called for every log event (a selection, an epoch); empty by default.
+  // Called with every selection; empty by default.
   std::function<void(const SelectionRecord&)> on_selection;
+  // One human-readable line per selection and per epoch; prints to stdout by default.
+  std::function<void(const std::string&)> log = [](const std::string& line) { fmt::print("{}\n", line); };
 
   const std::vector<bool>& mask() const { return mask_; }
   Optimizer& optimizer() { return *opt_; }
@@ -146,6 +150,10 @@ class Trainer {
       ++rec.steps;
     }
     rec.train_ms = sw.elapsed_ms();
+    if (log)
+      log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%", epoch + 1,
+                      rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000),
+                      rec.train.loss(), 100 * rec.train.accuracy()));
     return rec;
   }
 
@@ -211,6 +219,14 @@ class Trainer {
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
     selections_.push_back(rec);
     if (on_selection) on_selection(rec);
+    if (log) {
+      std::string bits;
+      for (bool b : s.mask) bits += b ? '1' : '0';
+      log(fmt::format("selection at epoch {}: {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
+                      "(rho {}), mask {}",
+                      epoch + 1, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, o_.rho,
+                      bits));
+    }
   }
 
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
