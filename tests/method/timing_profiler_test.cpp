@@ -32,15 +32,20 @@ TEST_CASE("predicted step time T_fwd + T_b(m) matches the measured step of that 
     for (std::size_t u = 0; u < units.size(); ++u) unit_mask[u] = u >= from && (u == from || rng.uniform() < 0.7f);
     const auto mask = param_mask(units, unit_mask, m.params().size());
     m.graph->select(mask);
-    std::vector<double> ms;
-    for (int i = 0; i < 12; ++i) {
-      Stopwatch sw;
-      m.graph->forward(true);
-      m.graph->backward();
-      opt.step(m.params(), mask, 1e-4f);
-      if (i >= 3) ms.push_back(sw.elapsed_ms());
+    // The quietest of three medians: on a shared machine noise only ever adds time.
+    double measured = 1e300;
+    for (int round = 0; round < 3; ++round) {
+      std::vector<double> ms;
+      for (int i = 0; i < 10; ++i) {
+        Stopwatch sw;
+        m.graph->forward(true);
+        m.graph->backward();
+        opt.step(m.params(), mask, 1e-4f);
+        if (i >= 2) ms.push_back(sw.elapsed_ms());
+      }
+      measured = std::min(measured, summarize(ms).median);
     }
-    const double measured = summarize(ms).median, predicted = p.t_fwd + p.t_bwd(unit_mask);
+    const double predicted = p.t_fwd + p.t_bwd(unit_mask);
     MESSAGE("keep ", keep, ": predicted ", predicted, " ms, measured ", measured, " ms");
     CHECK(std::abs(predicted - measured) <= 0.15 * measured);
   }
