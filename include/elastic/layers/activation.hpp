@@ -16,9 +16,12 @@ class Eltwise final : public Node {
 
   std::string_view type() const override {
     switch (kind_) {
-      case Activation::relu: return "relu";
-      case Activation::relu6: return "relu6";
-      default: return "gelu";
+      case Activation::relu:
+        return "relu";
+      case Activation::relu6:
+        return "relu6";
+      default:
+        return "gelu";
     }
   }
   Activation kind() const { return kind_; }
@@ -34,7 +37,8 @@ class Eltwise final : public Node {
       alg = algorithm::eltwise_clip_v2_use_dst_for_bwd;
       beta = 6.0f;
     }
-    eltwise_forward::primitive_desc fwd({prop_kind::forward_training, alg, in[0], alpha, beta}, user_scratchpad(), ctx.engine());
+    eltwise_forward::primitive_desc fwd({prop_kind::forward_training, alg, in[0], alpha, beta}, user_scratchpad(),
+                                        ctx.engine());
     eltwise_backward::primitive_desc bwd({alg, in[0], in[0], alpha, beta}, user_scratchpad(), ctx.engine(), fwd);
     fwd_ = Call(eltwise_forward(fwd), {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DST, dst()}});
     bwd_ = Call(eltwise_backward(bwd), {{uses_dst() ? DNNL_ARG_DST : DNNL_ARG_SRC, uses_dst() ? dst() : src()},
