@@ -8,3 +8,10 @@ find_dependency(xtensor)         # xtensor
 find_dependency(OpenMP)          # OpenMP::OpenMP_CXX: oneDNN's threading runtime
 find_dependency(ZLIB)            # ZLIB::ZLIB: .gz dataset files
 find_dependency(nlohmann_json)   # nlohmann_json::nlohmann_json: safetensors headers, profiles
+# elastic::data only: image codecs and MATLAB list files.
+find_dependency(JPEG)            # JPEG::JPEG (libjpeg-turbo)
+find_dependency(PNG)             # PNG::PNG
+find_dependency(PkgConfig)
+if(NOT TARGET PkgConfig::MATIO)
+  pkg_check_modules(MATIO REQUIRED IMPORTED_TARGET GLOBAL matio)  # Stanford Dogs' .mat lists
+endif()

@@ -82,7 +82,8 @@ struct SelectionRecord {
 
 struct EpochRecord {
   int epoch = 0;
-  double train_ms = 0;  // training only, no evaluation
+  double train_ms = 0;      // training only, no evaluation
+  double data_wait_ms = 0;  // part of train_ms spent waiting for the batch source
   Metrics train;
   std::int64_t steps = 0;
 };
@@ -135,6 +136,8 @@ class Trainer {
     EpochRecord rec;
     rec.epoch = epoch;
     const std::int64_t batches = train.batches(m_.batch(), true);
+    double wait_before = 0;
+    if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
     Stopwatch sw;
     for (std::int64_t b = 0; b < batches; ++b) {
       train.load(m_, b);
@@ -150,10 +153,12 @@ class Trainer {
       ++rec.steps;
     }
     rec.train_ms = sw.elapsed_ms();
+    if constexpr (requires { train.wait_ms(); }) rec.data_wait_ms = train.wait_ms() - wait_before;
     if (log)
-      log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%", epoch + 1,
-                      rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000),
-                      rec.train.loss(), 100 * rec.train.accuracy()));
+      log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%, "
+                      "waited {:.2f} s for data",
+                      epoch + 1, rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000),
+                      rec.train.loss(), 100 * rec.train.accuracy(), rec.data_wait_ms / 1000));
     return rec;
   }
 
