@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "commands/data.hpp"
 #include "commands/step.hpp"
 
 int main(int argc, char** argv) {
@@ -9,6 +10,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   elastic::cli::StepArgs step;
   elastic::cli::add_step_command(app, step);
+  elastic::cli::DataArgs data;
+  elastic::cli::add_data_command(app, data);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -17,6 +20,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("step")) return elastic::cli::run_step(step);
+    if (app.got_subcommand("data")) return elastic::cli::run_data(data);
   } catch (const elastic::UsageError& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 2;
