@@ -1,5 +1,7 @@
 // Builds a two-layer graph through the installed umbrella header and checks
-// that a forward pass produces the expected shape.
+// that a forward pass produces the expected shape; uses the input pipeline's
+// target (codecs, libmatio) through its own umbrella header.
+#include <elastic/data.hpp>
 #include <elastic/elastic.hpp>
 
 #include <cstdio>
@@ -14,7 +16,11 @@ int main() {
   g.finalize(1);
   g.forward(false);
   const auto y = g.read(c);
-  const bool ok = y.shape() == elastic::Shape{2, 4, 8, 8};
-  std::printf("consumer: output %s\n", ok ? "ok" : "wrong shape");
+  const bool shape_ok = y.shape() == elastic::Shape{2, 4, 8, 8};
+  const std::uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  const bool data_ok = elastic::data::parse_class_list("5-9").size() == 5 &&
+                       elastic::data::sniff_format(png_magic, 8) == elastic::data::ImageFormat::png;
+  const bool ok = shape_ok && data_ok;
+  std::printf("consumer: output %s, data %s\n", shape_ok ? "ok" : "wrong shape", data_ok ? "ok" : "wrong");
   return ok ? 0 : 1;
 }
