@@ -18,6 +18,9 @@ struct LoadOptions {
   // initialized, and file tensors under them are ignored: the new head of a
   // fine-tuning run (e.g. {"fc."}), whatever its class count in the file.
   std::vector<std::string> skip_prefixes;
+  // File tensors under these prefixes are not the model's (a checkpoint's
+  // optimizer state) and are ignored.
+  std::vector<std::string> ignore_prefixes;
 };
 
 struct LoadReport {
@@ -62,7 +65,8 @@ inline LoadReport load_weights(ParamStore& store, const SafetensorsFile& file, c
   LoadReport report;
   for (const auto& info : file.tensors()) {
     if (wanted.count(info.name)) continue;
-    if (detail::starts_with_any(info.name, o.skip_prefixes) || info.name.ends_with(".num_batches_tracked"))
+    if (detail::starts_with_any(info.name, o.skip_prefixes) || detail::starts_with_any(info.name, o.ignore_prefixes) ||
+        info.name.ends_with(".num_batches_tracked"))
       report.ignored.push_back(info.name);
     else
       unexpected.push_back(info.name);

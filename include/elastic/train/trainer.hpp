@@ -80,6 +80,17 @@ struct SelectionRecord {
   std::vector<std::string> selected_units;
 };
 
+// What a checkpoint must hold, beyond weights, for a resumed run to continue
+// exactly as an uninterrupted one: the step (which fixes the learning rate and
+// the dropout masks), the installed selection, the selection history and the
+// optimizer's state. Batches depend only on (seed, epoch, position).
+struct TrainerState {
+  std::uint64_t step = 0;
+  std::vector<bool> mask;  // per param
+  std::vector<SelectionRecord> selections;
+  OptimizerState optimizer;
+};
+
 struct EpochRecord {
   int epoch = 0;
   double train_ms = 0;      // training only, no evaluation
@@ -120,6 +131,8 @@ class Trainer {
 
   // Called with every selection; empty by default.
   std::function<void(const SelectionRecord&)> on_selection;
+  // Called after every step with its number and its batch's mean loss, correct and counted samples.
+  std::function<void(std::uint64_t step, double loss, std::int64_t correct, std::int64_t count)> on_step;
   // One human-readable line per selection and per epoch; prints to stdout by default.
   std::function<void(const std::string&)> log = [](const std::string& line) { fmt::print("{}\n", line); };
 
@@ -127,6 +140,24 @@ class Trainer {
   Optimizer& optimizer() { return *opt_; }
   std::uint64_t step() const { return step_; }
   const std::vector<SelectionRecord>& selections() const { return selections_; }
+
+  float learning_rate() const { return schedule_(static_cast<std::int64_t>(step_)); }
+
+  TrainerState state() const { return {step_, mask_, selections_, opt_->state()}; }
+
+  // Continues from a saved state (the model's weights restored separately).
+  void restore(const TrainerState& s) {
+    if (s.mask.size() != m_.params().size())
+      fail("trainer state: the mask has {} params but model '{}' has {}", s.mask.size(), m_.name, m_.params().size());
+    step_ = s.step;
+    mask_ = s.mask;
+    selections_ = s.selections;
+    if (!s.optimizer.steps.empty()) {
+      opt_->attach(m_.params());
+      opt_->load_state(s.optimizer);
+    }
+    m_.graph->select(mask_);
+  }
 
   // Trains one epoch over `train` (a batch source: start_epoch, batches, load).
   template <class Source>
@@ -149,6 +180,7 @@ class Trainer {
       opt_->step(m_.params(), mask_, lr);
       auto& loss = m_.loss_node();
       rec.train.add(loss.loss(), loss.correct(), loss.count());
+      if (on_step) on_step(step_, loss.loss(), loss.correct(), loss.count());
       ++step_;
       ++rec.steps;
     }

@@ -1,0 +1,107 @@
+// Checkpoints: a model's params and buffers, the trainer's state and the
+// caller's own run record in one safetensors file, written atomically (a
+// temporary file, fsync, rename, directory fsync), so a crash at any moment
+// leaves the previous checkpoint or the new one, never a torn file.
+//
+// Tensors: every param and buffer under its own name (the file also loads as
+// a weights file with ignore_prefixes {"optimizer/"}), and each optimizer slot
+// as "optimizer/<param>.<slot>". Metadata "elastic_state": JSON with the step,
+// the selection mask, the selection history, the optimizer's per-param step
+// counts and the caller's run record.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "elastic/io/weights.hpp"
+#include "elastic/train/trainer.hpp"
+
+namespace elastic {
+
+inline constexpr const char* kOptimizerPrefix = "optimizer/";
+
+inline nlohmann::json to_json(const SelectionRecord& r) {
+  std::string bits;
+  for (bool b : r.unit_mask) bits += b ? '1' : '0';
+  return {{"epoch", r.epoch},
+          {"unit_mask", bits},
+          {"importance", r.importance},
+          {"predicted_share", r.predicted_share},
+          {"selected_units", r.selected_units}};
+}
+
+inline std::vector<bool> parse_bits(const std::string& bits, const std::string& what) {
+  std::vector<bool> out;
+  for (char c : bits) {
+    if (c != '0' && c != '1') fail("{}: '{}' is not a string of 0 and 1", what, bits.substr(0, 40));
+    out.push_back(c == '1');
+  }
+  return out;
+}
+
+inline SelectionRecord selection_from_json(const nlohmann::json& j) {
+  SelectionRecord r;
+  r.epoch = j.at("epoch").get<int>();
+  r.unit_mask = parse_bits(j.at("unit_mask").get<std::string>(), "selection unit_mask");
+  r.importance = j.at("importance").get<double>();
+  r.predicted_share = j.at("predicted_share").get<double>();
+  r.selected_units = j.at("selected_units").get<std::vector<std::string>>();
+  return r;
+}
+
+inline void save_checkpoint(const std::filesystem::path& path, const ParamStore& store, const TrainerState& state,
+                            const nlohmann::json& run) {
+  io::SafetensorsWriter w;
+  for (const auto& p : store.params()) w.add_f32(p.name, p.shape, p.values());
+  for (const auto& b : store.buffers()) w.add_f32(b.name, b.shape, b.values());
+  for (const auto& [key, values] : state.optimizer.slots)
+    w.add_f32(kOptimizerPrefix + key, {static_cast<std::int64_t>(values.size())}, values);
+  std::string mask;
+  for (bool b : state.mask) mask += b ? '1' : '0';
+  nlohmann::json selections = nlohmann::json::array();
+  for (const auto& s : state.selections) selections.push_back(to_json(s));
+  const nlohmann::json meta{{"step", state.step},
+                            {"mask", mask},
+                            {"selections", selections},
+                            {"optimizer_steps", state.optimizer.steps},
+                            {"run", run}};
+  w.set_metadata("elastic_state", meta.dump());
+  w.write(path);
+}
+
+struct Checkpoint {
+  TrainerState trainer;
+  nlohmann::json run;
+};
+
+// Loads the params and buffers into `store` and returns the rest. Every
+// problem (a model that does not fit, missing or malformed state) is an error
+// naming the file.
+inline Checkpoint load_checkpoint(const std::filesystem::path& path, ParamStore& store) {
+  if (!std::filesystem::exists(path)) fail("no checkpoint '{}'", path.string());
+  const io::SafetensorsFile file(path);
+  const auto it = file.metadata().find("elastic_state");
+  if (it == file.metadata().end()) fail("'{}' is not a checkpoint: no elastic_state metadata", path.string());
+  Checkpoint c;
+  try {
+    const auto meta = nlohmann::json::parse(it->second);
+    c.trainer.step = meta.at("step").get<std::uint64_t>();
+    c.trainer.mask = parse_bits(meta.at("mask").get<std::string>(), "mask");
+    for (const auto& s : meta.at("selections")) c.trainer.selections.push_back(selection_from_json(s));
+    c.trainer.optimizer.steps = meta.at("optimizer_steps").get<std::map<std::string, std::int64_t>>();
+    c.run = meta.at("run");
+  } catch (const nlohmann::json::exception& e) {
+    fail("'{}': malformed checkpoint state: {}", path.string(), e.what());
+  }
+  for (const auto& info : file.tensors()) {
+    if (!info.name.starts_with(kOptimizerPrefix)) continue;
+    auto& slot = c.trainer.optimizer.slots[info.name.substr(std::string_view(kOptimizerPrefix).size())];
+    slot.resize(static_cast<std::size_t>(numel(info.shape)));
+    file.read_f32(info, slot);
+  }
+  io::load_weights(store, file, {.ignore_prefixes = {kOptimizerPrefix}});
+  return c;
+}
+
+}  // namespace elastic
