@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "commands/data.hpp"
+#include "driver/driver.hpp"
 #include "commands/step.hpp"
 
 int main(int argc, char** argv) {
@@ -12,6 +13,13 @@ int main(int argc, char** argv) {
   elastic::cli::add_step_command(app, step);
   elastic::cli::DataArgs data;
   elastic::cli::add_data_command(app, data);
+  elastic::cli::TrainArgs train;
+  elastic::cli::add_train_options(
+      *app.add_subcommand("train", "fine-tune a model on a dataset with one of the training types"), train);
+  elastic::cli::ProfileArgs profile;
+  elastic::cli::add_profile_options(
+      *app.add_subcommand("profile", "measure a model's per-tensor backward times; writes the profile train reads"),
+      profile);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -21,6 +29,8 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("step")) return elastic::cli::run_step(step);
     if (app.got_subcommand("data")) return elastic::cli::run_data(data);
+    if (app.got_subcommand("train")) return elastic::cli::run_train(train);
+    if (app.got_subcommand("profile")) return elastic::cli::run_profile(profile);
   } catch (const elastic::UsageError& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 2;

@@ -1,0 +1,60 @@
+// The shared driver of the `elastic` command and of the example mains:
+// `train` (the reference's flags and defaults plus ours) and `profile`.
+// Compiled once into the static library elastic_driver, so that each example
+// main is a few lines and builds in a second.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace elastic::cli {
+
+struct TrainArgs {
+  // The reference's flags, with its defaults.
+  std::string model_name = "resnet50";
+  std::string dataset_name = "caltech_birds2011";
+  std::string train_type = "elastic_training";
+  std::int64_t input_size = 224, batch_size = 4, num_classes = 0;  // num_classes 0: the dataset's
+  std::string optimizer;                                            // empty: sgd, adam for vit
+  float learning_rate = 1e-4f, weight_decay = 5e-4f;
+  int num_epochs = 12;
+  std::string run_name = "myexp";
+  bool save_model = false, save_txt = false;
+  int interval = 4;
+  double rho = 0.533;
+  // Ours.
+  std::string data_dir, weights, log_dir = "logs", profile, classes;
+  int threads = 0, workers = 1;
+  std::uint64_t seed = 1;
+  bool resume = false, skip_bad = false;
+  bool bn_batch_stats = false;
+  bool no_augment = false;  // batch norm on batch statistics (training from scratch)
+  std::int64_t steps_per_epoch = 0;  // 0: the whole training split
+  float dropout = 0.2f;
+};
+
+struct ProfileArgs {
+  std::string model_name = "resnet50", out;
+  std::int64_t input_size = 224, batch_size = 4, num_classes = 0;
+  int threads = 0, warmup = 3, repeats = 10;
+};
+
+// Adds every train flag to `c` (a subcommand or an example's app).
+void add_train_options(CLI::App& c, TrainArgs& a);
+void add_profile_options(CLI::App& c, ProfileArgs& a);
+
+// Each returns the process exit code; errors propagate as exceptions
+// (elastic::UsageError for wrong flags).
+int run_train(const TrainArgs& a);
+int run_profile(const ProfileArgs& a);
+
+// Runs `f` and maps errors to exit codes: 2 for usage errors, 1 otherwise,
+// with a one-line message on stderr.
+int guarded(const std::function<int()>& f);
+
+// The main of an example: `elastic train` with the model and dataset preset.
+int example_main(int argc, char** argv, const std::string& model, const std::string& dataset);
+
+}  // namespace elastic::cli

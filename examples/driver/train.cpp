@@ -1,0 +1,388 @@
+// `elastic train`: a whole fine-tuning run as the reference's main does it,
+// with metrics files, atomic checkpoints and exact resumption.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include <fmt/format.h>
+
+#include "driver/driver.hpp"
+#include "driver/progress.hpp"
+#include "elastic/core/timer.hpp"
+#include "elastic/data.hpp"
+#include "elastic/io/weights.hpp"
+#include "elastic/method/timing_profiler.hpp"
+#include "elastic/models/zoo.hpp"
+#include "elastic/train/checkpoint.hpp"
+#include "elastic/train/trainer.hpp"
+
+namespace elastic::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void add_train_options(CLI::App& c, TrainArgs& a) {
+  c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
+  c.add_option("--dataset_name", a.dataset_name,
+               "caltech_birds2011, oxford_iiit_pet, stanford_dogs, image_folder or fashion_mnist")
+      ->capture_default_str();
+  c.add_option("--train_type", a.train_type,
+               "full_training, traditional_tl_training, bn_plus_bias_training, elastic_training, "
+               "elastic_training_weight_magnitude, elastic_training_grad_magnitude or prunetrain")
+      ->capture_default_str();
+  c.add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(
+      CLI::Range(std::int64_t{16}, std::int64_t{4096}));
+  c.add_option("--batch_size", a.batch_size, "training batch (tests use twice this)")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  c.add_option("--num_classes", a.num_classes, "classes of the new head (0: the dataset's)")->capture_default_str()->check(
+      CLI::NonNegativeNumber);
+  c.add_option("--optimizer", a.optimizer, "sgd (SGDW, momentum 0.9) or adam; empty: adam for vit, else sgd")
+      ->capture_default_str();
+  c.add_option("--learning_rate", a.learning_rate, "initial learning rate, cosine-decayed to 0")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c.add_option("--weight_decay", a.weight_decay, "decoupled weight decay (scaled by the learning rate)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c.add_option("--num_epochs", a.num_epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
+  c.add_option("--run_name", a.run_name, "name of the run: its files go to <log_dir>/<run_name>/")
+      ->capture_default_str();
+  c.add_flag("--save_model", a.save_model,
+             "write a checkpoint (weights and trainer state) at each epoch end and the final weights");
+  c.add_flag("--save_txt", a.save_txt, "also write every log line to <log_dir>/<run_name>/log.txt");
+  c.add_option("--interval", a.interval, "epochs between re-selections (elastic types)")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  c.add_option("--rho", a.rho, "target share of a full training step's time, in (0, 1]")->capture_default_str();
+  c.add_option("--data_dir", a.data_dir, "dataset directory (fashion_mnist: Debian's package directory by default)");
+  c.add_option("--classes", a.classes, "keep only these 0-based classes, relabelled in order, e.g. 5-9");
+  c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
+  c.add_option("--threads", a.threads, "kernel threads (0: all cores)")->capture_default_str()->check(
+      CLI::NonNegativeNumber);
+  c.add_option("--workers", a.workers, "image decoding threads (0: decode on the training thread)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c.add_option("--seed", a.seed, "seed of initialization, shuffling, augmentation and dropout")->capture_default_str();
+  c.add_option("--log_dir", a.log_dir, "directory of run directories")->capture_default_str();
+  c.add_flag("--resume", a.resume, "continue the run <log_dir>/<run_name> from its last checkpoint");
+  c.add_option("--profile", a.profile,
+               "timing profile from `elastic profile` (elastic types; without it the model is profiled first)");
+  c.add_flag("--skip_bad", a.skip_bad, "leave out images that fail to decode (with a warning) instead of stopping");
+  c.add_option("--steps_per_epoch", a.steps_per_epoch, "cap on steps per epoch (0: the whole training split)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c.add_flag("--bn_batch_stats", a.bn_batch_stats,
+             "batch norm normalizes with batch statistics and updates its running ones (training from scratch); "
+             "by default they stay frozen, as when fine-tuning a pretrained backbone");
+  c.add_flag("--no_augment", a.no_augment, "train without the random flip and rotation");
+  c.add_option("--dropout", a.dropout, "dropout rate of the new head")->capture_default_str()->check(
+      CLI::Range(0.0f, 0.95f));
+}
+
+namespace {
+
+// The settings a resumed run must share with the run it continues.
+json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps_per_epoch) {
+  return {{"model_name", a.model_name},   {"dataset_name", a.dataset_name}, {"train_type", a.train_type},
+          {"input_size", a.input_size},   {"batch_size", a.batch_size},     {"num_classes", num_classes},
+          {"optimizer", a.optimizer},     {"learning_rate", a.learning_rate}, {"weight_decay", a.weight_decay},
+          {"num_epochs", a.num_epochs},   {"interval", a.interval},         {"rho", a.rho},
+          {"classes", a.classes},         {"seed", a.seed},                 {"steps_per_epoch", steps_per_epoch},
+          {"dropout", a.dropout},         {"bn_batch_stats", a.bn_batch_stats},
+          {"no_augment", a.no_augment}};
+}
+
+// Appends JSON lines, flushed one by one; on resume the file is first cut back
+// to its size at the checkpoint.
+class MetricsFile {
+ public:
+  MetricsFile(const fs::path& path, std::optional<std::uintmax_t> truncate_to) : path_(path) {
+    if (truncate_to) {
+      if (!fs::exists(path)) fail("'{}' is missing: cannot resume the run's metrics", path.string());
+      if (fs::file_size(path) < *truncate_to)
+        fail("'{}' is shorter ({} bytes) than at the checkpoint ({} bytes)", path.string(), fs::file_size(path),
+             *truncate_to);
+      fs::resize_file(path, *truncate_to);
+    }
+    file_ = std::fopen(path.c_str(), "ab");
+    if (!file_) fail("cannot open '{}' for writing", path.string());
+  }
+  ~MetricsFile() {
+    if (file_) std::fclose(file_);
+  }
+  MetricsFile(const MetricsFile&) = delete;
+  MetricsFile& operator=(const MetricsFile&) = delete;
+
+  void write(const json& j) {
+    const std::string line = j.dump() + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
+      fail("cannot write '{}'", path_.string());
+  }
+  // Bytes written so far, durably.
+  std::uintmax_t sync() {
+    if (std::fflush(file_) != 0 || ::fsync(::fileno(file_)) != 0) fail("cannot write '{}'", path_.string());
+    return fs::file_size(path_);
+  }
+
+ private:
+  fs::path path_;
+  std::FILE* file_ = nullptr;
+};
+
+// Writes `text` to `path` through a temporary file, fsync and rename.
+void write_atomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) fail("cannot create '{}'", tmp.string());
+    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 &&
+                    ::fsync(::fileno(f)) == 0;
+    std::fclose(f);
+    if (!ok) fail("cannot write '{}'", tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+// A loader capped at a number of batches per epoch.
+struct CappedSource {
+  data::Loader& loader;
+  std::int64_t cap;
+  void start_epoch(std::uint64_t e, bool shuffle) { loader.start_epoch(e, shuffle); }
+  std::int64_t batches(std::int64_t b, bool drop_last) const { return std::min(cap, loader.batches(b, drop_last)); }
+  std::int64_t load(Model& m, std::int64_t b) { return loader.load(m, b); }
+  double wait_ms() const { return loader.wait_ms(); }
+};
+
+}  // namespace
+
+int run_train(const TrainArgs& a) {
+  const TrainType type = parse_train_type(a.train_type);
+  if (!(a.rho > 0 && a.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", a.rho);
+  if (a.optimizer != "" && a.optimizer != "sgd" && a.optimizer != "adam")
+    usage_fail("--optimizer '{}' is not one of sgd, adam", a.optimizer);
+  if (a.run_name.empty() || a.run_name.find('/') != std::string::npos)
+    usage_fail("--run_name '{}' must be a non-empty name without '/'", a.run_name);
+  const Stopwatch wall;
+  Progress progress;
+  const fs::path run_dir = fs::path(a.log_dir) / a.run_name;
+  const fs::path checkpoint_path = run_dir / "checkpoint.safetensors", metrics_path = run_dir / "metrics.jsonl";
+  if (a.resume && !fs::exists(checkpoint_path))
+    usage_fail("--resume: no checkpoint '{}' (a run writes checkpoints with --save_model)", checkpoint_path.string());
+  if (!a.resume && fs::exists(metrics_path))
+    usage_fail("run directory '{}' already holds a run: pass --resume to continue it or choose another --run_name",
+               run_dir.string());
+  fs::create_directories(run_dir);
+
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> text_log(nullptr, &std::fclose);
+  if (a.save_txt) {
+    text_log.reset(std::fopen((run_dir / "log.txt").c_str(), a.resume ? "ab" : "wb"));
+    if (!text_log) fail("cannot write '{}'", (run_dir / "log.txt").string());
+  }
+  const auto log = [&](const std::string& line) {
+    progress.print_line(line);
+    if (text_log) {
+      fmt::print(text_log.get(), "{}\n", line);
+      std::fflush(text_log.get());
+    }
+  };
+
+  data::DatasetOptions dopt;
+  if (!a.classes.empty()) dopt.classes = data::parse_class_list(a.classes);
+  const data::Dataset d = data::open_dataset(a.dataset_name, a.data_dir, dopt);
+  const std::int64_t num_classes = a.num_classes ? a.num_classes : d.num_classes();
+  if (num_classes < d.num_classes())
+    usage_fail("--num_classes {} is smaller than the {} classes of {}", num_classes, d.num_classes(), d.name);
+
+  Context ctx(a.threads);
+  Model m = build_model(a.model_name, ctx, {.num_classes = num_classes, .input_size = a.input_size,
+                                            .batch = a.batch_size, .dropout = a.dropout, .seed = a.seed});
+  m.set_batch_stats(a.bn_batch_stats);
+  if (!a.weights.empty()) {
+    const auto report = io::load_weights(m.params(), a.weights, {.skip_prefixes = m.head_prefixes});
+    log(fmt::format("loaded {} tensors from '{}' (head {} left as initialized)", report.loaded, a.weights,
+                    fmt::join(m.head_prefixes, ", ")));
+  }
+
+  data::LoaderOptions train_options = data::loader_options_for(m, true, a.seed);
+  train_options.workers = a.workers;
+  train_options.augment = !a.no_augment;
+  train_options.skip_bad = a.skip_bad;
+  data::LoaderOptions test_options = data::loader_options_for(m, false, a.seed);
+  test_options.batch = 2 * a.batch_size;
+  test_options.workers = a.workers;
+  test_options.skip_bad = a.skip_bad;
+  data::Loader train_loader(d.train, train_options), test_loader(d.test, test_options);
+  train_loader.warn = test_loader.warn = [&](const std::string& w) { log("warning: " + w); };
+  const std::int64_t steps_per_epoch =
+      a.steps_per_epoch ? std::min(a.steps_per_epoch, train_loader.batches()) : train_loader.batches();
+  CappedSource train{train_loader, steps_per_epoch};
+  const json config = run_config(a, num_classes, steps_per_epoch);
+
+  std::optional<Profile> profile;
+  if (is_elastic(type)) {
+    const fs::path saved = run_dir / "profile.json";
+    if (!a.profile.empty()) {
+      profile = Profile::load(a.profile);
+    } else if (a.resume && fs::exists(saved)) {
+      profile = Profile::load(saved);
+    } else {
+      log(fmt::format("profiling {} (batch {}, {}x{}, {} threads); `elastic profile --out F` and --profile F reuse one",
+                      m.name, a.batch_size, a.input_size, a.input_size, ctx.threads()));
+      train_loader.start_epoch(0, false);
+      train_loader.load(m, 0);
+      profile = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));
+      profile->save(saved);
+    }
+  }
+
+  TrainerOptions topt{.type = type, .num_epochs = a.num_epochs, .interval = a.interval, .rho = a.rho,
+                      .optimizer = a.optimizer, .learning_rate = a.learning_rate, .weight_decay = a.weight_decay,
+                      .seed = a.seed};
+  Trainer trainer(m, topt, steps_per_epoch, profile);
+
+  int first_epoch = 0;
+  double best = 0, train_ms = 0, wall_before_ms = 0;
+  json epochs = json::array();
+  std::optional<std::uintmax_t> metrics_bytes;
+  if (a.resume) {
+    const Checkpoint c = load_checkpoint(checkpoint_path, m.params());
+    const json& was = c.run.at("config");
+    for (const auto& [key, value] : config.items())
+      if (!was.contains(key) || was[key] != value)
+        usage_fail("--resume: the run was started with {} {} but this command has {}", key,
+                   was.contains(key) ? was[key].dump() : "(none)", value.dump());
+    trainer.restore(c.trainer);
+    first_epoch = c.run.at("epoch").get<int>() + 1;
+    best = c.run.at("best_test_accuracy").get<double>();
+    train_ms = c.run.at("train_ms").get<double>();
+    wall_before_ms = c.run.at("wall_ms").get<double>();
+    epochs = c.run.at("epochs");
+    metrics_bytes = c.run.at("metrics_bytes").get<std::uintmax_t>();
+    log(fmt::format("resuming '{}' after epoch {} (step {})", run_dir.string(), first_epoch, c.trainer.step));
+  }
+  MetricsFile metrics(metrics_path, metrics_bytes);
+  const auto wall_s = [&] { return (wall_before_ms + wall.elapsed_ms()) / 1000; };
+
+  log(fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
+                  "of {} steps{}",
+                  m.name, d.name, num_classes, d.train.size(), d.test.size(), a.batch_size, a.input_size,
+                  a.input_size, ctx.threads(), a.train_type, a.num_epochs, steps_per_epoch,
+                  is_elastic(type) ? fmt::format(", rho {}", a.rho) : ""));
+
+  // Every 200 steps: the mean train loss and accuracy over those steps.
+  Metrics window, running;
+  Stopwatch epoch_clock;
+  int current_epoch = 0;
+  trainer.log = log;
+  trainer.on_selection = [&](const SelectionRecord& r) {
+    json j = to_json(r);
+    j["type"] = "selection";
+    j["step"] = trainer.step();
+    j["wall_time"] = wall_s();
+    metrics.write(j);
+  };
+  trainer.on_step = [&](std::uint64_t step, double loss, std::int64_t correct, std::int64_t count) {
+    window.add(loss, correct, count);
+    running.add(loss, correct, count);
+    const std::uint64_t done = step + 1;
+    if (done % 200 == 0) {
+      metrics.write({{"type", "train"}, {"epoch", current_epoch + 1}, {"step", done}, {"loss", window.loss()},
+                     {"accuracy", 100 * window.accuracy()}, {"learning_rate", trainer.learning_rate()},
+                     {"wall_time", wall_s()}});
+      window = {};
+    }
+    const std::int64_t in_epoch = static_cast<std::int64_t>(done) - std::int64_t(current_epoch) * steps_per_epoch;
+    const double elapsed = epoch_clock.elapsed_ms() / 1000;
+    const double per_step = elapsed / double(std::max<std::int64_t>(1, in_epoch));
+    const double eta = per_step * double(steps_per_epoch - in_epoch) +
+                       per_step * double(steps_per_epoch) * double(a.num_epochs - current_epoch - 1);
+    progress.update(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
+                                current_epoch + 1, a.num_epochs, in_epoch, steps_per_epoch,
+                                double(running.count) / std::max(1e-9, elapsed), running.loss(),
+                                100 * running.accuracy(), format_duration(eta)),
+                    in_epoch, steps_per_epoch);
+  };
+
+  for (int epoch = first_epoch; epoch < a.num_epochs; ++epoch) {
+    current_epoch = epoch;
+    window = running = {};
+    epoch_clock.reset();
+    const EpochRecord r = trainer.train_epoch(train, epoch);
+    progress.finish();
+    train_ms += r.train_ms;
+    const Metrics t = data::evaluate(m, test_loader);
+    const double acc = 100 * t.accuracy();
+    best = std::max(best, acc);
+    metrics.write({{"type", "train_epoch"}, {"epoch", epoch + 1}, {"step", trainer.step()},
+                   {"loss", r.train.loss()}, {"accuracy", 100 * r.train.accuracy()},
+                   {"learning_rate", trainer.learning_rate()}, {"epoch_time", r.train_ms / 1000},
+                   {"data_wait", r.data_wait_ms / 1000}, {"wall_time", wall_s()}});
+    metrics.write({{"type", "test"}, {"epoch", epoch + 1}, {"step", trainer.step()}, {"loss", t.loss()},
+                   {"accuracy", acc}, {"train_time", train_ms / 1000}, {"wall_time", wall_s()}});
+    epochs.push_back({{"epoch", epoch + 1}, {"train_loss", r.train.loss()}, {"train_accuracy", 100 * r.train.accuracy()},
+                      {"test_loss", t.loss()}, {"test_accuracy", acc}, {"epoch_time", r.train_ms / 1000}});
+    log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a.num_epochs,
+                    t.loss(), acc, best));
+    if (a.save_model) {
+      const std::uintmax_t bytes = metrics.sync();
+      save_checkpoint(checkpoint_path, m.params(), trainer.state(),
+                      {{"epoch", epoch}, {"best_test_accuracy", best}, {"train_ms", train_ms},
+                       {"wall_ms", wall_before_ms + wall.elapsed_ms()}, {"epochs", epochs},
+                       {"metrics_bytes", bytes}, {"config", config}, {"profile_key", profile ? profile->to_json()["key"] : json()}});
+    }
+  }
+  if (a.save_model) io::save_weights(m.params(), run_dir / "model.safetensors");
+
+  const json summary{{"run_name", a.run_name},
+                     {"model_name", a.model_name},
+                     {"dataset_name", a.dataset_name},
+                     {"train_type", a.train_type},
+                     {"rho", a.rho},
+                     {"num_epochs", a.num_epochs},
+                     {"best_test_accuracy", best},
+                     {"training_time_h", train_ms / 3.6e6},
+                     {"epochs", epochs},
+                     {"selections", trainer.selections().size()},
+                     {"config", config}};
+  write_atomically(run_dir / "summary.json", summary.dump(1) + "\n");
+  log(fmt::format("Best test accuracy: {:.2f}%", best));
+  log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms / 3.6e6,
+                  train_ms / 1000));
+  log(fmt::format("metrics: {}, summary: {}", metrics_path.string(), (run_dir / "summary.json").string()));
+  return 0;
+}
+
+int guarded(const std::function<int()>& f) {
+  try {
+    return f();
+  } catch (const UsageError& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+}
+
+int example_main(int argc, char** argv, const std::string& model, const std::string& dataset) {
+  TrainArgs a;
+  a.model_name = model;
+  a.dataset_name = dataset;
+  CLI::App app{fmt::format("Fine-tune {} on {} (every flag of `elastic train`)", model, dataset)};
+  add_train_options(app, a);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  return guarded([&] { return run_train(a); });
+}
+
+}  // namespace elastic::cli
