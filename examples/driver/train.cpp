@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 void add_train_options(CLI::App& c, TrainArgs& a) {
+  c.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
   c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
   c.add_option("--dataset_name", a.dataset_name,
                "caltech_birds2011, oxford_iiit_pet, stanford_dogs, image_folder or fashion_mnist")

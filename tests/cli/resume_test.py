@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""A training run killed with SIGKILL mid-epoch and resumed with --resume ends
+with the same metrics as an uninterrupted run with the same seed.
+
+Elastic training (re-selection every 2 epochs, so a selection happens after a
+resume), augmentation on, two decoding threads: every source of randomness and
+threading is in play. Time fields are the only ones allowed to differ.
+
+Usage: resume_test.py ELASTIC_BINARY
+"""
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ELASTIC = sys.argv[1]
+TIME_FIELDS = {"wall_time", "epoch_time", "data_wait", "train_time"}
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_data(root):
+    """Learnable 28x28 images: each class a bright bar at its own position, plus noise."""
+    rng = np.random.default_rng(0)
+    os.makedirs(root)
+    for prefix, n in (("train", 3200), ("t10k", 400)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 230
+        write_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+
+
+def strip(record):
+    return {k: v for k, v in record.items() if k not in TIME_FIELDS}
+
+
+def records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [strip(json.loads(line)) for line in f]
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    data = os.path.join(tmp, "data")
+    make_data(data)
+    profile = os.path.join(tmp, "profile.json")
+    subprocess.run([ELASTIC, "profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "16",
+                    "--num_classes", "10", "--threads", "2", "--out", profile], check=True, stdout=subprocess.DEVNULL)
+    logs = os.path.join(tmp, "logs")
+    base = [ELASTIC, "train", "--model_name", "mobilenetv2", "--dataset_name", "fashion_mnist", "--data_dir", data,
+            "--input_size", "32", "--batch_size", "16", "--train_type", "elastic_training", "--interval", "2",
+            "--rho", "0.6", "--num_epochs", "5", "--learning_rate", "0.01", "--seed", "5", "--threads", "2",
+            "--workers", "2", "--profile", profile, "--save_model", "--log_dir", logs, "--bn_batch_stats"]
+
+    start = time.time()
+    subprocess.run(base + ["--run_name", "straight"], check=True, stdout=subprocess.DEVNULL)
+    print(f"uninterrupted run: {time.time() - start:.1f} s")
+
+    run = base + ["--run_name", "killed"]
+    checkpoint = os.path.join(logs, "killed", "checkpoint.safetensors")
+    kills = 0
+    for attempt, (after_epochs, delay) in enumerate([(1, 0.6), (3, 0.3)]):
+        cmd = run + (["--resume"] if attempt else [])
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Wait for the checkpoint of epoch `after_epochs`, then kill inside the next epoch.
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            if os.path.exists(checkpoint):
+                with open(os.path.join(logs, "killed", "metrics.jsonl")) as f:
+                    tests = sum('"type":"test"' in line for line in f)
+                if tests >= after_epochs:
+                    break
+            time.sleep(0.02)
+        time.sleep(delay)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+        else:
+            print("run ended before it could be killed:", p.stderr.read())
+    check(kills == 2, f"killed {kills} times")
+    r = subprocess.run(run + ["--resume"], capture_output=True, text=True)
+    check(r.returncode == 0, f"final resume failed: {r.stderr}")
+    check("resuming" in r.stdout, "the resumed run says where it resumes")
+
+    a, b = records(os.path.join(logs, "straight")), records(os.path.join(logs, "killed"))
+    check(len(a) == len(b), f"{len(a)} records uninterrupted, {len(b)} killed and resumed")
+    for i, (x, y) in enumerate(zip(a, b)):
+        check(x == y, f"record {i} differs:\n  {x}\n  {y}")
+    check(sum(x["type"] == "selection" for x in a) == 3, "selections at epochs 1, 3 and 5")
+    sa = json.load(open(os.path.join(logs, "straight", "summary.json")))
+    sb = json.load(open(os.path.join(logs, "killed", "summary.json")))
+    check(sa["best_test_accuracy"] == sb["best_test_accuracy"], "best test accuracy")
+    check([strip(e) for e in sa["epochs"]] == [strip(e) for e in sb["epochs"]], "per-epoch summaries")
+    check(sa["best_test_accuracy"] > 50, f"the run learns ({sa['best_test_accuracy']}%)")
+
+    # Resuming with a different setting is refused, naming it.
+    r = subprocess.run(run + ["--resume", "--learning_rate", "0.02"], capture_output=True, text=True)
+    check(r.returncode == 2 and "learning_rate" in r.stderr, f"changed flag on resume: {r.returncode} {r.stderr}")
+    # Starting over an existing run without --resume is refused.
+    r = subprocess.run(run, capture_output=True, text=True)
+    check(r.returncode == 2 and "already holds a run" in r.stderr, f"existing run: {r.returncode} {r.stderr}")
+
+print("resume:", "FAILED" if failures else "ok")
+sys.exit(1 if failures else 0)

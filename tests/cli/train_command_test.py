@@ -1,0 +1,122 @@
+#!/usr/bin/python3
+"""`elastic train` and `elastic profile` from outside: help, flag errors, the
+files a run writes, progress output, and an example main.
+
+Usage: train_command_test.py ELASTIC_BINARY EXAMPLE_BINARY
+"""
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ELASTIC, EXAMPLE = sys.argv[1], sys.argv[2]
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def run(*args, binary=ELASTIC):
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=600)
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    data = os.path.join(tmp, "data")
+    os.makedirs(data)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 3400), ("t10k", 100)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 255, (n, 28, 28))
+        write_idx(os.path.join(data, f"{prefix}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(data, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+
+    # Help documents every flag with its default.
+    h = run("train", "--help")
+    for flag in ["--model_name", "--dataset_name", "--train_type", "--input_size", "--batch_size", "--num_classes",
+                 "--optimizer", "--learning_rate", "--weight_decay", "--num_epochs", "--run_name", "--save_model",
+                 "--save_txt", "--interval", "--rho", "--data_dir", "--weights", "--threads", "--seed", "--log_dir",
+                 "--resume", "--profile"]:
+        check(flag in h.stdout, f"train --help lists {flag}")
+    for default in ["0.533", "caltech_birds2011", "elastic_training", "myexp", "224"]:
+        check(default in h.stdout, f"train --help shows the default {default}")
+    check(h.returncode == 0, "train --help exits 0")
+    h = run("profile", "--help")
+    check(h.returncode == 0 and all(f in h.stdout for f in ["--model_name", "--input_size", "--batch_size",
+                                                            "--num_classes", "--threads", "--out"]),
+          "profile --help lists its flags")
+    h = run("--help", binary=EXAMPLE)
+    check(h.returncode == 0 and "mobilenetv2" in h.stdout and "stanford_dogs" in h.stdout,
+          "the example main presets its model and dataset")
+    r = run("--data_dir", "/nonexistent", binary=EXAMPLE)
+    check(r.returncode == 1 and "/nonexistent" in r.stderr, f"example main with a missing dir: {r.stderr}")
+
+    # Wrong flags and values: exit 2, one line naming them.
+    common = ["train", "--model_name", "mobilenetv2", "--dataset_name", "fashion_mnist", "--data_dir", data,
+              "--input_size", "32", "--batch_size", "16", "--log_dir", os.path.join(tmp, "logs"), "--threads", "2"]
+    for args, needle in [(["--rho", "1.5"], "--rho"), (["--rho", "0"], "--rho"),
+                         (["--train_type", "foo"], "--train_type 'foo'"), (["--model_name", "foo"], "foo"),
+                         (["--optimizer", "rmsprop"], "--optimizer"), (["--batch_size", "0"], "--batch_size"),
+                         (["--bogus"], "--bogus"), (["--num_classes", "3"], "--num_classes 3"),
+                         (["--classes", "3-1"], "3-1"), (["--dataset_name", "cifar"], "cifar")]:
+        r = run(*common, *args)
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode == 2 and lines and needle in lines[0], f"{args}: exit {r.returncode}, {r.stderr!r}")
+
+    # A profile from another configuration is refused, naming what differs.
+    profile = os.path.join(tmp, "p.json")
+    p = run("profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "8", "--num_classes",
+            "10", "--threads", "2", "--out", profile)
+    check(p.returncode == 0 and "classifier.1" in p.stdout and os.path.exists(profile), "profile writes its table")
+    r = run(*common, "--profile", profile, "--run_name", "wrongprofile", "--num_epochs", "1")
+    check(r.returncode == 1 and "batch size" in r.stderr, f"mismatched profile: {r.returncode} {r.stderr!r}")
+
+    # A run: progress lines (stdout is a pipe), metrics, summary, log.txt, checkpoint and weights.
+    r = run(*common, "--train_type", "elastic_training", "--num_epochs", "2", "--interval", "1", "--rho", "0.7",
+            "--run_name", "r", "--save_model", "--save_txt", "--learning_rate", "0.01")
+    check(r.returncode == 0, f"train run: {r.stderr}")
+    out = r.stdout.splitlines()
+    progress = [l for l in out if l.startswith("epoch 1/2 step")]
+    check(len(progress) in (10, 11), f"about ten plain progress lines per epoch, got {len(progress)}")
+    check(all("img/s" in l and "loss" in l and "acc" in l and "ETA" in l for l in progress), "progress fields")
+    check(not any("\r" in l for l in out), "no carriage returns when stdout is not a terminal")
+    check(any(l.startswith("Best test accuracy:") for l in out) and any(l.startswith("Total training time:")
+                                                                        for l in out), "summary lines")
+    run_dir = os.path.join(tmp, "logs", "r")
+    recs = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    kinds = [x["type"] for x in recs]
+    steps_per_epoch = 3400 // 16
+    check(kinds.count("selection") == 2 and kinds.count("test") == 2 and kinds.count("train_epoch") == 2,
+          f"record kinds {kinds}")
+    check([x["step"] for x in recs if x["type"] == "train"] == [200, 400], "train records every 200 steps")
+    sel = next(x for x in recs if x["type"] == "selection")
+    check(len(sel["unit_mask"]) == 105 and 0 < sel["predicted_share"] <= 0.7 and sel["importance"] > 0,
+          f"selection record {sel}")
+    for x in recs:
+        check("wall_time" in x, "every record has wall time")
+    tests = [x for x in recs if x["type"] == "test"]
+    check(tests[-1]["step"] == 2 * steps_per_epoch, "test records carry the step")
+    s = json.load(open(os.path.join(run_dir, "summary.json")))
+    check(s["best_test_accuracy"] == max(x["accuracy"] for x in tests), "summary best accuracy")
+    check(abs(s["training_time_h"] * 3600 - tests[-1]["train_time"]) < 1e-6, "summary training time")
+    check(len(s["epochs"]) == 2, "summary per epoch")
+    txt = open(os.path.join(run_dir, "log.txt")).read()
+    check("Best test accuracy" in txt and "selection at epoch 1" in txt, "log.txt holds the log lines")
+    for f in ["checkpoint.safetensors", "model.safetensors", "profile.json"]:
+        check(os.path.exists(os.path.join(run_dir, f)), f"{f} written")
+
+print("train command:", "FAILED" if failures else "ok")
+sys.exit(1 if failures else 0)
