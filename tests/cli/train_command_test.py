@@ -118,5 +118,31 @@ with tempfile.TemporaryDirectory() as tmp:
     for f in ["checkpoint.safetensors", "model.safetensors", "profile.json"]:
         check(os.path.exists(os.path.join(run_dir, f)), f"{f} written")
 
+    # On a terminal the progress line redraws in place.
+    import pty
+    import select
+    master, slave = pty.openpty()
+    p = subprocess.Popen([ELASTIC, *common, "--train_type", "full_training", "--num_epochs", "1",
+                          "--steps_per_epoch", "30", "--run_name", "tty"], stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    p.wait()
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    check(p.returncode == 0, f"tty run exit {p.returncode}: {text[-500:]}")
+    check("\r\x1b[Kepoch 1/1 step" in text, "the progress line redraws with carriage return and clear-line")
+    check("Best test accuracy" in text.split("\r")[-1] or "Best test accuracy" in text, "summary after progress")
+
 print("train command:", "FAILED" if failures else "ok")
 sys.exit(1 if failures else 0)
