@@ -251,18 +251,24 @@ int run_train(const TrainArgs& a) {
   std::optional<std::uintmax_t> metrics_bytes;
   if (a.resume) {
     const Checkpoint c = load_checkpoint(checkpoint_path, m.params());
-    const json& was = c.run.at("config");
+    json was;
+    try {
+      was = c.run.at("config");
+      first_epoch = json_integer<int>(c.run.at("epoch"), "epoch") + 1;
+      best = json_number(c.run.at("best_test_accuracy"), "best_test_accuracy");
+      train_ms = json_number(c.run.at("train_ms"), "train_ms");
+      wall_before_ms = json_number(c.run.at("wall_ms"), "wall_ms");
+      epochs = c.run.at("epochs");
+      metrics_bytes = json_integer<std::uintmax_t>(c.run.at("metrics_bytes"), "metrics_bytes");
+      if (!was.is_object() || !epochs.is_array()) fail("config or epochs malformed");
+    } catch (const std::exception& e) {
+      fail("'{}': malformed run record: {}", checkpoint_path.string(), e.what());
+    }
     for (const auto& [key, value] : config.items())
       if (!was.contains(key) || was[key] != value)
         usage_fail("--resume: the run was started with {} {} but this command has {}", key,
                    was.contains(key) ? was[key].dump() : "(none)", value.dump());
     trainer.restore(c.trainer);
-    first_epoch = c.run.at("epoch").get<int>() + 1;
-    best = c.run.at("best_test_accuracy").get<double>();
-    train_ms = c.run.at("train_ms").get<double>();
-    wall_before_ms = c.run.at("wall_ms").get<double>();
-    epochs = c.run.at("epochs");
-    metrics_bytes = c.run.at("metrics_bytes").get<std::uintmax_t>();
     log(fmt::format("resuming '{}' after epoch {} (step {})", run_dir.string(), first_epoch, c.trainer.step));
   }
   MetricsFile metrics(metrics_path, metrics_bytes);

@@ -13,9 +13,11 @@
 #pragma once
 
 #include <matio.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -247,6 +249,181 @@ inline Dataset open_oxford_pet(const std::filesystem::path& data_dir) {
   return d;
 }
 
+// libmatio allocates what a MATLAB file's headers claim before it reads the
+// data, so a few corrupt bytes could make it ask for gigabytes. Before a file
+// reaches it, its MATLAB 5 structure is checked against the bytes present:
+// every element fits in its parent, every array's element count is backed by
+// its data (so allocations stay within a small multiple of the file size),
+// compressed elements inflate to at most kMaxMatInflated bytes, and only the
+// classes a list file holds (cells, chars, numbers) are accepted.
+inline constexpr std::size_t kMaxMatFile = std::size_t{256} << 20;
+inline constexpr std::size_t kMaxMatInflated = std::size_t{256} << 20;
+
+class MatChecker {
+ public:
+  MatChecker(const std::filesystem::path& path, bool swap) : path_(path), swap_(swap) {}
+
+  // The elements of a whole file after its 128-byte header.
+  void check_file(const std::uint8_t* p, std::size_t n) {
+    for (std::size_t at = 128; at < n;) {
+      const Element e = element(p, n, at, false);
+      if (e.type == kMatrix) {
+        check_matrix(p + e.data, e.size, 0);
+      } else if (e.type == kCompressed) {
+        const std::vector<std::uint8_t> inflated = inflate(p + e.data, e.size);
+        const Element inner = element(inflated.data(), inflated.size(), 0, false);
+        if (inner.type != kMatrix) bad("a compressed element holds type {}, not a matrix", inner.type);
+        check_matrix(inflated.data() + inner.data, inner.size, 0);
+      } else {
+        bad("top-level element of type {} is not a matrix", e.type);
+      }
+      at = e.next;
+    }
+  }
+
+ private:
+  static constexpr std::uint32_t kMatrix = 14, kCompressed = 15;
+  struct Element {
+    std::uint32_t type;
+    std::size_t size, data, next;
+  };
+
+  template <class... Args>
+  [[noreturn]] void bad(fmt::format_string<Args...> format, Args&&... args) const {
+    fail("'{}' is not a valid MATLAB 5 list file: {}", path_.string(), fmt::format(format, std::forward<Args>(args)...));
+  }
+
+  std::uint32_t u32(const std::uint8_t* p) const {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return swap_ ? __builtin_bswap32(v) : v;
+  }
+
+  // The element whose tag starts at `at` in [0, n).
+  Element element(const std::uint8_t* p, std::size_t n, std::size_t at, bool padded) const {
+    if (at > n || n - at < 8) bad("an element tag is cut off at byte {}", at);
+    const std::uint32_t first = u32(p + at);
+    Element e;
+    if (first >> 16) {  // small element: type and size in one word, data in the next
+      e.type = first & 0xFFFF;
+      e.size = first >> 16;
+      if (e.size > 4) bad("a small element claims {} bytes", e.size);
+      e.data = at + 4;
+      e.next = at + 8;
+      return e;
+    }
+    e.type = first;
+    e.size = u32(p + at + 4);
+    e.data = at + 8;
+    if (e.size > n - e.data) bad("an element claims {} bytes but {} remain", e.size, n - e.data);
+    e.next = e.data + e.size;
+    if (padded) e.next = std::min(n, (e.next + 7) & ~std::size_t{7});
+    return e;
+  }
+
+  static std::size_t type_size(std::uint32_t type) {
+    switch (type) {
+      case 1: case 2: case 16: return 1;    // int8, uint8, utf8
+      case 3: case 4: case 17: return 2;    // int16, uint16, utf16
+      case 5: case 6: case 7: case 18: return 4;  // int32, uint32, single, utf32
+      case 9: case 12: case 13: return 8;  // double, int64, uint64
+      default: return 0;
+    }
+  }
+
+  void check_matrix(const std::uint8_t* p, std::size_t n, int depth) const {
+    if (depth > 3) bad("cells nested deeper than 3");
+    if (n == 0) return;  // an empty matrix
+    const Element flags = element(p, n, 0, true);
+    if (flags.type != 6 || flags.size != 8) bad("array flags of type {} and {} bytes", flags.type, flags.size);
+    const std::uint32_t word = u32(p + flags.data);
+    const std::uint32_t cls = word & 0xFF;
+    const bool complex = (word >> 11) & 1;
+    const Element dims = element(p, n, flags.next, true);
+    if (dims.type != 5 || dims.size % 4 != 0 || dims.size < 8) bad("dimensions of type {} and {} bytes", dims.type, dims.size);
+    std::uint64_t count = 1;
+    for (std::size_t k = 0; k < dims.size / 4; ++k) {
+      const auto d = static_cast<std::int32_t>(u32(p + dims.data + 4 * k));
+      if (d < 0) bad("negative dimension {}", d);
+      count *= static_cast<std::uint64_t>(d);
+      if (count > (std::uint64_t{1} << 31)) bad("more than 2^31 elements");
+    }
+    const Element name = element(p, n, dims.next, true);
+    if (name.type != 1) bad("array name of type {}", name.type);
+    std::size_t at = name.next;
+    if (cls == 1) {  // cell: one matrix element per entry, each at least a tag
+      if (count > (n - std::min(n, at)) / 8) bad("a cell array claims {} entries in {} bytes", count, n - at);
+      for (std::uint64_t i = 0; i < count; ++i) {
+        const Element c = element(p, n, at, true);
+        if (c.type != kMatrix) bad("cell entry {} is of type {}, not a matrix", i + 1, c.type);
+        check_matrix(p + c.data, c.size, depth + 1);
+        at = c.next;
+      }
+      return;
+    }
+    if (cls != 4 && (cls < 6 || cls > 15)) bad("MATLAB class {} is not a cell, char or numeric array", cls);
+    for (int part = 0; part < (complex ? 2 : 1); ++part) {
+      if (count == 0 && at >= n) return;
+      const Element data = element(p, n, at, true);
+      const std::size_t size = type_size(data.type);
+      if (size == 0) bad("array data of type {}", data.type);
+      if (data.size / size < count) bad("an array claims {} elements but holds {} bytes of type {}", count, data.size, data.type);
+      at = data.next;
+    }
+  }
+
+  std::vector<std::uint8_t> inflate(const std::uint8_t* p, std::size_t n) const {
+    z_stream z{};
+    if (inflateInit(&z) != Z_OK) bad("zlib cannot start");
+    std::vector<std::uint8_t> out;
+    std::uint8_t chunk[1 << 15];
+    z.next_in = const_cast<Bytef*>(p);
+    z.avail_in = static_cast<uInt>(n);
+    int rc = Z_OK;
+    while (rc != Z_STREAM_END) {
+      z.next_out = chunk;
+      z.avail_out = sizeof chunk;
+      rc = ::inflate(&z, Z_NO_FLUSH);
+      if (rc != Z_OK && rc != Z_STREAM_END) {
+        inflateEnd(&z);
+        bad("a compressed element is corrupt ({})", z.msg ? z.msg : "zlib error");
+      }
+      out.insert(out.end(), chunk, chunk + (sizeof chunk - z.avail_out));
+      if (out.size() > kMaxMatInflated) {
+        inflateEnd(&z);
+        bad("a compressed element inflates to more than {} MiB", kMaxMatInflated >> 20);
+      }
+      if (rc == Z_OK && z.avail_in == 0 && z.avail_out != 0) {
+        inflateEnd(&z);
+        bad("a compressed element is cut off");
+      }
+    }
+    inflateEnd(&z);
+    return out;
+  }
+
+  std::filesystem::path path_;
+  bool swap_;
+};
+
+inline void check_mat_file(const std::filesystem::path& path) {
+  const auto size = std::filesystem::file_size(path);
+  if (size > kMaxMatFile) fail("'{}' is {} MiB; a list file is expected to be far smaller", path.string(), size >> 20);
+  const auto bytes = read_file_bytes(path);
+  if (bytes.size() < 128) fail("'{}' is not a MATLAB file: {} bytes", path.string(), bytes.size());
+  const std::uint16_t version = static_cast<std::uint16_t>(bytes[124] | (bytes[125] << 8));
+  if (bytes[126] == 'I' && bytes[127] == 'M' && version == 0x0200)
+    fail("'{}' is a MATLAB 7.3 (HDF5) file; save the lists as MATLAB 5/7 (-v7)", path.string());
+  bool swap;
+  if (bytes[126] == 'I' && bytes[127] == 'M')
+    swap = false;
+  else if (bytes[126] == 'M' && bytes[127] == 'I')
+    swap = true;
+  else
+    fail("'{}' is not a MATLAB 5 file (no endian indicator at byte 126)", path.string());
+  MatChecker(path, swap).check_file(bytes.data(), bytes.size());
+}
+
 // The strings and labels of a Stanford Dogs list file (MATLAB 5, compressed
 // or not): cell array `file_list` of char rows and numeric vector `labels`.
 struct MatList {
@@ -256,6 +433,7 @@ struct MatList {
 
 inline MatList read_mat_list(const std::filesystem::path& path) {
   if (!std::filesystem::is_regular_file(path)) fail("missing list file '{}'", path.string());
+  check_mat_file(path);
   std::unique_ptr<mat_t, int (*)(mat_t*)> mat(Mat_Open(path.c_str(), MAT_ACC_RDONLY), &Mat_Close);
   if (!mat) fail("'{}' is not a readable MATLAB file", path.string());
   using Var = std::unique_ptr<matvar_t, void (*)(matvar_t*)>;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "elastic/core/json.hpp"
 #include "elastic/io/weights.hpp"
 #include "elastic/train/trainer.hpp"
 
@@ -42,10 +43,10 @@ inline std::vector<bool> parse_bits(const std::string& bits, const std::string& 
 
 inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   SelectionRecord r;
-  r.epoch = j.at("epoch").get<int>();
+  r.epoch = json_integer<int>(j.at("epoch"), "selection epoch");
   r.unit_mask = parse_bits(j.at("unit_mask").get<std::string>(), "selection unit_mask");
-  r.importance = j.at("importance").get<double>();
-  r.predicted_share = j.at("predicted_share").get<double>();
+  r.importance = json_number(j.at("importance"), "selection importance");
+  r.predicted_share = json_number(j.at("predicted_share"), "selection predicted_share");
   r.selected_units = j.at("selected_units").get<std::vector<std::string>>();
   return r;
 }
@@ -75,6 +76,29 @@ struct Checkpoint {
   nlohmann::json run;
 };
 
+// The trainer state and run record of a checkpoint's "elastic_state"
+// metadata (optimizer slots excluded: they are tensors); `path` names the file
+// in errors.
+inline Checkpoint parse_checkpoint_state(const std::string& text, const std::filesystem::path& path) {
+  Checkpoint c;
+  try {
+    const auto meta = nlohmann::json::parse(text);
+    c.trainer.step = json_integer<std::uint64_t>(meta.at("step"), "step");
+    c.trainer.mask = parse_bits(meta.at("mask").get<std::string>(), "mask");
+    for (const auto& s : meta.at("selections")) c.trainer.selections.push_back(selection_from_json(s));
+    if (!meta.at("optimizer_steps").is_object()) fail("optimizer_steps is not an object");
+    for (const auto& [name, steps] : meta.at("optimizer_steps").items())
+      c.trainer.optimizer.steps[name] = json_integer<std::int64_t>(steps, "optimizer_steps");
+    c.run = meta.at("run");
+    if (!c.run.is_object()) fail("run is not an object");
+  } catch (const nlohmann::json::exception& e) {
+    fail("'{}': malformed checkpoint state: {}", path.string(), e.what());
+  } catch (const Error& e) {
+    fail("'{}': malformed checkpoint state: {}", path.string(), e.what());
+  }
+  return c;
+}
+
 // Loads the params and buffers into `store` and returns the rest. Every
 // problem (a model that does not fit, missing or malformed state) is an error
 // naming the file.
@@ -83,17 +107,7 @@ inline Checkpoint load_checkpoint(const std::filesystem::path& path, ParamStore&
   const io::SafetensorsFile file(path);
   const auto it = file.metadata().find("elastic_state");
   if (it == file.metadata().end()) fail("'{}' is not a checkpoint: no elastic_state metadata", path.string());
-  Checkpoint c;
-  try {
-    const auto meta = nlohmann::json::parse(it->second);
-    c.trainer.step = meta.at("step").get<std::uint64_t>();
-    c.trainer.mask = parse_bits(meta.at("mask").get<std::string>(), "mask");
-    for (const auto& s : meta.at("selections")) c.trainer.selections.push_back(selection_from_json(s));
-    c.trainer.optimizer.steps = meta.at("optimizer_steps").get<std::map<std::string, std::int64_t>>();
-    c.run = meta.at("run");
-  } catch (const nlohmann::json::exception& e) {
-    fail("'{}': malformed checkpoint state: {}", path.string(), e.what());
-  }
+  Checkpoint c = parse_checkpoint_state(it->second, path);
   for (const auto& info : file.tensors()) {
     if (!info.name.starts_with(kOptimizerPrefix)) continue;
     auto& slot = c.trainer.optimizer.slots[info.name.substr(std::string_view(kOptimizerPrefix).size())];

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/:
+small valid inputs of every parser (committed; rerun only to change them).
+
+Usage: make_corpus.py [OUT_DIR]   (default: the corpus directory beside this file)
+"""
+import gzip
+import io
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def put(target, name, data):
+    os.makedirs(os.path.join(OUT, target), exist_ok=True)
+    with open(os.path.join(OUT, target, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def safetensors(tensors, metadata=None):
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+f32 = lambda a: np.asarray(a, dtype="<f4").tobytes()
+put("safetensors", "f32", safetensors({"w": ("F32", [2, 3], f32(np.arange(6))), "b": ("F32", [3], f32([1, 2, 3]))}))
+put("safetensors", "mixed", safetensors({"h": ("F16", [4], np.arange(4, dtype="<f2").tobytes()),
+                                         "l": ("I64", [2], np.array([3, -1], dtype="<i8").tobytes()),
+                                         "e": ("F32", [0], b"")}, {"format": "pt"}))
+put("safetensors", "bf16_f64", safetensors({"x": ("BF16", [2], b"\x80\x3f\x00\x40"),
+                                            "y": ("F64", [1], np.array([2.5], dtype="<f8").tobytes())}))
+
+def idx(array):
+    return struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape) + \
+        array.astype(np.uint8).tobytes()
+
+put("idx", "images", idx(np.arange(12).reshape(3, 2, 2)))
+put("idx", "labels", idx(np.array([1, 2, 3])))
+put("idx", "images_gz", gzip.compress(idx(np.arange(8).reshape(2, 2, 2))))
+
+rng = np.random.default_rng(0)
+img = Image.fromarray(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8), "RGB")
+for name, mode, kw, fmt in [("baseline.jpg", "RGB", {}, "JPEG"), ("progressive.jpg", "RGB", {"progressive": True}, "JPEG"),
+                            ("gray.jpg", "L", {}, "JPEG"), ("cmyk.jpg", "CMYK", {}, "JPEG"),
+                            ("rgb.png", "RGB", {}, "PNG"), ("palette.png", "P", {}, "PNG"), ("la.png", "LA", {}, "PNG"),
+                            ("rgba.png", "RGBA", {}, "PNG")]:
+    buf = io.BytesIO()
+    img.convert(mode).save(buf, fmt, **kw)
+    put("image", name, buf.getvalue())
+buf = io.BytesIO()
+Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)).save(buf, "PNG")
+put("image", "gray16.png", buf.getvalue())
+
+put("dataset_index", "cub", "1 001.a/a_1.jpg\n2 002.b/b_2.jpg\n\x001 1\n2 2\n\x001 1\n2 0\n\x001 001.a\n2 002.b\n")
+put("dataset_index", "pet", "#comment\nCat_1 1 1 1\n\x00dog_2 2 2 2\n\x00\x00")
+
+for compressed in (False, True):
+    buf = io.BytesIO()
+    cells = np.empty((2, 1), dtype=object)
+    cells[0, 0], cells[1, 0] = "n1-a/x.jpg", "n2-b/y.jpg"
+    scipy.io.savemat(buf, {"file_list": cells, "labels": np.array([[1.0], [2.0]])}, do_compression=compressed)
+    put("mat_list", "compressed.mat" if compressed else "plain.mat", buf.getvalue())
+
+put("profile", "profile.json", json.dumps({
+    "key": {"model": "mobilenetv2", "input_size": 32, "num_classes": 5, "batch": 32, "threads": 2, "cpu": "x"},
+    "units": ["a", "b"], "t_fwd_ms": 1.5, "t_fwd_spread_ms": 0.1, "t_dw_ms": [0.5, 0.25], "t_dy_ms": [0.1, 0.2],
+    "t_dw_spread_ms": [0.0, 0.0], "t_dy_spread_ms": [0.0, 0.0]}))
+
+put("checkpoint_state", "state.json", json.dumps({
+    "step": 12, "mask": "1011",
+    "selections": [{"epoch": 0, "unit_mask": "101", "importance": 1.5, "predicted_share": 0.5,
+                    "selected_units": ["a", "c"]}],
+    "optimizer_steps": {"conv.weight": 12, "fc.bias": 3},
+    "run": {"epoch": 0, "best_test_accuracy": 50.0, "metrics_bytes": 100}}))
