@@ -318,7 +318,15 @@ int run_train(const TrainArgs& a) {
     current_epoch = epoch;
     window = running = {};
     epoch_clock.reset();
-    const EpochRecord r = trainer.train_epoch(train, epoch);
+    EpochRecord r;
+    try {
+      r = trainer.train_epoch(train, epoch);
+    } catch (const NonFiniteLoss& e) {
+      progress.finish();
+      if (a.save_model && fs::exists(checkpoint_path) && epoch > 0)
+        fail("{}; the last good checkpoint is '{}' (end of epoch {})", e.what(), checkpoint_path.string(), epoch);
+      fail("{}; no checkpoint was written{}", e.what(), a.save_model ? " yet" : " (run with --save_model)");
+    }
     progress.finish();
     train_ms += r.train_ms;
     const Metrics t = data::evaluate(m, test_loader);

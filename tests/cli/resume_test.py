@@ -8,20 +8,17 @@ threading is in play. Time fields are the only ones allowed to differ.
 
 Usage: resume_test.py ELASTIC_BINARY
 """
-import gzip
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+from runs import make_data, records, strip
 
 ELASTIC = sys.argv[1]
-TIME_FIELDS = {"wall_time", "epoch_time", "data_wait", "train_time"}
 failures = []
 
 
@@ -29,34 +26,6 @@ def check(cond, what):
     if not cond:
         failures.append(what)
         print("FAIL:", what)
-
-
-def write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_data(root):
-    """Learnable 28x28 images: each class a bright bar at its own position, plus noise."""
-    rng = np.random.default_rng(0)
-    os.makedirs(root)
-    for prefix, n in (("train", 3200), ("t10k", 400)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 230
-        write_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"), images)
-        write_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"), labels)
-
-
-def strip(record):
-    return {k: v for k, v in record.items() if k not in TIME_FIELDS}
-
-
-def records(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [strip(json.loads(line)) for line in f]
 
 
 with tempfile.TemporaryDirectory() as tmp:

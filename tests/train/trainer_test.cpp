@@ -149,3 +149,21 @@ TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {
     }
   }
 }
+
+TEST_CASE("a non-finite loss stops training with the step number, before any update") {
+  Setup s;
+  Trainer tr(s.model, {.type = TrainType::full_training, .num_epochs = 2, .learning_rate = 0.05f}, 12);
+  tr.log = nullptr;
+  tr.train_epoch(s.batches, 0);
+  Param& head = s.model.params()[s.model.params().size() - 2];  // the last linear layer's weight
+  head.value[0] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> before;
+  for (const auto& p : s.model.params().params()) before.insert(before.end(), p.values().begin(), p.values().end());
+  CHECK_THROWS_WITH_AS(tr.train_epoch(s.batches, 1), doctest::Contains("the training loss is nan at step 13 (epoch 2)"),
+                       NonFiniteLoss);
+  std::vector<float> after;
+  for (const auto& p : s.model.params().params()) after.insert(after.end(), p.values().begin(), p.values().end());
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 1; i < after.size(); ++i) REQUIRE(((after[i] == before[i]) || (std::isnan(after[i]) && std::isnan(before[i]))));
+  CHECK(tr.step() == 12);
+}

@@ -10,6 +10,7 @@
 //   budget_b = rho * (T_fwd + T_b(all)) - T_fwd.
 #pragma once
 
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -84,6 +85,12 @@ struct SelectionRecord {
 // exactly as an uninterrupted one: the step (which fixes the learning rate and
 // the dropout masks), the installed selection, the selection history and the
 // optimizer's state. Batches depend only on (seed, epoch, position).
+// The loss became NaN or infinite: training cannot continue from here.
+class NonFiniteLoss : public Error {
+ public:
+  using Error::Error;
+};
+
 struct TrainerState {
   std::uint64_t step = 0;
   std::vector<bool> mask;  // per param
@@ -176,9 +183,12 @@ class Trainer {
       m_.graph->set_step(step_);
       m_.graph->forward(true);
       m_.graph->backward();
+      auto& loss = m_.loss_node();
+      if (!std::isfinite(loss.loss()))  // before the update: the weights stay those of the last good step
+        throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped",
+                                        loss.loss(), step_ + 1, epoch + 1));
       if (o_.type == TrainType::prunetrain) add_l1();
       opt_->step(m_.params(), mask_, lr);
-      auto& loss = m_.loss_node();
       rec.train.add(loss.loss(), loss.correct(), loss.count());
       if (on_step) on_step(step_, loss.loss(), loss.correct(), loss.count());
       ++step_;
@@ -236,6 +246,11 @@ class Trainer {
                                                                                    : ImportanceMetric::grad_magnitude;
     const float lr = schedule_(static_cast<std::int64_t>(step_));
     const auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
+    for (std::size_t u = 0; u < importance.size(); ++u)
+      if (!std::isfinite(importance[u]))
+        throw NonFiniteLoss(fmt::format("the importance of '{}' is {} at step {} (epoch {}): the loss on the probe "
+                                        "batch is not finite; training stopped",
+                                        units_[u].name, importance[u], step_ + 1, epoch + 1));
     const Profile& p = *profile_;
     const double full = p.t_fwd + p.t_bwd_full();
     const double budget = o_.rho * full - p.t_fwd;
