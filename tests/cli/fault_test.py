@@ -26,16 +26,9 @@ import sys
 import tempfile
 import time
 
-from runs import make_data, records, strip
+from runs import check, failures, make_data, records, strip
 
 ELASTIC = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 def kill_at(cmd, pattern, delay):

@@ -16,16 +16,9 @@ import sys
 import tempfile
 import time
 
-from runs import make_data, records, strip
+from runs import check, failures, make_data, records, strip
 
 ELASTIC = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 with tempfile.TemporaryDirectory() as tmp:

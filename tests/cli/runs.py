@@ -1,5 +1,6 @@
-"""Helpers of the command-line tests that train: a small learnable IDX dataset
-in Fashion-MNIST's layout, and metrics records without their time fields."""
+"""Helpers of the command-line tests that train: expectations that collect
+failures, a small learnable IDX dataset in Fashion-MNIST's layout, and metrics
+records without their time fields."""
 import gzip
 import json
 import os
@@ -8,6 +9,14 @@ import struct
 import numpy as np
 
 TIME_FIELDS = {"wall_time", "epoch_time", "data_wait", "train_time"}
+failures = []
+
+
+def check(cond, what):
+    """Records a failed expectation and goes on, so one run reports every failure."""
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
 
 
 def write_idx(path, array):
