@@ -222,14 +222,27 @@ int run_train(const TrainArgs& a) {
       a.steps_per_epoch ? std::min(a.steps_per_epoch, train_loader.batches()) : train_loader.batches();
   CappedSource train{train_loader, steps_per_epoch};
   const json config = run_config(a, num_classes, steps_per_epoch);
+  if (a.resume) {  // the settings first: they decide whether anything else can match
+    const io::SafetensorsFile file(checkpoint_path);
+    const auto state = file.metadata().find("elastic_state");
+    if (state == file.metadata().end())
+      fail("'{}' is not a checkpoint: no elastic_state metadata", checkpoint_path.string());
+    const json was = parse_checkpoint_state(state->second, checkpoint_path).run.value("config", json::object());
+    for (const auto& [key, value] : config.items())
+      if (!was.contains(key) || was[key] != value)
+        usage_fail("--resume: the run was started with {} {} but this command has {}", key,
+                   was.contains(key) ? was[key].dump() : "(none)", value.dump());
+  }
 
   std::optional<Profile> profile;
   if (is_elastic(type)) {
     const fs::path saved = run_dir / "profile.json";
     if (!a.profile.empty()) {
       profile = Profile::load(a.profile);
+      profile->check_matches(profile_key(m, ctx.threads()), a.profile);
     } else if (a.resume && fs::exists(saved)) {
       profile = Profile::load(saved);
+      profile->check_matches(profile_key(m, ctx.threads()), saved.string());
     } else {
       log(fmt::format("profiling {} (batch {}, {}x{}, {} threads); `elastic profile --out F` and --profile F reuse one",
                       m.name, a.batch_size, a.input_size, a.input_size, ctx.threads()));
@@ -251,23 +264,17 @@ int run_train(const TrainArgs& a) {
   std::optional<std::uintmax_t> metrics_bytes;
   if (a.resume) {
     const Checkpoint c = load_checkpoint(checkpoint_path, m.params());
-    json was;
     try {
-      was = c.run.at("config");
       first_epoch = json_integer<int>(c.run.at("epoch"), "epoch") + 1;
       best = json_number(c.run.at("best_test_accuracy"), "best_test_accuracy");
       train_ms = json_number(c.run.at("train_ms"), "train_ms");
       wall_before_ms = json_number(c.run.at("wall_ms"), "wall_ms");
       epochs = c.run.at("epochs");
       metrics_bytes = json_integer<std::uintmax_t>(c.run.at("metrics_bytes"), "metrics_bytes");
-      if (!was.is_object() || !epochs.is_array()) fail("config or epochs malformed");
+      if (!epochs.is_array()) fail("epochs malformed");
     } catch (const std::exception& e) {
       fail("'{}': malformed run record: {}", checkpoint_path.string(), e.what());
     }
-    for (const auto& [key, value] : config.items())
-      if (!was.contains(key) || was[key] != value)
-        usage_fail("--resume: the run was started with {} {} but this command has {}", key,
-                   was.contains(key) ? was[key].dump() : "(none)", value.dump());
     trainer.restore(c.trainer);
     log(fmt::format("resuming '{}' after epoch {} (step {})", run_dir.string(), first_epoch, c.trainer.step));
   }

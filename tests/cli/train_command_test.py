@@ -118,6 +118,18 @@ with tempfile.TemporaryDirectory() as tmp:
     for f in ["checkpoint.safetensors", "model.safetensors", "profile.json"]:
         check(os.path.exists(os.path.join(run_dir, f)), f"{f} written")
 
+    # Weights of another model, and a resume with another class count: one line naming the culprit.
+    r = run("train", "--model_name", "resnet50", "--dataset_name", "fashion_mnist", "--data_dir", data,
+            "--input_size", "32", "--batch_size", "2", "--log_dir", os.path.join(tmp, "logs"), "--run_name", "other",
+            "--train_type", "full_training", "--weights", os.path.join(run_dir, "model.safetensors"))
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == 1 and len(lines) == 1 and "model.safetensors' does not fit the model: missing" in lines[0],
+          f"weights of another model: {r.returncode} {r.stderr[:300]!r}")
+    r = run(*common, "--train_type", "elastic_training", "--num_epochs", "2", "--interval", "1", "--rho", "0.7",
+            "--run_name", "r", "--save_model", "--learning_rate", "0.01", "--resume", "--num_classes", "12")
+    check(r.returncode == 2 and "started with num_classes 10 but this command has 12" in r.stderr,
+          f"resume with another class count: {r.returncode} {r.stderr!r}")
+
     # On a terminal the progress line redraws in place.
     import pty
     import select
