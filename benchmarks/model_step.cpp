@@ -1,13 +1,24 @@
 // Times a model's forward pass and full training step (forward, backward of
 // every param, SGDW update) at a given batch and input size, and prints one
-// JSON object: the engine's half of benchmarks/compare_pytorch.
-// Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
+// JSON object: the engine's half of benchmarks/compare_pytorch, with oneDNN's
+// sgemm rate on this machine. `select RHO FILE` profiles the model, scores the
+// tensors on the random batch, selects at RHO as elastic training does and
+// writes the selected params' names to FILE (PyTorch trains the same ones);
+// `train FILE` times the step of that selection alone, so the process's peak
+// memory is the elastic step's.
+// Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] [full | select RHO FILE | train FILE]
 #include <cstdio>
 #include <cstdlib>
 
 #include <fmt/format.h>
 
+#include <fstream>
+
 #include "elastic/core/timer.hpp"
+#include "elastic/method/dp_selector.hpp"
+#include "elastic/method/importance_evaluator.hpp"
+#include "elastic/method/timing_profiler.hpp"
+#include "elastic/method/units.hpp"
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
 
@@ -29,11 +40,28 @@ Summary measure(int warmup, int steps, F run) {
 std::string json(const Summary& s) {
   return fmt::format(R"({{"median_ms": {:.3f}, "min_ms": {:.3f}, "max_ms": {:.3f}}})", s.median, s.min, s.max);
 }
+
+// oneDNN's matmul on square 1536 matrices (median of 10): the machine's practical GFLOP/s.
+double sgemm_gflops(Context& ctx) {
+  using namespace dnnl;
+  const memory::dim n = 1536;
+  const memory::desc d({n, n}, memory::data_type::f32, memory::format_tag::ab);
+  const matmul::primitive_desc pd(matmul::desc(d, d, d), ctx.engine());
+  std::vector<float> a(n * n, 0.01f), b(n * n, 0.01f), c(n * n);
+  memory ma(d, ctx.engine(), a.data()), mb(d, ctx.engine(), b.data()), mc(d, ctx.engine(), c.data());
+  matmul mm(pd);
+  const Summary t = measure(2, 10, [&] {
+    mm.execute(ctx.stream(), {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
+    ctx.stream().wait();
+  });
+  return 2.0 * double(n) * double(n) * double(n) * 1e-9 / (t.median * 1e-3);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]\n");
+    std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
+                         "[full | select RHO FILE | train FILE]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -54,6 +82,51 @@ int main(int argc, char** argv) {
     const std::vector<bool> all(m.params().size(), true);
     m.graph->select(all);
     std::uint64_t step = 0;
+    const std::string mode = argc > 7 ? argv[7] : "full";
+    if (mode == "select" && argc > 9) {  // profile, score and select at rho; write the selected names
+      const double rho = std::atof(argv[8]);
+      const Profile p = TimingProfiler<>({.warmup = 2, .repeats = 5}).run(m, ctx.threads(), all);
+      const auto importance = ImportanceEvaluator<>().evaluate(m, opt, 1e-4f, ImportanceMetric::loss_drop, 0, all);
+      const double full = p.t_fwd + p.t_bwd_full();
+      const Selection sel = DPSelector<>().select(p.t_dw, p.t_dy, importance, rho * full - p.t_fwd);
+      const std::vector<bool> mask = param_mask(selection_units(*m.graph), sel.mask, m.params().size());
+      std::ofstream out(argv[9]);
+      std::size_t selected = 0;
+      for (std::size_t k = 0; k < mask.size(); ++k)
+        if (mask[k]) {
+          out << m.params()[k].name << "\n";
+          ++selected;
+        }
+      if (!out.flush()) fail("cannot write '{}'", argv[9]);
+      fmt::print(R"({{"model": "{}", "rho": {}, "selected_params": {}, "of_params": {}, "predicted_share": {:.4f}}})"
+                 "\n",
+                 name, rho, selected, mask.size(), (p.t_fwd + sel.cost) / full);
+      return 0;
+    }
+    if (mode == "train" && argc > 8) {  // the step of a selection read from a file; nothing else runs
+      std::ifstream in(argv[8]);
+      if (!in) fail("cannot open '{}'", argv[8]);
+      std::vector<bool> mask(m.params().size(), false);
+      for (std::string line; std::getline(in, line);) {
+        if (line.empty()) continue;
+        std::size_t k = 0;
+        while (k < mask.size() && m.params()[k].name != line) ++k;
+        if (k == mask.size()) fail("'{}': '{}' is not a param of {}", argv[8], line, name);
+        mask[k] = true;
+      }
+      m.graph->select(mask);
+      const Summary elastic_step = measure(warmup, steps, [&] {
+        m.graph->set_step(step++);
+        m.graph->forward(true);
+        m.graph->backward();
+        opt.step(m.params(), mask, 1e-4f);
+      });
+      fmt::print(R"({{"model": "{}", "elastic_step": {}}})"
+                 "\n",
+                 name, json(elastic_step));
+      return 0;
+    }
+    if (mode != "full") fail("mode '{}' is not full, select RHO FILE or train FILE", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     const Summary train = measure(warmup, steps, [&] {
       m.graph->set_step(step++);
@@ -61,9 +134,10 @@ int main(int argc, char** argv) {
       m.graph->backward();
       opt.step(m.params(), all, 1e-4f);
     });
-    fmt::print(R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "forward": {}, "train_step": {}}})"
+    const double gemm = sgemm_gflops(ctx);
+    fmt::print(R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"
                "\n",
-               name, batch, size, ctx.threads(), m.params().total_elements(), json(fwd), json(train));
+               name, batch, size, ctx.threads(), m.params().total_elements(), json(fwd), json(train), gemm);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -3,7 +3,13 @@
 (forward, backward, SGD with momentum and weight decay) of the torchvision model that
 elastic's model of the same name mirrors, batch-norm statistics frozen as in elastic.
 
-usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup]   (prints one JSON object)
+With a file of param names (written by model_step's elastic mode) it instead times the
+step that trains only those params, every other one frozen with requires_grad (autograd then
+skips what no trained param needs). It also counts the forward pass's multiply-adds (convs,
+linears, attention matmuls) so that achieved FLOP rates can be printed.
+
+usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup] [trained_params_file]
+                                                                      (prints one JSON object)
 """
 import json
 import os
@@ -28,8 +34,43 @@ def measure(fn, warmup, steps):
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def forward_flops(model, x):
+    """FLOPs (2 per multiply-add) of one forward pass, from the shapes seen by hooks."""
+    total = [0]
+
+    def conv(m, inp, out):
+        total[0] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += 2 * out.numel() * m.in_features
+
+    def attention(m, inp, out):
+        q = inp[0]  # (B, T, D) with batch_first
+        b, t, d = q.shape
+        total[0] += 2 * 2 * b * t * t * d  # scores and weighted sum
+        total[0] += 2 * b * t * d * 3 * d  # packed input projection (out_proj is a Linear, hooked)
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            hooks.append(m.register_forward_hook(attention))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
 def main():
     name = sys.argv[1]
+    trained = None
+    if len(sys.argv) > 7:
+        with open(sys.argv[7]) as f:
+            trained = {line.strip() for line in f if line.strip()}
     defaults = ["4", "224", "2", "10", "3"]
     batch, size, threads, steps, warmup = (int(v) for v in (sys.argv[2:7] + defaults[len(sys.argv[2:7]):]))
     torch.set_num_threads(threads)
@@ -41,7 +82,15 @@ def main():
             m.eval()
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    if trained is not None:
+        names = dict(model.named_parameters())
+        unknown = trained - set(names)
+        if unknown:
+            sys.exit(f"torch_step: {len(unknown)} selected params are not in torchvision's {name}: {sorted(unknown)[:5]}")
+        for n, p in names.items():
+            p.requires_grad_(n in trained)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
     def forward():
         with torch.no_grad():
@@ -53,7 +102,12 @@ def main():
         loss.backward()
         opt.step()
 
+    if trained is not None:
+        out = {"model": name, "trained_params": len(params), "elastic_step": measure(train_step, warmup, steps)}
+        print(json.dumps(out))
+        return
     out = {"model": name, "batch": batch, "input_size": size, "threads": threads,
+           "forward_flops": forward_flops(model, x),
            "forward": measure(forward, warmup, steps), "train_step": measure(train_step, warmup, steps)}
     print(json.dumps(out))
 

@@ -2,7 +2,7 @@
 """Faults a long training run must survive (issue: a crash never loses a run).
 
 1. Killed with SIGKILL at 12 points (inside steps, during evaluation, during a
-   checkpoint write) and resumed after each: the final metrics equal an
+   checkpoint write, caught as its temporary file appears) and resumed after each: the final metrics equal an
    uninterrupted run's, record for record; at least one kill must land inside a
    checkpoint write (a torn temporary file left behind), and the previous
    checkpoint must then still load.
@@ -31,12 +31,17 @@ from runs import check, failures, make_data, records, strip
 ELASTIC = sys.argv[1]
 
 
-def kill_at(cmd, pattern, delay):
-    """Starts `cmd` and SIGKILLs it `delay` s after a stdout line matches `pattern`.
+def kill_at(cmd, pattern, delay, appears=None):
+    """Starts `cmd` and SIGKILLs it `delay` s after a stdout line matches `pattern`
+    or, with `appears`, as soon as that file exists after the line (polled).
     Returns True if it was killed, False if it ended first."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
     for line in p.stdout:
         if re.match(pattern, line):
+            if appears:
+                deadline = time.time() + 5
+                while not os.path.exists(appears) and time.time() < deadline and p.poll() is None:
+                    pass
             if delay:
                 time.sleep(delay)
             p.send_signal(signal.SIGKILL)
@@ -84,11 +89,12 @@ with tempfile.TemporaryDirectory() as tmp:
             killed = kill_at(cmd, r"epoch \d+/\d+ step", rng.uniform(0.0, 0.3))
         elif kind == "evaluation":
             killed = kill_at(cmd, r"epoch \d+: \d+ steps", rng.uniform(0.0, 0.05))
-        else:
-            killed = kill_at(cmd, r"epoch \d+/\d+: test loss", rng.uniform(0.0, 0.03))
+        else:  # the moment the temporary checkpoint file appears
+            killed = kill_at(cmd, r"epoch \d+/\d+: test loss", 0.0, appears=torn_file)
         kills += killed
-        if os.path.exists(torn_file):
+        if os.path.exists(torn_file):  # killed between creating the temporary file and renaming it
             torn += 1
+            os.remove(torn_file)  # so the next kill sees only its own write
     r = subprocess.run(next_cmd(), capture_output=True, text=True)
     check(r.returncode == 0, f"final run failed: {r.stderr}")
     print(f"{kills} kills, {torn} of them inside a checkpoint write")

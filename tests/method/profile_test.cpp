@@ -1,0 +1,45 @@
+// Profile files: a valid one parses; each malformation is refused naming the file.
+#include <doctest/doctest.h>
+
+#include "elastic/method/profile.hpp"
+
+using namespace elastic;
+
+namespace {
+const char* kValid = R"({"key": {"model": "m", "input_size": 32, "num_classes": 5, "batch": 8, "threads": 2,
+  "cpu": "c"}, "units": ["a", "b"], "t_fwd_ms": 2.0, "t_fwd_spread_ms": 0.1, "t_dw_ms": [0.5, 0.25],
+  "t_dy_ms": [0.1, 0.2], "t_dw_spread_ms": [0, 0], "t_dy_spread_ms": [0, 0]})";
+
+std::string with(const std::string& from, const std::string& to) {
+  std::string s = kValid;
+  const auto at = s.find(from);
+  REQUIRE(at != std::string::npos);
+  return s.replace(at, from.size(), to);
+}
+}  // namespace
+
+TEST_CASE("a valid profile parses with its key and times") {
+  const Profile p = Profile::parse(kValid, "p.json");
+  CHECK(p.key.model == "m");
+  CHECK(p.key.batch == 8);
+  CHECK(p.units == std::vector<std::string>{"a", "b"});
+  CHECK(p.t_bwd_full() == doctest::Approx(1.05));
+  CHECK(p.t_bwd({false, true}) == doctest::Approx(0.2 + 0.25));
+}
+
+TEST_CASE("malformed profiles are refused, naming the file and the fault") {
+  const std::pair<std::string, std::string> cases[] = {
+      {with("\"input_size\": 32", "\"input_size\": 3e44"), "input_size must be an integer"},
+      {with("\"threads\": 2", "\"threads\": 99999999999"), "threads = 99999999999 is out of range"},
+      {with("[0.5, 0.25]", "[0.5]"), "2 units but 1 t_dw"},
+      {with("[0.1, 0.2]", "[0.1, -0.2]"), "unit 'b' has a negative or NaN time"},
+      {with("\"t_fwd_ms\": 2.0", "\"t_fwd_ms\": 0"), "t_fwd_ms must be positive"},
+      {with("\"units\"", "\"unitz\""), "malformed"},
+      {"{", "malformed"},
+  };
+  for (const auto& [text, message] : cases) {
+    CAPTURE(message);
+    CHECK_THROWS_WITH_AS(Profile::parse(text, "bad/p.json"), doctest::Contains(message.c_str()), Error);
+    CHECK_THROWS_WITH_AS(Profile::parse(text, "bad/p.json"), doctest::Contains("'bad/p.json'"), Error);
+  }
+}
