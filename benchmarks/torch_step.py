@@ -45,8 +45,7 @@ def forward_flops(model, x):
         total[0] += 2 * out.numel() * m.in_features
 
     def attention(m, inp, out):
-        q = inp[0]  # (B, T, D) with batch_first
-        b, t, d = q.shape
+        b, t, d = out[0].shape  # called with keyword arguments: the output has the query's shape
         total[0] += 2 * 2 * b * t * t * d  # scores and weighted sum
         total[0] += 2 * b * t * d * 3 * d  # packed input projection (out_proj is a Linear, hooked)
 
