@@ -5,6 +5,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -25,21 +27,25 @@ class Progress {
  public:
   explicit Progress(bool terminal = ::isatty(::fileno(stdout)) == 1) : terminal_(terminal) {}
 
-  // The state after step `done` of `total` in the current epoch.
-  void update(const std::string& line, std::int64_t done, std::int64_t total) {
+  // Whether the state after step `done` of `total` in the current epoch is
+  // shown: on a terminal at most ten times a second and at the epoch's end,
+  // otherwise about ten times per epoch. Callers format the line only then.
+  bool due(std::int64_t done, std::int64_t total) const {
+    if (terminal_) return done >= total || since_draw_.elapsed_ms() >= 100;
+    const std::int64_t every = std::max<std::int64_t>(1, total / 10);
+    return done % every == 0 || done == total;
+  }
+
+  void show(const std::string& line) {
     if (terminal_) {
-      if (done < total && since_draw_.elapsed_ms() < 100) return;
       since_draw_.reset();
       fmt::print("\r\033[K{}", line);
       std::fflush(stdout);
       drawn_ = true;
       return;
     }
-    const std::int64_t every = std::max<std::int64_t>(1, total / 10);
-    if (done % every == 0 || done == total) {
-      fmt::print("{}\n", line);
-      std::fflush(stdout);
-    }
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
   }
 
   // Ends a redrawn line so that the next output starts on its own line.

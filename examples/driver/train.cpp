@@ -310,15 +310,15 @@ int run_train(const TrainArgs& a) {
       window = {};
     }
     const std::int64_t in_epoch = static_cast<std::int64_t>(done) - std::int64_t(current_epoch) * steps_per_epoch;
+    if (!progress.due(in_epoch, steps_per_epoch)) return;  // no formatting on the steps nobody sees
     const double elapsed = epoch_clock.elapsed_ms() / 1000;
     const double per_step = elapsed / double(std::max<std::int64_t>(1, in_epoch));
     const double eta = per_step * double(steps_per_epoch - in_epoch) +
                        per_step * double(steps_per_epoch) * double(a.num_epochs - current_epoch - 1);
-    progress.update(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
-                                current_epoch + 1, a.num_epochs, in_epoch, steps_per_epoch,
-                                double(running.count) / std::max(1e-9, elapsed), running.loss(),
-                                100 * running.accuracy(), format_duration(eta)),
-                    in_epoch, steps_per_epoch);
+    progress.show(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
+                              current_epoch + 1, a.num_epochs, in_epoch, steps_per_epoch,
+                              double(running.count) / std::max(1e-9, elapsed), running.loss(),
+                              100 * running.accuracy(), format_duration(eta)));
   };
 
   for (int epoch = first_epoch; epoch < a.num_epochs; ++epoch) {

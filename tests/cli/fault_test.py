@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from runs import check, failures, make_data, records, strip
+from runs import check, elastic_setup, failures, records
 
 ELASTIC = sys.argv[1]
 
@@ -52,16 +52,8 @@ def kill_at(cmd, pattern, delay, appears=None):
 
 
 with tempfile.TemporaryDirectory() as tmp:
-    data = os.path.join(tmp, "data")
-    make_data(data, train=1920, test=800)
-    profile = os.path.join(tmp, "profile.json")
-    subprocess.run([ELASTIC, "profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "16",
-                    "--num_classes", "10", "--threads", "2", "--out", profile], check=True, stdout=subprocess.DEVNULL)
-    logs = os.path.join(tmp, "logs")
-    base = [ELASTIC, "train", "--model_name", "mobilenetv2", "--dataset_name", "fashion_mnist", "--data_dir", data,
-            "--input_size", "32", "--batch_size", "16", "--train_type", "elastic_training", "--interval", "3",
-            "--rho", "0.6", "--num_epochs", "8", "--learning_rate", "0.01", "--seed", "9", "--threads", "2",
-            "--profile", profile, "--save_model", "--log_dir", logs, "--bn_batch_stats"]
+    base, logs = elastic_setup(ELASTIC, tmp, train=1920, test=800)
+    base += ["--interval", "3", "--num_epochs", "8", "--seed", "9"]
     subprocess.run(base + ["--run_name", "straight"], check=True, stdout=subprocess.DEVNULL)
     want = records(os.path.join(logs, "straight"))
 

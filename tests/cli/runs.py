@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import struct
+import subprocess
 
 import numpy as np
 
@@ -45,3 +46,20 @@ def strip(record):
 def records(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [strip(json.loads(line)) for line in f]
+
+
+def elastic_setup(elastic, tmp, **data_sizes):
+    """Data, one timing profile (MobileNetV2, 32x32, batch 16, 10 classes, 2 threads) and the
+    common part of an `elastic train` command line for it: elastic training with checkpoints.
+    Returns (base command, log directory)."""
+    data = os.path.join(tmp, "data")
+    make_data(data, **data_sizes)
+    profile = os.path.join(tmp, "profile.json")
+    subprocess.run([elastic, "profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "16",
+                    "--num_classes", "10", "--threads", "2", "--out", profile], check=True, stdout=subprocess.DEVNULL)
+    logs = os.path.join(tmp, "logs")
+    base = [elastic, "train", "--model_name", "mobilenetv2", "--dataset_name", "fashion_mnist", "--data_dir", data,
+            "--input_size", "32", "--batch_size", "16", "--train_type", "elastic_training", "--rho", "0.6",
+            "--learning_rate", "0.01", "--threads", "2", "--profile", profile, "--save_model", "--log_dir", logs,
+            "--bn_batch_stats"]
+    return base, logs

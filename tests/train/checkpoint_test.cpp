@@ -46,6 +46,17 @@ struct Run {
 
 fs::path temp(const char* name) { return fs::temp_directory_path() / fmt::format("elastic_ckpt_{}_{}", name, ::getpid()); }
 
+// A run trained for one epoch and checkpointed, as at an epoch's end.
+struct Saved {
+  Run a;
+  fs::path path;
+  explicit Saved(const char* name) : path(temp(name)) {
+    a.trainer.train_epoch(a.batches, 0);
+    save_checkpoint(path, a.model.params(), a.trainer.state(), {{"epoch", 0}});
+  }
+  ~Saved() { fs::remove(path); }
+};
+
 }  // namespace
 
 TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state exactly") {
@@ -82,10 +93,9 @@ TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state e
 }
 
 TEST_CASE("a torn write leaves the previous checkpoint in place and loadable") {
-  Run a;
-  a.trainer.train_epoch(a.batches, 0);
-  const auto path = temp("torn");
-  save_checkpoint(path, a.model.params(), a.trainer.state(), {{"epoch", 0}});
+  Saved saved("torn");
+  Run& a = saved.a;
+  const auto& path = saved.path;
   const auto before = all_values(a.model.params());
   // A writer killed mid-write leaves only a partial temporary file behind.
   std::ofstream(path.string() + ".tmp", std::ios::binary) << "\x40\x00\x00\x00\x00\x00\x00\x00{\"partial";
@@ -97,14 +107,12 @@ TEST_CASE("a torn write leaves the previous checkpoint in place and loadable") {
   save_checkpoint(path, a.model.params(), a.trainer.state(), {{"epoch", 1}});
   CHECK_FALSE(fs::exists(path.string() + ".tmp"));
   CHECK(load_checkpoint(path, b.model.params()).run["epoch"] == 1);
-  fs::remove(path);
 }
 
 TEST_CASE("checkpoints of another model, plain weight files and broken state are refused, naming the file") {
-  Run a;
-  a.trainer.train_epoch(a.batches, 0);
-  const auto path = temp("other");
-  save_checkpoint(path, a.model.params(), a.trainer.state(), {{"epoch", 0}});
+  Saved saved("other");
+  Run& a = saved.a;
+  const auto& path = saved.path;
   Context ctx(1);
   Model wider = small_cnn(ctx, {.batch = 4, .num_classes = 3, .width1 = 6, .width2 = 8});
   CHECK_THROWS_WITH(load_checkpoint(path, wider.params()), doctest::Contains("does not fit the model"));
@@ -123,6 +131,5 @@ TEST_CASE("checkpoints of another model, plain weight files and broken state are
   CHECK_THROWS_WITH(load_checkpoint(weights, a.model.params()),
                     doctest::Contains(fmt::format("'{}': malformed checkpoint state", weights.string()).c_str()));
   CHECK_THROWS_WITH(load_checkpoint(temp("missing"), a.model.params()), doctest::Contains("no checkpoint"));
-  fs::remove(path);
   fs::remove(weights);
 }
