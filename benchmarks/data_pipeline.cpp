@@ -117,8 +117,9 @@ int main(int argc, char** argv) {
       l.start_epoch(0, true);
       Stopwatch sw;
       for (std::int64_t b = 0; b < l.batches(); ++b) l.get(b);
-      fmt::print("  {} decoding thread{}                       {:8.0f}\n", workers == 0 ? "caller's" : std::to_string(workers),
-                 workers == 1 ? " " : "s", double(l.batches() * 4) / (sw.elapsed_ms() / 1000));
+      const std::string who = workers == 0 ? "the caller's thread" : fmt::format("{} decoding thread{}", workers,
+                                                                                  workers == 1 ? "" : "s");
+      fmt::print("  {:<40} {:8.0f}\n", who, double(l.batches() * 4) / (sw.elapsed_ms() / 1000));
     }
 
     // Feeding a trainer: MobileNetV2 full training, batch 4, 224x224.
