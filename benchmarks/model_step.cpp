@@ -5,8 +5,11 @@
 // tensors on the random batch, selects at RHO as elastic training does and
 // writes the selected params' names to FILE (PyTorch trains the same ones);
 // `train FILE` times the step of that selection alone, so the process's peak
-// memory is the elastic step's.
-// Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] [full | select RHO FILE | train FILE]
+// memory is the elastic step's. `kernels` times full training steps (and the
+// optimizer's share of them), then runs one more step with oneDNN's verbose
+// log on, between marker lines, for benchmarks/kernel_report to attribute.
+// Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
+//                   [full | select RHO FILE | train FILE | kernels]
 #include <cstdio>
 #include <cstdlib>
 
@@ -61,7 +64,7 @@ double sgemm_gflops(Context& ctx) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
-                         "[full | select RHO FILE | train FILE]\n");
+                         "[full | select RHO FILE | train FILE | kernels]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -126,7 +129,32 @@ int main(int argc, char** argv) {
                  name, json(elastic_step));
       return 0;
     }
-    if (mode != "full") fail("mode '{}' is not full, select RHO FILE or train FILE", mode);
+    if (mode == "kernels") {
+      std::vector<double> update_ms;
+      const Summary train = measure(warmup, steps, [&] {
+        m.graph->set_step(step++);
+        m.graph->forward(true);
+        m.graph->backward();
+        Stopwatch sw;
+        opt.step(m.params(), all, 1e-4f);
+        update_ms.push_back(sw.elapsed_ms());
+      });
+      const double gemm = sgemm_gflops(ctx);
+      std::fflush(stdout);
+      dnnl::set_verbose(1);
+      std::puts("elastic_kernels_begin");
+      m.graph->set_step(step++);
+      m.graph->forward(true);
+      m.graph->backward();
+      std::puts("elastic_kernels_end");
+      std::fflush(stdout);
+      dnnl::set_verbose(0);
+      fmt::print(R"({{"model": "{}", "train_step": {}, "update_ms": {:.3f}, "sgemm_gflops": {:.1f}}})"
+                 "\n",
+                 name, json(train), summarize(update_ms).median, gemm);
+      return 0;
+    }
+    if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE or kernels", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     const Summary train = measure(warmup, steps, [&] {
       m.graph->set_step(step++);

@@ -10,8 +10,8 @@ struct Bn {
   Context ctx{2};
   Graph g{ctx};
   ValueId x, y;
-  Bn(const Shape& shape, bool batch_stats) {
-    x = g.input("x", shape, true);
+  Bn(const Shape& shape, bool batch_stats, bool input_grad = true) {
+    x = g.input("x", shape, input_grad);
     y = g.add<BatchNorm2d>({x}, "bn1", BatchNorm2dOptions{.num_features = shape[1]});
     g.finalize(4);
     g.node_as<BatchNorm2d>(y).set_batch_stats(batch_stats);
@@ -109,6 +109,35 @@ TEST_CASE("batch-statistics gradients flow through the batch mean and variance")
     const auto res = testing::check_gradients(bn.g, {bn.x}, bn.y, {.training = true});
     CHECK_MESSAGE(res.ok, res.report);
     CHECK(res.checked > 50);
+  }
+}
+
+// With the input's gradient wanted, gamma/beta gradients come from oneDNN's
+// backward (run by backward_data); without it, from the node's own sums.
+TEST_CASE("gamma and beta gradients agree with and without the input's gradient, and match finite differences") {
+  for (bool batch_stats : {false, true}) {
+    CAPTURE(batch_stats);
+    const Shape shape{3, 13, 5, 7};
+    Bn with(shape, batch_stats, true), without(shape, batch_stats, false);
+    const Tensor x = testing::random_input(with.g, with.x, 5, -2.0f, 3.0f);
+    without.g.write(without.x, x);
+    Rng rng(6);
+    Tensor dy(shape);
+    for (auto& v : dy.span()) v = rng.uniform(-1.0f, 1.0f);
+    for (Bn* bn : {&with, &without}) {
+      bn->g.select_all();
+      bn->g.write_grad(bn->y, dy);
+      bn->g.forward(true);
+      bn->g.backward();
+    }
+    CHECK(with.g.plan().run_data[std::size_t(with.y)]);
+    CHECK_FALSE(without.g.plan().run_data[std::size_t(without.y)]);
+    for (int k = 0; k < 2; ++k)
+      for (std::int64_t c = 0; c < shape[1]; ++c)
+        CHECK(with.g.params()[k].grad[c] == doctest::Approx(without.g.params()[k].grad[c]).epsilon(1e-4));
+    const auto res = testing::check_gradients(without.g, {without.x}, without.y, {.training = true});
+    CHECK_MESSAGE(res.ok, res.report);
+    CHECK(res.checked >= 26);
   }
 }
 

@@ -12,6 +12,12 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -59,6 +65,34 @@ inline std::shared_ptr<float[]> aligned_floats(std::int64_t count) {
   if (!p) fail("out of memory allocating {} bytes", bytes);
   std::memset(p, 0, bytes == 0 ? 64 : bytes);
   return std::shared_ptr<float[]>(static_cast<float*>(p), [](float* q) { std::free(q); });
+}
+
+// Zero-filled float storage mapped from the OS: a page takes memory only once
+// written (page-aligned, so 64-byte aligned too).
+inline std::shared_ptr<float[]> lazy_floats(std::int64_t count) {
+  const std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(count) * sizeof(float), 64);
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) fail("out of memory mapping {} bytes: {}", bytes, std::strerror(errno));
+  return std::shared_ptr<float[]>(static_cast<float*>(p), [bytes](float* q) { ::munmap(q, bytes); });
+}
+
+// Zeros [begin, begin + count) of lazy_floats storage and returns the memory of
+// the whole pages inside it to the OS (they read as zero and cost nothing until
+// written again); the partial pages at either end are zeroed in place.
+inline void release_floats(float* begin, std::int64_t count) {
+  if (count <= 0) return;
+  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto lo = reinterpret_cast<std::uintptr_t>(begin);
+  const auto hi = lo + static_cast<std::uintptr_t>(count) * sizeof(float);
+  const std::uintptr_t first = (lo + page - 1) / page * page, last = hi / page * page;
+  if (first >= last) {
+    std::fill(begin, begin + count, 0.0f);
+    return;
+  }
+  std::fill(begin, reinterpret_cast<float*>(first), 0.0f);
+  std::fill(reinterpret_cast<float*>(last), begin + count, 0.0f);
+  if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0)
+    std::fill(reinterpret_cast<float*>(first), reinterpret_cast<float*>(last), 0.0f);
 }
 
 class Tensor {

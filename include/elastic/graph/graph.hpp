@@ -1,9 +1,11 @@
 // Graph: nodes in topological order, the values between them and the params in
 // forward order (the k = 0..N-1 of the method). A step is forward(), then
 // backward() under the installed BackwardPlan; select() installs a plan from a
-// mask of params and lays out activation memory for exactly that plan.
+// mask of params and lays out activation memory for exactly that plan; memory
+// of frozen params' gradients and of a larger earlier plan goes back to the OS.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -97,6 +99,14 @@ class Graph {
       info_[i].weights_reads_output = w.output;
       if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
     }
+    std::size_t transient_bytes = 0;
+    for (auto& node : nodes_)
+      for (auto& m : node->transients()) transient_bytes = std::max(transient_bytes, m.get_desc().get_size());
+    if (transient_bytes > 0) {
+      transient_ = lazy_floats(static_cast<std::int64_t>(transient_bytes / 4 + 1));
+      for (auto& node : nodes_)
+        for (auto& m : node->transients()) m.set_data_handle(transient_.get());
+    }
     topo_.nodes = info_;
     topo_.num_params = static_cast<int>(params_.size());
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
@@ -120,10 +130,16 @@ class Graph {
       it = plans_.emplace(mask, std::move(c)).first;
     }
     current_ = &it->second;
-    if (current_->memory.arena_bytes > arena_bytes_) {
-      arena_ = aligned_floats(current_->memory.arena_bytes / 4 + 1);
-      arena_bytes_ = current_->memory.arena_bytes;
+    // The arena is mapped for the largest plan seen and takes memory only where
+    // written; a smaller plan hands back the pages past its own end.
+    const std::int64_t need = current_->memory.arena_bytes / 4 + 1;
+    if (need > arena_floats_) {
+      arena_ = lazy_floats(need);
+      arena_floats_ = need;
+    } else {
+      release_floats(arena_.get() + need, arena_floats_ - need);
     }
+    params_.release_grads(mask);
     bind();
   }
   void select_all() { select(std::vector<bool>(params_.size(), true)); }
@@ -146,7 +162,7 @@ class Graph {
   // Runs in the mode of the last forward (dropout masks, batch statistics).
   void backward() {
     require_finalized();
-    RunCtx run{ctx_.stream(), training_, step_};
+    RunCtx run{ctx_.stream(), training_, step_, ++pass_};
     const auto& plan = current_->plan;
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) run_backward(i, run, plan);
     ctx_.wait();
@@ -158,11 +174,11 @@ class Graph {
     nodes_[i]->forward({ctx_.stream(), training, step_});
   }
   void backward_data_node(int i) {
-    RunCtx run{ctx_.stream(), training_, step_};
+    RunCtx run{ctx_.stream(), training_, step_, ++pass_};
     nodes_[i]->backward_data(run);
     accumulate_gradients(i);
   }
-  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), training_, step_}); }
+  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), training_, step_, ++pass_}); }
 
   // Plain copies in and out of pinned values (inputs and outputs).
   Tensor read(ValueId v) { return to_plain(memory_of(v, false), ctx_.stream()); }
@@ -204,12 +220,14 @@ class Graph {
     if (!finalized_) fail("graph is not finalized; call finalize() first");
   }
 
+  // backward_data first: a node may reuse in backward_weights what its
+  // backward_data of the same pass computed (batch norm's gamma/beta sums).
   void run_backward(int i, const RunCtx& run, const BackwardPlan& plan) {
-    if (plan.run_weights[i]) nodes_[i]->backward_weights(run);
     if (plan.run_data[i]) {
       nodes_[i]->backward_data(run);
       accumulate_gradients(i);
     }
+    if (plan.run_weights[i]) nodes_[i]->backward_weights(run);
   }
 
   // Adds the gradients node i wrote into temporaries into their values' gradients.
@@ -279,9 +297,11 @@ class Graph {
   std::map<std::vector<bool>, Compiled> plans_;
   const Compiled* current_ = nullptr;
   std::shared_ptr<float[]> arena_;
-  std::int64_t arena_bytes_ = 0;
+  std::shared_ptr<float[]> transient_;  // shared by every node's transients()
+  std::int64_t arena_floats_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;
+  std::uint64_t pass_ = 0;  // counts backward passes (RunCtx::pass)
   bool training_ = true;  // mode of the last forward, which backward repeats
 };
 

@@ -100,6 +100,9 @@ struct RunCtx {
   dnnl::stream& stream;
   bool training = false;   // dropout active; batch norm in batch-statistics mode uses batch stats
   std::uint64_t step = 0;  // dropout masks are a function of (seed, step, element)
+  // Numbers each backward pass of the graph (and each single-node backward call)
+  // uniquely; 0 in forward. Within one pass backward_data runs before backward_weights.
+  std::uint64_t pass = 0;
 };
 
 // Which activations a backward half reads; the memory planner keeps exactly
@@ -161,6 +164,7 @@ class Node {
     has_diff_src_.assign(inputs.size(), false);
   }
   bool has_output() const { return static_cast<bool>(dst_); }
+  std::span<dnnl::memory> transients() { return transients_; }
 
   void bind(std::span<float* const> src, float* dst, std::span<float* const> diff_src, float* diff_dst) {
     for (std::size_t i = 0; i < src_.size(); ++i) {
@@ -193,6 +197,14 @@ class Node {
   // Called after every bind, for nodes that keep extra views of bound buffers.
   virtual void on_bind() {}
 
+  // A buffer used only within one pass of this node (e.g. weights reordered for
+  // one kernel): every node's transients share one allocation of the graph,
+  // since nodes run one at a time. Bound once the graph is set up.
+  dnnl::memory transient(const dnnl::memory::desc& md) {
+    transients_.emplace_back(md, engine_, static_cast<void*>(nullptr));
+    return transients_.back();
+  }
+
   const dnnl::memory& src(std::size_t i = 0) const { return src_[i]; }
   const dnnl::memory& diff_src(std::size_t i = 0) const { return diff_src_[i]; }
   bool has_diff_src(std::size_t i = 0) const { return has_diff_src_[i]; }
@@ -213,6 +225,7 @@ class Node {
   std::vector<dnnl::memory> src_, diff_src_;
   std::vector<bool> has_diff_src_;
   dnnl::memory dst_, diff_dst_;
+  std::vector<dnnl::memory> transients_;
 };
 
 }  // namespace elastic

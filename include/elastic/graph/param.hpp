@@ -1,6 +1,9 @@
 // Trainable tensors (Params) and non-trainable state (Buffers, e.g. batch-norm
 // running statistics). Values live in one contiguous arena and gradients in a
 // mirrored one, so optimizers, importance and checkpoints are loops over spans.
+// The gradient arena takes memory only where gradients are written: its pages
+// come from the OS on first write, and release_grads() hands back those of
+// params a selection leaves frozen.
 // Params are numbered k = 0..N-1 in the order layers declare them (forward order).
 #pragma once
 
@@ -83,7 +86,7 @@ class ParamStore {
       total += round_up(p.size());
     }
     values_ = aligned_floats(total);
-    grads_ = aligned_floats(total);
+    grads_ = lazy_floats(total);
     arena_size_ = total;
     Rng rng(seed);
     for (auto& p : params_) {
@@ -134,7 +137,23 @@ class ParamStore {
     return n;
   }
 
-  void zero_grads() { std::fill(grad_arena().begin(), grad_arena().end(), 0.0f); }
+  void zero_grads() { release_floats(grads_.get(), arena_size_); }
+
+  // Zeros the gradients of every param k without keep[k], returning their memory.
+  void release_grads(const std::vector<bool>& keep) {
+    if (keep.size() != params_.size()) fail("release_grads: {} flags for {} params", keep.size(), params_.size());
+    for (std::size_t k = 0; k < params_.size();) {
+      if (keep[k]) {
+        ++k;
+        continue;
+      }
+      std::size_t end = k + 1;  // a run of frozen params is one stretch of the arena
+      while (end < params_.size() && !keep[end]) ++end;
+      const std::int64_t last = end < params_.size() ? params_[end].offset : arena_size_;
+      release_floats(grads_.get() + params_[k].offset, last - params_[k].offset);
+      k = end;
+    }
+  }
 
  private:
   static std::int64_t round_up(std::int64_t n) { return (n + 15) / 16 * 16; }

@@ -1,6 +1,8 @@
 // The gradients of a normalization's per-feature scale and shift: two sums over
 // rows of a (rows, C) row-major gradient, d gamma[c] = sum dy * xhat and
-// d beta[c] = sum dy, accumulated in double per thread and then combined.
+// d beta[c] = sum dy. Each thread sums blocks of kBlock rows in float (full
+// SIMD width), folds every block into double totals, and the threads' totals
+// are combined in double: float error grows only over one block.
 // Shared by BatchNorm2d (features = channels) and LayerNorm (features = last dim).
 #pragma once
 
@@ -14,18 +16,22 @@ namespace elastic::detail {
 
 class AffineGrads {
  public:
+  static constexpr std::int64_t kBlock = 32;
+
   // Sizes the per-thread scratch once (setup), for at most the current OpenMP thread count.
   void reserve(std::int64_t features) {
     c_ = features;
     threads_ = omp_get_max_threads();
     partial_.assign(static_cast<std::size_t>(2 * c_ * threads_), 0.0);
+    block_.assign(static_cast<std::size_t>(2 * c_ * threads_), 0.0f);
   }
 
-  // xhat(r, c) gives the normalized input of row r, feature c.
+  // xhat(r, c) gives the normalized input of row r, feature c (as float).
   template <class Xhat>
   void run(std::int64_t rows, const float* dy, Xhat xhat, float* dgamma, float* dbeta) {
     const std::int64_t C = c_;
     double* partial = partial_.data();
+    float* block = block_.data();
     int used = 1;
 #pragma omp parallel num_threads(threads_)
     {
@@ -33,14 +39,21 @@ class AffineGrads {
 #pragma omp single
       used = nt;
       double* acc = partial + 2 * C * t;  // [C] sum dy * xhat, [C] sum dy
+      float* __restrict sg = block + 2 * C * t;
+      float* __restrict sb = sg + C;
       std::fill(acc, acc + 2 * C, 0.0);
-      for (std::int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) {
-        const float* d = dy + r * C;
+      const std::int64_t end = rows * (t + 1) / nt;
+      for (std::int64_t r0 = rows * t / nt; r0 < end; r0 += kBlock) {
+        std::fill(sg, sg + 2 * C, 0.0f);
+        for (std::int64_t r = r0; r < std::min(end, r0 + kBlock); ++r) {
+          const float* __restrict d = dy + r * C;
 #pragma omp simd
-        for (std::int64_t c = 0; c < C; ++c) {
-          acc[c] += double(d[c]) * xhat(r, c);
-          acc[C + c] += double(d[c]);
+          for (std::int64_t c = 0; c < C; ++c) {
+            sg[c] += d[c] * xhat(r, c);
+            sb[c] += d[c];
+          }
         }
+        for (std::int64_t c = 0; c < 2 * C; ++c) acc[c] += double(sg[c]);
       }
     }
     for (std::int64_t c = 0; c < C; ++c) {
@@ -57,7 +70,8 @@ class AffineGrads {
  private:
   std::int64_t c_ = 0;
   int threads_ = 1;
-  std::vector<double> partial_;  // (threads, 2, C)
+  std::vector<double> partial_;  // (threads, 2, C) totals
+  std::vector<float> block_;     // (threads, 2, C) sums of the current block
 };
 
 }  // namespace elastic::detail

@@ -5,11 +5,13 @@
 //  - batch statistics: training forwards normalize with the batch's mean and
 //    (biased) variance and update the running statistics as torch does
 //    (momentum, unbiased variance); inference uses the running statistics.
-// backward_data is oneDNN's; the gamma/beta gradients are two per-channel sums
-// computed here (one pass over x and dy), cheaper than running oneDNN's full
-// backward, which would also write a diff_src nobody asked for.
+// backward_data is oneDNN's full backward, which also sums the gamma/beta
+// gradients; backward_weights takes those when backward_data ran in the same
+// pass, and otherwise computes the two per-channel sums here (one pass over x
+// and dy), cheaper than oneDNN's backward with a diff_src nobody asked for.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -70,8 +72,8 @@ class BatchNorm2d final : public Node {
     batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global}, user_scratchpad(), eng);
     batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine}, user_scratchpad(), eng);
     // oneDNN 2.6 offers backward_data only with gamma = 1, so backward_data runs the
-    // full backward and sends gamma/beta gradients to scratch (backward_weights
-    // computes its own, since it also runs where backward_data does not).
+    // full backward and sends gamma/beta gradients to scratch, where
+    // backward_weights of the same pass finds them.
     batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global}, user_scratchpad(), eng,
                                                        fwd_g);
     batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine}, user_scratchpad(), eng,
@@ -95,7 +97,7 @@ class BatchNorm2d final : public Node {
     bwd_batch_ = Call(batch_normalization_backward(bwd_b),
                       with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
     rows_ = x[0] * x[2] * x[3];
-    rstd_.assign(static_cast<std::size_t>(o_.num_features), 0.0);
+    rstd_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
     grads_.reserve(o_.num_features);
   }
 
@@ -117,21 +119,27 @@ class BatchNorm2d final : public Node {
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
     (uses_batch(run) ? bwd_batch_ : bwd_global_)(run.stream);
+    data_pass_ = run.pass;
   }
 
   // d gamma[c] = sum dy * (x - mean[c]) / sqrt(var[c] + eps), d beta[c] = sum dy,
   // over the N*H*W rows of the channels-last tensors, with the statistics the forward used.
   void backward_weights(const RunCtx& run) override {
     run.stream.wait();
+    if (run.pass != 0 && data_pass_ == run.pass) {
+      std::copy_n(scratch_.data(), o_.num_features, dgamma_);
+      std::copy_n(scratch_.data() + o_.num_features, o_.num_features, dbeta_);
+      return;
+    }
     const bool batch = uses_batch(run);
     const float* mean = batch ? bmean_.data() : rmean_;
     const float* var = batch ? bvar_.data() : rvar_;
     for (std::int64_t c = 0; c < o_.num_features; ++c)
-      rstd_[static_cast<std::size_t>(c)] = 1.0 / std::sqrt(double(var[c]) + o_.eps);
+      rstd_[static_cast<std::size_t>(c)] = static_cast<float>(1.0 / std::sqrt(double(var[c]) + o_.eps));
     const float* x = ptr(src());
-    const double* rstd = rstd_.data();
+    const float* rstd = rstd_.data();
     const std::int64_t C = o_.num_features;
-    grads_.run(rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return double(x[r * C + c] - mean[c]) * rstd[c]; },
+    grads_.run(rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return (x[r * C + c] - mean[c]) * rstd[c]; },
                dgamma_, dbeta_);
   }
 
@@ -147,8 +155,9 @@ class BatchNorm2d final : public Node {
   float *gamma_ = nullptr, *beta_ = nullptr, *dgamma_ = nullptr, *dbeta_ = nullptr;
   float *rmean_ = nullptr, *rvar_ = nullptr;  // (C) running statistics, in the buffer arena
   std::vector<float> bmean_, bvar_;           // (C) statistics of the last training batch
-  std::vector<float> scratch_;                // (2, C) gamma/beta gradients of backward_data, unused
-  std::vector<double> rstd_;                  // (C) 1 / sqrt(var + eps) of the statistics in use
+  std::vector<float> scratch_;                // (2, C) gamma/beta gradients of the last backward_data
+  std::uint64_t data_pass_ = 0;               // the pass that backward_data last ran in
+  std::vector<float> rstd_;                   // (C) 1 / sqrt(var + eps) of the statistics in use
   detail::AffineGrads grads_;
   std::int64_t rows_ = 0;                     // N*H*W
   Call fwd_global_, fwd_batch_, bwd_global_, bwd_batch_;

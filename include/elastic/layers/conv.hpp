@@ -2,7 +2,9 @@
 // optional bias) on oneDNN's convolution primitives: forward, backward_data and
 // backward_weights (weights and bias in one kernel: one selection unit).
 // Params keep torchvision's layout (out, in/groups, kh, kw); where a primitive
-// prefers a blocked weight layout the node reorders into a buffer of its own.
+// prefers a blocked weight layout the node reorders: into a buffer of its own
+// for the forward's (backward_data may reuse it), into the graph's shared
+// transient buffer for the other passes.
 #pragma once
 
 #include "elastic/graph/node.hpp"
@@ -82,12 +84,20 @@ class Conv2d final : public Node {
     user_dw_ = memory(user_w_md, eng, w.grad);
     const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
     // Backward-data reuses the forward's reordered weights when it wants the same layout.
-    const memory bwd_w = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
-                             ? fwd_w
-                             : relayout(user_w_, bwd_data_pd.weights_desc(), eng, bwd_w_reorder_);
+    // Its own layout's copy and the blocked weight gradient live only within
+    // one pass, so they take the graph's shared transient buffer.
+    memory bwd_w = fwd_w;
+    if (bwd_data_pd.weights_desc() != fwd_pd.weights_desc()) {
+      if (bwd_data_pd.weights_desc() == user_w_md) {
+        bwd_w = user_w_;
+      } else {
+        bwd_w = transient(bwd_data_pd.weights_desc());
+        bwd_w_reorder_ = reorder_call(user_w_, bwd_w);
+      }
+    }
     memory prim_dw = user_dw_;
     if (bwd_w_pd.diff_weights_desc() != user_w_md) {
-      prim_dw = memory(bwd_w_pd.diff_weights_desc(), eng);
+      prim_dw = transient(bwd_w_pd.diff_weights_desc());
       dw_reorder_ = reorder_call(prim_dw, user_dw_);
     }
     Args fwd_args{{DNNL_ARG_SRC, src()}, {DNNL_ARG_WEIGHTS, fwd_w}, {DNNL_ARG_DST, dst()}};

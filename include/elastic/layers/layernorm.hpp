@@ -74,7 +74,7 @@ class LayerNorm final : public Node {
                                                     {DNNL_ARG_DIFF_SHIFT, dshift}});
     dgamma_ = store[weight_].grad;
     dbeta_ = store[bias_].grad;
-    rstd_.assign(static_cast<std::size_t>(rows_), 0.0);
+    rstd_.assign(static_cast<std::size_t>(rows_), 0.0f);
     grads_.reserve(E);
   }
 
@@ -89,9 +89,9 @@ class LayerNorm final : public Node {
     const std::int64_t E = o_.normalized_shape;
     const float* x = ptr(x_);
     const float* mean = mean_.data();
-    for (std::size_t r = 0; r < rstd_.size(); ++r) rstd_[r] = 1.0 / std::sqrt(double(var_[r]) + o_.eps);
-    const double* rstd = rstd_.data();
-    grads_.run(rows_, ptr(dy_), [=](std::int64_t r, std::int64_t e) { return double(x[r * E + e] - mean[r]) * rstd[r]; },
+    for (std::size_t r = 0; r < rstd_.size(); ++r) rstd_[r] = static_cast<float>(1.0 / std::sqrt(double(var_[r]) + o_.eps));
+    const float* rstd = rstd_.data();
+    grads_.run(rows_, ptr(dy_), [=](std::int64_t r, std::int64_t e) { return (x[r * E + e] - mean[r]) * rstd[r]; },
                dgamma_, dbeta_);
   }
 
@@ -114,7 +114,7 @@ class LayerNorm final : public Node {
   dnnl::memory x_, y_, dx_, dy_;   // (rows, E) views of the bound buffers
   std::vector<float> mean_, var_;  // (rows) statistics of the last forward
   std::vector<float> scratch_;     // (2, E) gamma/beta gradients of backward_data, unused
-  std::vector<double> rstd_;       // (rows) 1 / sqrt(var + eps)
+  std::vector<float> rstd_;        // (rows) 1 / sqrt(var + eps)
   detail::AffineGrads grads_;
   Call fwd_, bwd_;
 };

@@ -1,10 +1,12 @@
 // Optimizers over a ParamStore that update only the selected params (frozen
 // ones keep their values and their state untouched), with their whole state
 // savable and restorable bit for bit: checkpoints and the importance
-// evaluator's probe step both depend on that. Semantics follow the reference's
+// evaluator's probe step both depend on that. A param's slots take memory from
+// its first update on, so training a selection costs state for that selection. Semantics follow the reference's
 // Keras/TensorFlow-Addons optimizers.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -46,20 +48,32 @@ class Optimizer {
     steps_.assign(params.size(), 0);
     names_.clear();
     for (const auto& p : params.params()) names_.push_back(p.name);
-    slots_.assign(slot_names().size(), {});
-    for (auto& s : slots_) {
-      s.clear();
-      for (const auto& p : params.params()) s.emplace_back(static_cast<std::size_t>(p.size()), 0.0f);
-    }
+    sizes_.clear();
+    for (const auto& p : params.params()) sizes_.push_back(static_cast<std::size_t>(p.size()));
+    slots_.assign(slot_names().size(), std::vector<std::vector<float>>(params.size()));
   }
 
   OptimizerState state() const {
     OptimizerState st;
     for (std::size_t k = 0; k < names_.size(); ++k) {
       st.steps[names_[k]] = steps_[k];
-      for (std::size_t s = 0; s < slots_.size(); ++s) st.slots[names_[k] + "." + slot_names()[s]] = slots_[s][k];
+      for (std::size_t s = 0; s < slots_.size(); ++s) {
+        auto& out = st.slots[names_[k] + "." + slot_names()[s]];
+        if (slots_[s][k].empty())
+          out.assign(sizes_[k], 0.0f);
+        else
+          out = slots_[s][k];
+      }
     }
     return st;
+  }
+
+  // Bytes of slot memory in use: only params updated at least once have slots.
+  std::size_t slot_bytes() const {
+    std::size_t n = 0;
+    for (const auto& s : slots_)
+      for (const auto& v : s) n += v.size() * sizeof(float);
+    return n;
   }
 
   // Restores a state taken from this optimizer on the same params. Every name
@@ -75,26 +89,39 @@ class Optimizer {
         const auto key = names_[k] + "." + slot_names()[s];
         const auto it = st.slots.find(key);
         if (it == st.slots.end()) fail("{}: the state has no slot '{}'", name(), key);
-        if (it->second.size() != slots_[s][k].size())
-          fail("{}: slot '{}' has {} values, the param {}", name(), key, it->second.size(), slots_[s][k].size());
+        if (it->second.size() != sizes_[k])
+          fail("{}: slot '{}' has {} values, the param {}", name(), key, it->second.size(), sizes_[k]);
       }
     }
     for (std::size_t k = 0; k < names_.size(); ++k) {
       steps_[k] = st.steps.at(names_[k]);
-      for (std::size_t s = 0; s < slots_.size(); ++s) slots_[s][k] = st.slots.at(names_[k] + "." + slot_names()[s]);
+      for (std::size_t s = 0; s < slots_.size(); ++s) {
+        const auto& values = st.slots.at(names_[k] + "." + slot_names()[s]);
+        // All-zero slots stay unallocated (std::vector{}.swap frees the memory).
+        if (std::all_of(values.begin(), values.end(), [](float x) { return x == 0.0f; }))
+          std::vector<float>().swap(slots_[s][k]);
+        else
+          slots_[s][k] = values;
+      }
     }
   }
 
  protected:
   virtual const std::vector<std::string>& slot_names() const = 0;
   virtual void update(std::size_t k, Param& p, float lr) = 0;
-  std::vector<float>& slot(std::size_t s, std::size_t k) { return slots_[s][k]; }
+  // Slot s of param k, allocated (zero-filled) on its first update.
+  std::vector<float>& slot(std::size_t s, std::size_t k) {
+    auto& v = slots_[s][k];
+    if (v.empty()) v.assign(sizes_[k], 0.0f);
+    return v;
+  }
 
   std::vector<std::int64_t> steps_;  // updates applied to each param
   std::vector<std::string> names_;
 
  private:
-  std::vector<std::vector<std::vector<float>>> slots_;  // [slot][param][element]
+  std::vector<std::size_t> sizes_;                       // elements of each param
+  std::vector<std::vector<std::vector<float>>> slots_;  // [slot][param][element]; empty = all zero
 };
 
 struct SGDWOptions {
