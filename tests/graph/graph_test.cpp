@@ -101,6 +101,77 @@ TEST_CASE("switching plans back and forth gives identical results") {
   CHECK(std::equal(out.span().begin(), out.span().end(), again.span().begin()));
 }
 
+namespace {
+// x -> c1 -> c2 -> c3, 16 channels: oneDNN wants blocked weights, so every conv re-lays them out.
+struct Chain {
+  Context ctx{2};
+  Graph g{ctx};
+  ValueId x, c1, c2, c3;
+  Chain() {
+    x = g.input("x", {2, 16, 9, 7});
+    c1 = g.add<Conv2d>({x}, "c1", conv3x3(16, 16));
+    c2 = g.add<Conv2d>({c1}, "c2", conv3x3(16, 16));
+    c3 = g.add<Conv2d>({c2}, "c3", conv3x3(16, 16));
+    g.finalize(11);
+    testing::random_input(g, x, 12);
+    g.write_grad(c3, Tensor(g.shape(c3), 0.01f));
+  }
+  // forward, backward, and a plain SGD update of the selected params.
+  void step(const std::vector<bool>& mask) {
+    g.forward(true);
+    g.backward();
+    for (std::size_t k = 0; k < mask.size(); ++k)
+      if (mask[k])
+        for (std::int64_t i = 0; i < g.params()[k].size(); ++i) g.params()[k].value[i] -= 0.1f * g.params()[k].grad[i];
+  }
+};
+}  // namespace
+
+TEST_CASE("training steps that reuse frozen convolutions' re-laid-out weights are bit-identical to rebuilding them") {
+  for (const std::vector<bool>& mask : {std::vector<bool>{false, false, false, false, true, true},
+                                        std::vector<bool>{true, true, false, false, false, false}}) {
+    Chain plain, reuse;
+    plain.g.select(mask);
+    reuse.g.select(mask);
+    reuse.g.reuse_frozen_weights(true);
+    for (int s = 0; s < 3; ++s) {
+      plain.step(mask);
+      reuse.step(mask);
+      const Tensor a = plain.g.read(plain.c3), b = reuse.g.read(reuse.c3);
+      CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin()));
+    }
+    for (int k = 0; k < 6; ++k) CHECK(grads_of(plain.g, k) == grads_of(reuse.g, k));
+    auto va = plain.g.params().value_arena(), vb = reuse.g.params().value_arena();
+    CHECK(std::equal(va.begin(), va.end(), vb.begin()));
+  }
+}
+
+TEST_CASE("a frozen convolution's weights written directly count from the next select() or reuse_frozen_weights()") {
+  Chain net;
+  const std::vector<bool> mask{false, false, false, false, true, true};  // c1 and c2 frozen
+  net.g.select(mask);
+  net.g.reuse_frozen_weights(true);
+  net.g.forward(true);
+  const Tensor before = net.g.read(net.c3);
+  for (auto& w : net.g.params()[0].values()) w *= 2.0f;  // c1.weight, behind the optimizer's back
+  net.g.forward(true);
+  const Tensor stale = net.g.read(net.c3);
+  CHECK(std::equal(before.span().begin(), before.span().end(), stale.span().begin()));  // the documented contract
+  net.g.select(mask);
+  net.g.forward(true);
+  const Tensor fresh = net.g.read(net.c3);
+  net.g.reuse_frozen_weights(false);
+  net.g.forward(true);
+  const Tensor rebuilt = net.g.read(net.c3);
+  CHECK_FALSE(std::equal(before.span().begin(), before.span().end(), fresh.span().begin()));
+  CHECK(std::equal(fresh.span().begin(), fresh.span().end(), rebuilt.span().begin()));
+  for (auto& w : net.g.params()[0].values()) w *= 0.5f;
+  net.g.reuse_frozen_weights(true);  // turning it on again starts afresh too
+  net.g.forward(true);
+  const Tensor restored = net.g.read(net.c3);
+  CHECK(std::equal(before.span().begin(), before.span().end(), restored.span().begin()));
+}
+
 TEST_CASE("reading a value that is not kept names it") {
   Context ctx(1);
   Graph g(ctx);

@@ -99,14 +99,16 @@ class Graph {
       info_[i].weights_reads_output = w.output;
       if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
     }
-    std::size_t transient_bytes = 0;
+    std::vector<std::size_t> transient_bytes;  // per slot, the largest request
     for (auto& node : nodes_)
-      for (auto& m : node->transients()) transient_bytes = std::max(transient_bytes, m.get_desc().get_size());
-    if (transient_bytes > 0) {
-      transient_ = lazy_floats(static_cast<std::int64_t>(transient_bytes / 4 + 1));
-      for (auto& node : nodes_)
-        for (auto& m : node->transients()) m.set_data_handle(transient_.get());
-    }
+      for (auto& t : node->transients()) {
+        if (t.slot < 0) fail("layer '{}' asked for transient slot {}", node->name(), t.slot);
+        if (transient_bytes.size() <= std::size_t(t.slot)) transient_bytes.resize(std::size_t(t.slot) + 1, 0);
+        transient_bytes[std::size_t(t.slot)] = std::max(transient_bytes[std::size_t(t.slot)], t.memory.get_desc().get_size());
+      }
+    for (std::size_t bytes : transient_bytes) transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
+    for (auto& node : nodes_)
+      for (auto& t : node->transients()) t.memory.set_data_handle(transients_[std::size_t(t.slot)].get());
     topo_.nodes = info_;
     topo_.num_params = static_cast<int>(params_.size());
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
@@ -140,6 +142,7 @@ class Graph {
       release_floats(arena_.get() + need, arena_floats_ - need);
     }
     params_.release_grads(mask);
+    ++reuse_epoch_;
     bind();
   }
   void select_all() { select(std::vector<bool>(params_.size(), true)); }
@@ -152,7 +155,7 @@ class Graph {
   void forward(bool training) {
     require_finalized();
     training_ = training;
-    RunCtx run{ctx_.stream(), training, step_};
+    RunCtx run{ctx_.stream(), training, step_, 0, reuse_ ? reuse_epoch_ : 0};
     for (auto& node : nodes_) node->forward(run);
     ctx_.wait();
   }
@@ -191,6 +194,18 @@ class Graph {
   float* value_data(ValueId v) { return pinned(v, false); }
   float* grad_data(ValueId v) { return pinned(v, true); }
   dnnl::memory::desc desc(ValueId v) const { return nodes_.at(v)->output_desc(); }
+
+  // While on, forward() lets nodes keep what they derive from frozen params
+  // from one step to the next (a convolution's weights re-laid-out for its
+  // kernel) instead of rebuilding it: for training loops in which params change
+  // only through the optimizer, which updates selected params alone. Turning it
+  // on and every select() start afresh; a param written any other way while it
+  // is on reaches a frozen convolution only after one of those.
+  void reuse_frozen_weights(bool on) {
+    reuse_ = on;
+    ++reuse_epoch_;
+  }
+  bool reusing_frozen_weights() const { return reuse_; }
 
   // Dropout masks depend on this counter; the trainer advances it every step.
   void set_step(std::uint64_t step) { step_ = step; }
@@ -270,7 +285,7 @@ class Graph {
           dsrc[j] = mem.temp_offset[i][j] >= 0 ? at(mem.temp_offset[i][j]) : grad_ptr(inputs[j]);
       }
       nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc,
-                      plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr);
+                      plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr, plan.run_weights[i]);
     }
   }
 
@@ -297,11 +312,13 @@ class Graph {
   std::map<std::vector<bool>, Compiled> plans_;
   const Compiled* current_ = nullptr;
   std::shared_ptr<float[]> arena_;
-  std::shared_ptr<float[]> transient_;  // shared by every node's transients()
+  std::vector<std::shared_ptr<float[]>> transients_;  // per slot, shared by every node's transients()
   std::int64_t arena_floats_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;
   std::uint64_t pass_ = 0;  // counts backward passes (RunCtx::pass)
+  bool reuse_ = false;              // reuse_frozen_weights
+  std::uint64_t reuse_epoch_ = 1;   // RunCtx::reuse_epoch while reuse_ is on
   bool training_ = true;  // mode of the last forward, which backward repeats
 };
 

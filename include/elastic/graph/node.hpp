@@ -103,6 +103,9 @@ struct RunCtx {
   // Numbers each backward pass of the graph (and each single-node backward call)
   // uniquely; 0 in forward. Within one pass backward_data runs before backward_weights.
   std::uint64_t pass = 0;
+  // Nonzero while the graph lets nodes keep what they derive from frozen params
+  // (Graph::reuse_frozen_weights); a new value whenever such copies may be stale.
+  std::uint64_t reuse_epoch = 0;
 };
 
 // Which activations a backward half reads; the memory planner keeps exactly
@@ -164,9 +167,15 @@ class Node {
     has_diff_src_.assign(inputs.size(), false);
   }
   bool has_output() const { return static_cast<bool>(dst_); }
-  std::span<dnnl::memory> transients() { return transients_; }
+  struct Transient {
+    int slot;
+    dnnl::memory memory;
+  };
+  std::span<Transient> transients() { return transients_; }
 
-  void bind(std::span<float* const> src, float* dst, std::span<float* const> diff_src, float* diff_dst) {
+  void bind(std::span<float* const> src, float* dst, std::span<float* const> diff_src, float* diff_dst,
+            bool trained = true) {
+    trained_ = trained;
     for (std::size_t i = 0; i < src_.size(); ++i) {
       src_[i].set_data_handle(src[i]);
       diff_src_[i].set_data_handle(diff_src[i]);
@@ -198,13 +207,16 @@ class Node {
   virtual void on_bind() {}
 
   // A buffer used only within one pass of this node (e.g. weights reordered for
-  // one kernel): every node's transients share one allocation of the graph,
-  // since nodes run one at a time. Bound once the graph is set up.
-  dnnl::memory transient(const dnnl::memory::desc& md) {
-    transients_.emplace_back(md, engine_, static_cast<void*>(nullptr));
-    return transients_.back();
+  // one kernel). Nodes run one at a time, so every node's transients of the same
+  // `slot` share one allocation of the graph; a pass that needs two buffers at
+  // once takes them from different slots. Bound once the graph is set up.
+  dnnl::memory transient(const dnnl::memory::desc& md, int slot = 0) {
+    transients_.push_back({slot, dnnl::memory(md, engine_, static_cast<void*>(nullptr))});
+    return transients_.back().memory;
   }
 
+  // Whether the installed plan trains this node's params (else they are frozen).
+  bool trained() const { return trained_; }
   const dnnl::memory& src(std::size_t i = 0) const { return src_[i]; }
   const dnnl::memory& diff_src(std::size_t i = 0) const { return diff_src_[i]; }
   bool has_diff_src(std::size_t i = 0) const { return has_diff_src_[i]; }
@@ -225,7 +237,8 @@ class Node {
   std::vector<dnnl::memory> src_, diff_src_;
   std::vector<bool> has_diff_src_;
   dnnl::memory dst_, diff_dst_;
-  std::vector<dnnl::memory> transients_;
+  std::vector<Transient> transients_;
+  bool trained_ = true;
 };
 
 }  // namespace elastic

@@ -4,7 +4,8 @@
 // each part (d = E / heads):  O_h = softmax(Q_h K_h^T / sqrt(d)) V_h.
 // Every product is one oneDNN matmul over the (N, heads) batch whose operands
 // are strided views into the packed buffers, so no head is ever copied out;
-// the probabilities P (N, heads, T, T) are kept for backward.
+// the probabilities P (N, heads, T, T) are kept for backward; the gradients of
+// P and of the scores are transients shared with every other node.
 #pragma once
 
 #include <cmath>
@@ -43,11 +44,10 @@ class ScaledDotProductAttention final : public Node {
     const memory::desc probs({n_, H, T, T}, f32, memory::format_tag::abcd);
     const memory::desc probs_t({n_, H, T, T}, f32, memory::dims{H * T * T, T * T, 1, T});
 
-    p_.assign(static_cast<std::size_t>(n_ * H * T * T), 0.0f);
-    dp_.assign(p_.size(), 0.0f);
-    ds_.assign(p_.size(), 0.0f);
-    const memory P(probs, eng, p_.data()), Pt(probs_t, eng, p_.data()), dP(probs, eng, dp_.data()),
-        dS(probs, eng, ds_.data()), dSt(probs_t, eng, ds_.data());
+    p_ = lazy_floats(n_ * H * T * T);
+    // The two gradients live only within backward_data: transients of two slots.
+    const memory P(probs, eng, p_.get()), Pt(probs_t, eng, p_.get()), dP = transient(probs, 0);
+    const memory dS = ds_ = transient(probs, 1), dSt = ds_t_ = memory(probs_t, eng, static_cast<void*>(nullptr));
     const auto view = [&](const memory::desc& md) { return memory(md, eng, static_cast<void*>(nullptr)); };
     q_ = view(head), kt_ = view(head_t), v_ = view(head), k_ = view(head), vt_ = view(head_t);
     o_ = view(out), do_ = view(out);
@@ -105,11 +105,13 @@ class ScaledDotProductAttention final : public Node {
     dq_.set_data_handle(at(diff_src(), 0));
     dk_.set_data_handle(at(diff_src(), e_));
     dv_.set_data_handle(at(diff_src(), 2 * e_));
+    ds_t_.set_data_handle(ds_.get_data_handle());  // the transient, bound by now
   }
 
  private:
   std::int64_t heads_, n_ = 0, t_ = 0, e_ = 0, d_ = 0;
-  std::vector<float> p_, dp_, ds_;  // (N, heads, T, T): probabilities, their gradient, the scores' gradient
+  std::shared_ptr<float[]> p_;  // (N, heads, T, T) probabilities, kept from forward to backward
+  dnnl::memory ds_, ds_t_;      // the scores' gradient (a transient) and its transposed view
   dnnl::memory q_, k_, kt_, v_, vt_, o_, do_, dq_, dk_, dv_;  // strided views of the bound buffers
   Call scores_, softmax_, context_, grad_v_, grad_p_, grad_s_, grad_q_, grad_k_;
 };

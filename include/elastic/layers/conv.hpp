@@ -114,7 +114,12 @@ class Conv2d final : public Node {
   }
 
   void forward(const RunCtx& run) override {
-    if (fwd_w_reorder_) fwd_w_reorder_(run.stream);
+    // Frozen weights re-laid-out in an earlier step of the same reuse epoch are still current.
+    const bool current = run.reuse_epoch != 0 && !trained() && fwd_w_epoch_ == run.reuse_epoch;
+    if (fwd_w_reorder_ && !current) {
+      fwd_w_reorder_(run.stream);
+      fwd_w_epoch_ = run.reuse_epoch;
+    }
     fwd_(run.stream);
   }
 
@@ -147,6 +152,7 @@ class Conv2d final : public Node {
   dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
   Call fwd_, bwd_data_, bwd_weights_;
   Call fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;  // empty when layouts agree
+  std::uint64_t fwd_w_epoch_ = 0;  // RunCtx::reuse_epoch of the last forward reorder (0: not reusable)
 };
 
 }  // namespace elastic

@@ -138,7 +138,8 @@ class Trainer {
 
   // Called with every selection; empty by default.
   std::function<void(const SelectionRecord&)> on_selection;
-  // Called after every step with its number and its batch's mean loss, correct and counted samples.
+  // Called after every step with its number and its batch's mean loss, correct and counted
+  // samples. It may read params but not write them (see Graph::reuse_frozen_weights).
   std::function<void(std::uint64_t step, double loss, std::int64_t correct, std::int64_t count)> on_step;
   // One human-readable line per selection and per epoch; prints to stdout by default.
   std::function<void(const std::string&)> log = [](const std::string& line) { fmt::print("{}\n", line); };
@@ -177,6 +178,13 @@ class Trainer {
     double wait_before = 0;
     if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
     Stopwatch sw;
+    // Within the epoch params change only through the optimizer, so frozen
+    // convolutions keep their re-laid-out weights from step to step.
+    struct Reuse {
+      Graph& g;
+      explicit Reuse(Graph& graph) : g(graph) { g.reuse_frozen_weights(true); }
+      ~Reuse() { g.reuse_frozen_weights(false); }
+    } reuse(*m_.graph);
     for (std::int64_t b = 0; b < batches; ++b) {
       train.load(m_, b);
       const float lr = schedule_(static_cast<std::int64_t>(step_));
