@@ -64,6 +64,19 @@ double sgemm_gflops(Context& ctx) {
   }
   return best;
 }
+// One training step as the trainer takes it within an epoch: forward, then
+// backward with each node's selected params updated as soon as their
+// (streamed) gradients are ready. Adds the time spent updating to *update_ms.
+void train_step(Model& m, Optimizer& opt, const std::vector<bool>& mask, std::uint64_t step, double* update_ms = nullptr) {
+  m.graph->set_step(step);
+  m.graph->forward(true);
+  const auto& topology = m.graph->topology();
+  m.graph->backward([&](int node) {
+    Stopwatch sw;
+    opt.step(m.params(), topology.nodes[std::size_t(node)].params, mask, 1e-4f);
+    if (update_ms) *update_ms += sw.elapsed_ms();
+  });
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,34 +137,27 @@ int main(int argc, char** argv) {
       }
       m.graph->select(mask);
       m.graph->reuse_frozen_weights(true);  // as the trainer's epochs run
-      const Summary elastic_step = measure(warmup, steps, [&] {
-        m.graph->set_step(step++);
-        m.graph->forward(true);
-        m.graph->backward();
-        opt.step(m.params(), mask, 1e-4f);
-      });
+      m.graph->stream_grads(true);
+      const Summary elastic_step = measure(warmup, steps, [&] { train_step(m, opt, mask, step++); });
       fmt::print(R"({{"model": "{}", "elastic_step": {}}})"
                  "\n",
                  name, json(elastic_step));
       return 0;
     }
+    m.graph->reuse_frozen_weights(true);
+    m.graph->stream_grads(true);
     if (mode == "kernels") {
       std::vector<double> update_ms;
       const Summary train = measure(warmup, steps, [&] {
-        m.graph->set_step(step++);
-        m.graph->forward(true);
-        m.graph->backward();
-        Stopwatch sw;
-        opt.step(m.params(), all, 1e-4f);
-        update_ms.push_back(sw.elapsed_ms());
+        double ms = 0;
+        train_step(m, opt, all, step++, &ms);
+        update_ms.push_back(ms);
       });
       const double gemm = sgemm_gflops(ctx);
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
-      m.graph->set_step(step++);
-      m.graph->forward(true);
-      m.graph->backward();
+      train_step(m, opt, all, step++);
       std::puts("elastic_kernels_end");
       std::fflush(stdout);
       dnnl::set_verbose(0);
@@ -162,12 +168,7 @@ int main(int argc, char** argv) {
     }
     if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE or kernels", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
-    const Summary train = measure(warmup, steps, [&] {
-      m.graph->set_step(step++);
-      m.graph->forward(true);
-      m.graph->backward();
-      opt.step(m.params(), all, 1e-4f);
-    });
+    const Summary train = measure(warmup, steps, [&] { train_step(m, opt, all, step++); });
     const double gemm = sgemm_gflops(ctx);
     fmt::print(R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"
                "\n",

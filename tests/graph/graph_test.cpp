@@ -1,10 +1,13 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "elastic/graph/graph.hpp"
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/conv.hpp"
+#include "elastic/optim/optimizer.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -170,6 +173,51 @@ TEST_CASE("a frozen convolution's weights written directly count from the next s
   net.g.forward(true);
   const Tensor restored = net.g.read(net.c3);
   CHECK(std::equal(before.span().begin(), before.span().end(), restored.span().begin()));
+}
+
+TEST_CASE("updating each node's params as soon as backward has their streamed gradients equals updating after backward") {
+  for (const std::vector<bool>& mask : {std::vector<bool>(6, true), std::vector<bool>{true, false, false, true, false, false}}) {
+    const std::size_t nodes = mask[4] ? 3 : 2;  // nodes with a selected param: c1, c2 (and c3)
+    for (int which = 0; which < 2; ++which) {
+      Chain after, fused;
+      std::unique_ptr<Optimizer> opt_a, opt_f;
+      if (which == 0) {
+        opt_a = std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
+        opt_f = std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
+      } else {
+        opt_a = std::make_unique<Adam>();
+        opt_f = std::make_unique<Adam>();
+      }
+      after.g.select(mask);
+      fused.g.select(mask);
+      fused.g.stream_grads(true);
+      // Streamed, the gradients of different nodes share one buffer.
+      CHECK(fused.g.params()[0].grad == fused.g.params()[4].grad);
+      CHECK(fused.g.params()[1].grad != fused.g.params()[0].grad);
+      std::vector<int> order;
+      for (int s = 0; s < 3; ++s) {
+        after.g.forward(true);
+        after.g.backward();
+        opt_a->step(after.g.params(), mask, 0.05f);
+        fused.g.forward(true);
+        order.clear();
+        fused.g.backward([&](int node) {
+          order.push_back(node);
+          opt_f->step(fused.g.params(), fused.g.topology().nodes[std::size_t(node)].params, mask, 0.05f);
+        });
+      }
+      CHECK(order.size() == nodes);
+      CHECK(std::is_sorted(order.rbegin(), order.rend()));                                // from the loss down
+      auto va = after.g.params().value_arena(), vf = fused.g.params().value_arena();
+      CHECK(std::equal(va.begin(), va.end(), vf.begin()));
+      CHECK(opt_a->state() == opt_f->state());
+      // Back to kept gradients: zeroed, one place per param again.
+      fused.g.stream_grads(false);
+      CHECK(fused.g.params()[0].grad != fused.g.params()[4].grad);
+      for (const auto& p : fused.g.params().params())
+        for (float v : p.grads()) CHECK(v == 0.0f);
+    }
+  }
 }
 
 TEST_CASE("reading a value that is not kept names it") {

@@ -3,6 +3,7 @@
 #include "elastic/graph/graph.hpp"
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/conv.hpp"
+#include "elastic/models/resnet.hpp"
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/models/vit.hpp"
 #include "elastic/optim/optimizer.hpp"
@@ -112,6 +113,22 @@ TEST_CASE("a warm training step of every layer type, with the optimizer, allocat
       m.graph->forward(true);
       m.graph->backward();
       opt.step(m.params(), all, 0.01f);
+    });
+  }
+  SUBCASE("the trainer's step: reused frozen weights, streamed gradients, updates inside backward") {
+    Model m = resnet50(ctx, {.num_classes = 5, .input_size = 32, .batch = 2});
+    SGDW opt({.initial_lr = 0.1f});
+    m.loss_node().set_labels(std::vector<std::int32_t>{1, 4});
+    std::vector<bool> mask(m.params().size(), false);
+    for (std::size_t k = mask.size() / 2; k < mask.size(); ++k) mask[k] = true;
+    m.graph->select(mask);
+    m.graph->reuse_frozen_weights(true);
+    m.graph->stream_grads(true);
+    const auto& topology = m.graph->topology();
+    check_steady([&](int i) {
+      m.graph->set_step(static_cast<std::uint64_t>(i));
+      m.graph->forward(true);
+      m.graph->backward([&](int node) { opt.step(m.params(), topology.nodes[std::size_t(node)].params, mask, 0.1f); });
     });
   }
 }

@@ -64,6 +64,7 @@ class Graph {
     auto node = std::make_unique<N>(std::forward<A>(args)...);
     const ValueId id = static_cast<ValueId>(nodes_.size());
     node->declare(params_);
+    node->set_store(params_);
     for (int k : node->param_ids()) params_[k].node = id;
     Topology::NodeInfo info;
     info.inputs = std::move(inputs);
@@ -164,11 +165,30 @@ class Graph {
   // the output gradients, which the user writes (write_grad) before the step.
   // Runs in the mode of the last forward (dropout masks, batch statistics).
   void backward() {
+    backward([](int) {});
+  }
+  // The same, calling after_weights(i) as soon as node i's params have their
+  // gradients (after its backward_weights), e.g. to update them right away.
+  template <class AfterWeights>
+  void backward(AfterWeights&& after_weights) {
     require_finalized();
     RunCtx run{ctx_.stream(), training_, step_, ++pass_};
     const auto& plan = current_->plan;
-    for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) run_backward(i, run, plan);
+    for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
+      run_backward(i, run, plan);
+      if (plan.run_weights[std::size_t(i)]) {
+        ctx_.wait();
+        after_weights(i);
+      }
+    }
     ctx_.wait();
+  }
+
+  // Streamed gradients (ParamStore::stream_grads), nodes rebound to them.
+  void stream_grads(bool on) {
+    require_finalized();
+    params_.stream_grads(on);
+    bind();
   }
 
   // The pieces of a step, for the profiler: node i's passes alone.

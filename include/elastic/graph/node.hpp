@@ -183,8 +183,10 @@ class Node {
     }
     dst_.set_data_handle(dst);
     diff_dst_.set_data_handle(diff_dst);
+    for (auto& g : grad_memories_) g.memory.set_data_handle((*store_)[static_cast<std::size_t>(g.param)].grad);
     on_bind();
   }
+  void set_store(const ParamStore& store) { store_ = &store; }
 
  protected:
   // Declares the output; creates dst()/diff_dst() with this descriptor.
@@ -205,6 +207,15 @@ class Node {
 
   // Called after every bind, for nodes that keep extra views of bound buffers.
   virtual void on_bind() {}
+
+  // A memory over param k's gradient, rebound to wherever that gradient lives
+  // whenever the graph binds (ParamStore::stream_grads moves it).
+  dnnl::memory grad_memory(int k, const dnnl::memory::desc& md) {
+    grad_memories_.push_back({k, dnnl::memory(md, engine_, (*store_)[static_cast<std::size_t>(k)].grad)});
+    return grad_memories_.back().memory;
+  }
+  // Param k's gradient where it lives now, for nodes that write it themselves.
+  float* grad_of(int k) const { return (*store_)[static_cast<std::size_t>(k)].grad; }
 
   // A buffer used only within one pass of this node (e.g. weights reordered for
   // one kernel). Nodes run one at a time, so every node's transients of the same
@@ -239,6 +250,12 @@ class Node {
   dnnl::memory dst_, diff_dst_;
   std::vector<Transient> transients_;
   bool trained_ = true;
+  struct GradMemory {
+    int param;
+    dnnl::memory memory;
+  };
+  std::vector<GradMemory> grad_memories_;
+  const ParamStore* store_ = nullptr;
 };
 
 }  // namespace elastic

@@ -7,6 +7,7 @@
 // Params are numbered k = 0..N-1 in the order layers declare them (forward order).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -94,6 +95,16 @@ class ParamStore {
       p.grad = grads_.get() + p.offset;
       initialize(p, rng);
     }
+    // Streamed layout: each node's params from offset 0 of one shared buffer.
+    std::map<int, std::int64_t> node_total;
+    stream_offset_.clear();
+    stream_size_ = 0;
+    for (auto& p : params_) {
+      auto& at = node_total[p.node];
+      stream_offset_.push_back(at);
+      at += round_up(p.size());
+      stream_size_ = std::max(stream_size_, at);
+    }
     std::int64_t btotal = 0;
     for (auto& b : buffers_) {
       b.offset = btotal;
@@ -128,7 +139,8 @@ class ParamStore {
     return -1;
   }
 
-  // Whole arenas, padding included (padding stays zero).
+  // Whole arenas, padding included (padding stays zero). The gradient arena
+  // holds the kept gradients (see stream_grads).
   std::span<float> value_arena() { return {values_.get(), static_cast<std::size_t>(arena_size_)}; }
   std::span<float> grad_arena() { return {grads_.get(), static_cast<std::size_t>(arena_size_)}; }
   std::int64_t total_elements() const {
@@ -137,11 +149,33 @@ class ParamStore {
     return n;
   }
 
-  void zero_grads() { release_floats(grads_.get(), arena_size_); }
+  void zero_grads() {
+    release_floats(grads_.get(), arena_size_);
+    if (streaming_) release_floats(stream_.get(), stream_size_);
+  }
 
-  // Zeros the gradients of every param k without keep[k], returning their memory.
+  // Gradients are kept by default: each param has its own place, readable after
+  // backward. Streamed, the params of each node share one buffer, as large as
+  // the largest node's, with every other node's: for steps that update a
+  // node's params as soon as its backward_weights has run (Graph::backward with
+  // a callback), so gradients never take the memory of all params at once.
+  // Switching either way zeros every gradient and frees the kept ones' memory;
+  // the graph must rebind its nodes (Graph::stream_grads does both).
+  void stream_grads(bool on) {
+    if (!allocated()) fail("stream_grads: params are not allocated");
+    if (on && !stream_) stream_ = lazy_floats(stream_size_);
+    streaming_ = on;
+    release_floats(grads_.get(), arena_size_);
+    if (stream_) release_floats(stream_.get(), stream_size_);
+    for (std::size_t k = 0; k < params_.size(); ++k)
+      params_[k].grad = on ? stream_.get() + stream_offset_[k] : grads_.get() + params_[k].offset;
+  }
+  bool streaming_grads() const { return streaming_; }
+
+  // Zeros the kept gradients of every param k without keep[k], returning their memory.
   void release_grads(const std::vector<bool>& keep) {
     if (keep.size() != params_.size()) fail("release_grads: {} flags for {} params", keep.size(), params_.size());
+    if (streaming_) return;
     for (std::size_t k = 0; k < params_.size();) {
       if (keep[k]) {
         ++k;
@@ -183,6 +217,10 @@ class ParamStore {
   std::map<std::string, int, std::less<>> names_;
   std::shared_ptr<float[]> values_, grads_, buffer_values_;
   std::int64_t arena_size_ = 0;
+  std::shared_ptr<float[]> stream_;         // streamed gradients (stream_grads)
+  std::vector<std::int64_t> stream_offset_;  // per param, within its node's stretch of stream_
+  std::int64_t stream_size_ = 0;
+  bool streaming_ = false;
 };
 
 }  // namespace elastic

@@ -59,8 +59,6 @@ class BatchNorm2d final : public Node {
 
     gamma_ = store[weight_].value;
     beta_ = store[bias_].value;
-    dgamma_ = store[weight_].grad;
-    dbeta_ = store[bias_].grad;
     rmean_ = store.buffer(running_mean_).value;
     rvar_ = store.buffer(running_var_).value;
     bmean_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
@@ -145,6 +143,12 @@ class BatchNorm2d final : public Node {
 
   Reads data_reads() const override { return {.inputs = true}; }
   Reads weights_reads() const override { return {.inputs = true}; }
+
+ protected:
+  void on_bind() override {
+    dgamma_ = grad_of(weight_);
+    dbeta_ = grad_of(bias_);
+  }
 
  private:
   bool uses_batch(const RunCtx& run) const { return batch_stats_ && run.training; }

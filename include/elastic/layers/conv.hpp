@@ -81,7 +81,7 @@ class Conv2d final : public Node {
         {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng, fwd_pd);
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
-    user_dw_ = memory(user_w_md, eng, w.grad);
+    user_dw_ = grad_memory(weight_, user_w_md);
     const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
     // Backward-data reuses the forward's reordered weights when it wants the same layout.
     // Its own layout's copy and the blocked weight gradient live only within
@@ -105,7 +105,7 @@ class Conv2d final : public Node {
     if (o_.bias) {
       const Param& b = store[bias_];
       fwd_args[DNNL_ARG_BIAS] = memory(bias_md, eng, b.value);
-      bwd_weights_args[DNNL_ARG_DIFF_BIAS] = memory(bias_md, eng, b.grad);
+      bwd_weights_args[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, bias_md);
     }
     fwd_ = Call(convolution_forward(fwd_pd), fwd_args);
     bwd_data_ = Call(convolution_backward_data(bwd_data_pd),

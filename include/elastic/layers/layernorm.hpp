@@ -72,8 +72,6 @@ class LayerNorm final : public Node {
                                                     {DNNL_ARG_VARIANCE, var},
                                                     {DNNL_ARG_DIFF_SCALE, dscale},
                                                     {DNNL_ARG_DIFF_SHIFT, dshift}});
-    dgamma_ = store[weight_].grad;
-    dbeta_ = store[bias_].grad;
     rstd_.assign(static_cast<std::size_t>(rows_), 0.0f);
     grads_.reserve(E);
   }
@@ -100,6 +98,8 @@ class LayerNorm final : public Node {
 
  protected:
   void on_bind() override {
+    dgamma_ = grad_of(weight_);
+    dbeta_ = grad_of(bias_);
     x_.set_data_handle(src().get_data_handle());
     y_.set_data_handle(dst().get_data_handle());
     dx_.set_data_handle(diff_src().get_data_handle());

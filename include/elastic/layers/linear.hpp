@@ -56,12 +56,12 @@ class Linear final : public Node {
     inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, fwd);
     inner_product_backward_weights::primitive_desc bwd_w({x2, w, b, y2}, user_scratchpad(), eng, fwd);
     const Param& wp = store[weight_];
-    const memory wv(w, eng, wp.value), wg(w, eng, wp.grad);
+    const memory wv(w, eng, wp.value), wg = grad_memory(weight_, w);
     Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};
     Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
     if (o_.bias) {
       fa[DNNL_ARG_BIAS] = memory(b, eng, store[bias_].value);
-      wa[DNNL_ARG_DIFF_BIAS] = memory(b, eng, store[bias_].grad);
+      wa[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, b);
     }
     fwd_ = Call(inner_product_forward(fwd), fa);
     bwd_data_ = Call(inner_product_backward_data(bwd_d),

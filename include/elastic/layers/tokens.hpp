@@ -63,8 +63,6 @@ class ClassTokenPosEmbed final : public Node {
     set_output(activation_desc({n_, t_ + 1, e_}));
     cls_v_ = store[cls_].value;
     pos_v_ = store[pos_].value;
-    cls_g_ = store[cls_].grad;
-    pos_g_ = store[pos_].grad;
   }
 
   void forward(const RunCtx&) override {
@@ -100,6 +98,12 @@ class ClassTokenPosEmbed final : public Node {
       pos_g_[j] = s;
       if (j < e_) cls_g_[j] = s;
     }
+  }
+
+ protected:
+  void on_bind() override {
+    cls_g_ = grad_of(cls_);
+    pos_g_ = grad_of(pos_);
   }
 
  private:

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,18 @@ class Optimizer {
       fail("{}: selection has {} entries for {} params", name(), selected.size(), params.size());
     for (std::size_t k = 0; k < params.size(); ++k)
       if (selected[k]) update(k, params[k], lr);
+  }
+
+  // The same for the params `ks` alone (e.g. one node's, as soon as backward has
+  // given them their gradients): each k with selected[k] is updated.
+  void step(ParamStore& params, std::span<const int> ks, const std::vector<bool>& selected, float lr) {
+    attach(params);
+    if (selected.size() != params.size())
+      fail("{}: selection has {} entries for {} params", name(), selected.size(), params.size());
+    for (int k : ks) {
+      if (k < 0 || std::size_t(k) >= params.size()) fail("{}: no param {}", name(), k);
+      if (selected[std::size_t(k)]) update(std::size_t(k), params[std::size_t(k)], lr);
+    }
   }
 
   // Allocates the state for these params (once; later calls check they are the same).

@@ -179,24 +179,36 @@ class Trainer {
     if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
     Stopwatch sw;
     // Within the epoch params change only through the optimizer, so frozen
-    // convolutions keep their re-laid-out weights from step to step.
-    struct Reuse {
+    // convolutions keep their re-laid-out weights from step to step; each
+    // node's params are updated as soon as backward has their gradients, which
+    // are streamed (never all held at once).
+    struct StepMode {
       Graph& g;
-      explicit Reuse(Graph& graph) : g(graph) { g.reuse_frozen_weights(true); }
-      ~Reuse() { g.reuse_frozen_weights(false); }
-    } reuse(*m_.graph);
+      explicit StepMode(Graph& graph) : g(graph) {
+        g.reuse_frozen_weights(true);
+        g.stream_grads(true);
+      }
+      ~StepMode() {
+        g.stream_grads(false);
+        g.reuse_frozen_weights(false);
+      }
+    } mode(*m_.graph);
+    const auto& topology = m_.graph->topology();
     for (std::int64_t b = 0; b < batches; ++b) {
       train.load(m_, b);
       const float lr = schedule_(static_cast<std::int64_t>(step_));
       m_.graph->set_step(step_);
       m_.graph->forward(true);
-      m_.graph->backward();
       auto& loss = m_.loss_node();
-      if (!std::isfinite(loss.loss()))  // before the update: the weights stay those of the last good step
+      if (!std::isfinite(loss.loss()))  // before any update: the weights stay those of the last good step
         throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped",
                                         loss.loss(), step_ + 1, epoch + 1));
-      if (o_.type == TrainType::prunetrain) add_l1();
-      opt_->step(m_.params(), mask_, lr);
+      m_.graph->backward([&](int node) {
+        const auto& ks = topology.nodes[std::size_t(node)].params;
+        if (o_.type == TrainType::prunetrain)
+          for (int k : ks) add_l1(m_.params()[std::size_t(k)]);
+        opt_->step(m_.params(), ks, mask_, lr);
+      });
       rec.train.add(loss.loss(), loss.correct(), loss.count());
       if (on_step) on_step(step_, loss.loss(), loss.correct(), loss.count());
       ++step_;
@@ -290,16 +302,14 @@ class Trainer {
   }
 
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
-  void add_l1() {
-    for (auto& p : m_.params().params()) {
-      if (p.role != ParamRole::weight || p.shape.size() < 2) continue;
-      const float l1 = o_.l1;
-      float* g = p.grad;
-      const float* w = p.value;
-      const std::int64_t n = p.size();
+  void add_l1(Param& p) const {
+    if (p.role != ParamRole::weight || p.shape.size() < 2) return;
+    const float l1 = o_.l1;
+    float* g = p.grad;
+    const float* w = p.value;
+    const std::int64_t n = p.size();
 #pragma omp parallel for simd schedule(static) if (n > 32768)
-      for (std::int64_t i = 0; i < n; ++i) g[i] += l1 * float((w[i] > 0) - (w[i] < 0));
-    }
+    for (std::int64_t i = 0; i < n; ++i) g[i] += l1 * float((w[i] > 0) - (w[i] < 0));
   }
 
   Model& m_;
