@@ -25,6 +25,7 @@
 #include "elastic/layers/linear.hpp"
 #include "elastic/layers/loss.hpp"
 #include "elastic/layers/pool.hpp"
+#include "elastic/layers/relayout.hpp"
 #include "elastic/layers/tokens.hpp"
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"

@@ -123,6 +123,19 @@ inline dnnl::memory::desc activation_desc(const Shape& shape) {
   return plain_desc(shape);
 }
 
+// oneDNN's blocked layout for images, 16 channels innermost (nChw16c): its
+// convolutions run their backward passes faster on it than on channels-last
+// for wide layers (measured: benchmarks/RESULTS.md). Only for channel counts
+// that are multiples of 16 (no padding); images keep channels-last otherwise.
+inline dnnl::memory::desc blocked_activation_desc(const Shape& shape) {
+  if (shape.size() == 4 && shape[1] % 16 == 0)
+    return {shape, dnnl::memory::data_type::f32, dnnl::memory::format_tag::nChw16c};
+  return activation_desc(shape);
+}
+inline bool is_blocked_image(const dnnl::memory::desc& md) {
+  return md.dims().size() == 4 && md == blocked_activation_desc(md.dims()) && md != activation_desc(md.dims());
+}
+
 inline float* ptr(const dnnl::memory& mem) { return static_cast<float*>(mem.get_data_handle()); }
 
 class Node {

@@ -16,6 +16,8 @@ struct Conv2dOptions {
   std::int64_t kernel_h = 1, kernel_w = 1;
   std::int64_t stride = 1, padding = 0, dilation = 1, groups = 1;
   bool bias = true;
+  // Output in the blocked layout (blocked_activation_desc) instead of channels-last.
+  bool blocked_output = false;
 };
 
 class Conv2d final : public Node {
@@ -52,7 +54,7 @@ class Conv2d final : public Node {
     };
     const Shape y{x[0], o_.out_channels, out_size(x[2], o_.kernel_h), out_size(x[3], o_.kernel_w)};
     expect(y[2] > 0 && y[3] > 0, fmt::format("input {} is too small for the kernel", to_string(x)));
-    set_output(activation_desc(y));
+    set_output(o_.blocked_output ? blocked_activation_desc(y) : activation_desc(y));
 
     const auto& eng = ctx.engine();
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},

@@ -18,6 +18,7 @@ namespace elastic::blocks {
 struct ConvSpec {
   std::int64_t in = 0, out = 0, kernel = 1, stride = 1, padding = -1, groups = 1;  // padding -1: kernel / 2
   bool bias = false;
+  bool blocked = false;  // blocked output layout (Conv2dOptions::blocked_output)
 };
 
 inline ValueId conv(Graph& g, ValueId x, const std::string& name, const ConvSpec& s) {
@@ -25,7 +26,7 @@ inline ValueId conv(Graph& g, ValueId x, const std::string& name, const ConvSpec
                        Conv2dOptions{.in_channels = s.in, .out_channels = s.out, .kernel_h = s.kernel,
                                      .kernel_w = s.kernel, .stride = s.stride,
                                      .padding = s.padding < 0 ? s.kernel / 2 : s.padding, .groups = s.groups,
-                                     .bias = s.bias});
+                                     .bias = s.bias, .blocked_output = s.blocked});
 }
 
 inline ValueId bn(Graph& g, ValueId x, const std::string& name, std::int64_t channels) {
