@@ -1,6 +1,7 @@
 // Conv2d as torch.nn.Conv2d (stride, padding, dilation, groups incl. depthwise,
 // optional bias) on oneDNN's convolution primitives: forward, backward_data and
-// backward_weights (weights and bias in one kernel: one selection unit).
+// backward_weights (weights and bias in one kernel: one selection unit). A 1x1
+// stride-1 convolution between channels-last images runs as matmuls instead.
 // Params keep torchvision's layout (out, in/groups, kh, kw); where a primitive
 // prefers a blocked weight layout the node reorders: into a buffer of its own
 // for the forward's (backward_data may reuse it), into the graph's shared
@@ -72,6 +73,11 @@ class Conv2d final : public Node {
                                          : memory::desc();
     const auto& src_md = in[0];
     const auto& dst_md = output_desc();
+    if (o_.kernel_h == 1 && o_.kernel_w == 1 && o_.stride == 1 && o_.padding == 0 && o_.groups == 1 &&
+        src_md == activation_desc(x) && dst_md == activation_desc(y)) {
+      setup_pointwise(x[0] * x[2] * x[3], eng, store);
+      return;
+    }
 
     convolution_forward::primitive_desc fwd_pd(
         {prop_kind::forward_training, algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides,
@@ -134,11 +140,56 @@ class Conv2d final : public Node {
   void backward_weights(const RunCtx& run) override {
     bwd_weights_(run.stream);
     if (dw_reorder_) dw_reorder_(run.stream);
+    if (db_) db_(run.stream);
   }
 
   Reads weights_reads() const override { return {.inputs = true}; }
 
+ protected:
+  void on_bind() override {
+    if (!pointwise_) return;
+    x_.set_data_handle(src().get_data_handle());
+    dx_.set_data_handle(diff_src().get_data_handle());
+    y_.set_data_handle(dst().get_data_handle());
+    dy_.set_data_handle(diff_dst().get_data_handle());
+    dyt_.set_data_handle(diff_dst().get_data_handle());
+  }
+
  private:
+  // A 1x1, stride-1 convolution between channels-last images is a matrix
+  // product of the (N*H*W, C) input with the (K, C) weight, which oneDNN's
+  // matmul reads in torchvision's layout as it is (transposed through strides):
+  // no weight or gradient is ever re-laid-out.
+  //   forward:          Y (M, K)  = X (M, C) W^T (+ bias)
+  //   backward_data:    dX (M, C) = dY (M, K) W
+  //   backward_weights: dW (K, C) = dY^T X;  d bias = column sums of dY
+  void setup_pointwise(std::int64_t rows, const dnnl::engine& eng, ParamStore& store) {
+    using namespace dnnl;
+    using tag = memory::format_tag;
+    const auto f32 = memory::data_type::f32;
+    const std::int64_t C = o_.in_channels, K = o_.out_channels;
+    const memory::desc X({rows, C}, f32, tag::ab), Y({rows, K}, f32, tag::ab), W({K, C}, f32, tag::ab),
+        Wt({C, K}, f32, tag::ba), DYt({K, rows}, f32, tag::ba), B({1, K}, f32, tag::ab);
+    pointwise_ = true;
+    for (auto* m : {&x_, &dx_}) *m = memory(X, eng, static_cast<void*>(nullptr));
+    for (auto* m : {&y_, &dy_}) *m = memory(Y, eng, static_cast<void*>(nullptr));
+    dyt_ = memory(DYt, eng, static_cast<void*>(nullptr));
+    const Param& w = store[weight_];
+    const memory wt(Wt, eng, w.value), wv(W, eng, w.value);
+    Args fwd_args{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, y_}};
+    if (o_.bias) fwd_args[DNNL_ARG_BIAS] = memory(B, eng, store[bias_].value);
+    const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(), eng);
+    const matmul::primitive_desc bwd_data(matmul::desc(Y, W, X), user_scratchpad(), eng);
+    const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, W), user_scratchpad(), eng);
+    fwd_ = Call(matmul(fwd), fwd_args);
+    bwd_data_ = Call(matmul(bwd_data), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, dx_}});
+    bwd_weights_ = Call(matmul(bwd_weights), {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, W)}});
+    if (o_.bias) {
+      const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, Y, B, 0.0f, 0.0f), user_scratchpad(), eng);
+      db_ = Call(reduction(sum), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_DST, grad_memory(bias_, B)}});
+    }
+  }
+
   // `user` itself when `want` is its layout, else a node-owned buffer in `want`
   // and the reorder that fills it.
   static dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, const dnnl::engine& eng,
@@ -154,6 +205,9 @@ class Conv2d final : public Node {
   dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
   Call fwd_, bwd_data_, bwd_weights_;
   Call fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;  // empty when layouts agree
+  bool pointwise_ = false;                           // 1x1 stride 1 as matmuls (setup_pointwise)
+  dnnl::memory x_, dx_, y_, dy_, dyt_;               // its 2-D views of the bound buffers
+  Call db_;                                          // its bias gradient
   std::uint64_t fwd_w_epoch_ = 0;  // RunCtx::reuse_epoch of the last forward reorder (0: not reusable)
 };
 
