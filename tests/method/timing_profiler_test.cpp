@@ -32,9 +32,9 @@ TEST_CASE("predicted step time T_fwd + T_b(m) matches the measured step of that 
     for (std::size_t u = 0; u < units.size(); ++u) unit_mask[u] = u >= from && (u == from || rng.uniform() < 0.7f);
     const auto mask = param_mask(units, unit_mask, m.params().size());
     m.graph->select(mask);
-    // The quietest of three medians: on a shared machine noise only ever adds time.
+    // The quietest of five medians: on a shared machine noise only ever adds time.
     double measured = 1e300;
-    for (int round = 0; round < 3; ++round) {
+    for (int round = 0; round < 5; ++round) {
       std::vector<double> ms;
       for (int i = 0; i < 10; ++i) {
         Stopwatch sw;

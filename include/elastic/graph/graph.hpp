@@ -156,6 +156,7 @@ class Graph {
   void forward(bool training) {
     require_finalized();
     training_ = training;
+    data_node_ = -1;
     RunCtx run{ctx_.stream(), training, step_, 0, reuse_ ? reuse_epoch_ : 0};
     for (auto& node : nodes_) node->forward(run);
     ctx_.wait();
@@ -173,6 +174,7 @@ class Graph {
   void backward(AfterWeights&& after_weights) {
     require_finalized();
     RunCtx run{ctx_.stream(), training_, step_, ++pass_};
+    data_node_ = -1;
     const auto& plan = current_->plan;
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       run_backward(i, run, plan);
@@ -191,17 +193,25 @@ class Graph {
     bind();
   }
 
-  // The pieces of a step, for the profiler: node i's passes alone.
+  // The pieces of a step, for the profiler: node i's passes alone. A
+  // backward_weights_node(i) right after backward_data_node(i) belongs to the
+  // same pass, as in backward(), so it costs what it costs there.
   void forward_node(int i, bool training) {
     training_ = training;
+    data_node_ = -1;
     nodes_[i]->forward({ctx_.stream(), training, step_});
   }
   void backward_data_node(int i) {
     RunCtx run{ctx_.stream(), training_, step_, ++pass_};
     nodes_[i]->backward_data(run);
     accumulate_gradients(i);
+    data_node_ = i;
   }
-  void backward_weights_node(int i) { nodes_[i]->backward_weights({ctx_.stream(), training_, step_, ++pass_}); }
+  void backward_weights_node(int i) {
+    const std::uint64_t pass = data_node_ == i ? pass_ : ++pass_;
+    data_node_ = -1;
+    nodes_[i]->backward_weights({ctx_.stream(), training_, step_, pass});
+  }
 
   // Plain copies in and out of pinned values (inputs and outputs).
   Tensor read(ValueId v) { return to_plain(memory_of(v, false), ctx_.stream()); }
@@ -337,6 +347,7 @@ class Graph {
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;
   std::uint64_t pass_ = 0;  // counts backward passes (RunCtx::pass)
+  int data_node_ = -1;      // the node of the last backward_data_node, until another call
   bool reuse_ = false;              // reuse_frozen_weights
   std::uint64_t reuse_epoch_ = 1;   // RunCtx::reuse_epoch while reuse_ is on
   bool training_ = true;  // mode of the last forward, which backward repeats
