@@ -235,7 +235,6 @@ class Graph {
     reuse_ = on;
     ++reuse_epoch_;
   }
-  bool reusing_frozen_weights() const { return reuse_; }
 
   // Dropout masks depend on this counter; the trainer advances it every step.
   void set_step(std::uint64_t step) { step_ = step; }

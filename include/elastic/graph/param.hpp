@@ -170,7 +170,6 @@ class ParamStore {
     for (std::size_t k = 0; k < params_.size(); ++k)
       params_[k].grad = on ? stream_.get() + stream_offset_[k] : grads_.get() + params_[k].offset;
   }
-  bool streaming_grads() const { return streaming_; }
 
   // Zeros the kept gradients of every param k without keep[k], returning their memory.
   void release_grads(const std::vector<bool>& keep) {

@@ -90,19 +90,13 @@ class Conv2d final : public Node {
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = grad_memory(weight_, user_w_md);
-    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), eng, fwd_w_reorder_);
+    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), fwd_w_reorder_, false);
     // Backward-data reuses the forward's reordered weights when it wants the same layout.
     // Its own layout's copy and the blocked weight gradient live only within
     // one pass, so they take the graph's shared transient buffer.
-    memory bwd_w = fwd_w;
-    if (bwd_data_pd.weights_desc() != fwd_pd.weights_desc()) {
-      if (bwd_data_pd.weights_desc() == user_w_md) {
-        bwd_w = user_w_;
-      } else {
-        bwd_w = transient(bwd_data_pd.weights_desc());
-        bwd_w_reorder_ = reorder_call(user_w_, bwd_w);
-      }
-    }
+    const memory bwd_w = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
+                             ? fwd_w
+                             : relayout(user_w_, bwd_data_pd.weights_desc(), bwd_w_reorder_, true);
     memory prim_dw = user_dw_;
     if (bwd_w_pd.diff_weights_desc() != user_w_md) {
       prim_dw = transient(bwd_w_pd.diff_weights_desc());
@@ -190,12 +184,11 @@ class Conv2d final : public Node {
     }
   }
 
-  // `user` itself when `want` is its layout, else a node-owned buffer in `want`
-  // and the reorder that fills it.
-  static dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, const dnnl::engine& eng,
-                               Call& fill) {
+  // `user` itself when `want` is its layout, else a buffer in `want` (the node's
+  // own, or with `shared` the graph's transient) and the reorder that fills it.
+  dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, Call& fill, bool shared) {
     if (want == user.get_desc()) return user;
-    dnnl::memory m(want, eng);
+    dnnl::memory m = shared ? transient(want) : dnnl::memory(want, engine());
     fill = reorder_call(user, m);
     return m;
   }
