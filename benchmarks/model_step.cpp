@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> labels;
     for (std::int64_t i = 0; i < batch; ++i) labels.push_back(static_cast<std::int32_t>(rng.below(1000)));
     m.loss_node().set_labels(labels);
-    SGDW opt({.initial_lr = 1e-4f});
+    SGDW opt;
     const std::vector<bool> all(m.params().size(), true);
     m.graph->select(all);
     std::uint64_t step = 0;

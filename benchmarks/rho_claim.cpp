@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     const auto units = selection_units(*m.graph);
     const std::vector<bool> all(m.params().size(), true);
     const Profile p = TimingProfiler<>({.warmup = 3, .repeats = 10}).run(m, ctx.threads(), all);
-    SGDW opt({.initial_lr = 1e-4f});  // the reference's learning rate
+    SGDW opt;
     const auto importance = ImportanceEvaluator<>().evaluate(m, opt, 1e-4f, ImportanceMetric::loss_drop, 0, all);
 
     const auto step_ms = [&](const std::vector<bool>& mask) {

@@ -27,14 +27,6 @@ double rss_mib() {
   return double(resident) * double(::sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
 }
 
-// A loader capped at 100 batches per "epoch", so the trainer re-selects every 100 steps.
-struct Hundred {
-  data::Loader& l;
-  void start_epoch(std::uint64_t e, bool s) { l.start_epoch(e, s); }
-  std::int64_t batches(std::int64_t b, bool d) const { return std::min<std::int64_t>(100, l.batches(b, d)); }
-  std::int64_t load(Model& m, std::int64_t b) { return l.load(m, b); }
-  double wait_ms() const { return l.wait_ms(); }
-};
 
 }  // namespace
 
@@ -47,7 +39,7 @@ int main(int argc, char** argv) {
     Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 32, .batch = 32});
     m.set_batch_stats(true);
     data::Loader loader(d.train, data::loader_options_for(m, true, 1));
-    Hundred source{loader};
+    data::CappedLoader source{loader, 100};
     loader.start_epoch(0, false);
     loader.load(m, 0);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));

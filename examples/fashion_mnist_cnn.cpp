@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     Model model = small_cnn(ctx, {.batch = batch, .num_classes = 10, .seed = seed});
     // Fashion-MNIST's pixel mean and standard deviation (of x / 255) over the training set.
     ImageBatcher train(ds.train, 0.2860f, 0.3530f, seed), test(ds.test, 0.2860f, 0.3530f, seed);
-    SGDW opt({.momentum = 0.9f, .weight_decay = weight_decay, .initial_lr = lr});
+    SGDW opt({.momentum = 0.9f, .weight_decay = weight_decay});
     const std::int64_t steps_per_epoch = train.batches(batch, true);
     const CosineDecay schedule{lr, steps_per_epoch * epochs};
     const std::vector<bool> all(model.params().size(), true);

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace elastic::cli {
@@ -18,7 +19,8 @@ struct TrainArgs {
   std::string train_type = "elastic_training";
   std::int64_t input_size = 224, batch_size = 4, num_classes = 0;  // num_classes 0: the dataset's
   std::string optimizer;                                            // empty: sgd, adam for vit
-  float learning_rate = 1e-4f, weight_decay = 5e-4f;
+  float learning_rate = 1e-4f;
+  std::optional<float> weight_decay;  // unset: 5e-4 with sgd, none with adam
   int num_epochs = 12;
   std::string run_name = "myexp";
   bool save_model = false, save_txt = false;
@@ -32,7 +34,7 @@ struct TrainArgs {
   bool bn_batch_stats = false;
   bool no_augment = false;  // batch norm on batch statistics (training from scratch)
   std::int64_t steps_per_epoch = 0;  // 0: the whole training split
-  float dropout = 0.2f;
+  std::optional<float> dropout;  // unset: the model's default (0.2, vit 0)
 };
 
 struct ProfileArgs {

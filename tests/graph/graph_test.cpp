@@ -182,8 +182,8 @@ TEST_CASE("updating each node's params as soon as backward has their streamed gr
       Chain after, fused;
       std::unique_ptr<Optimizer> opt_a, opt_f;
       if (which == 0) {
-        opt_a = std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
-        opt_f = std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
+        opt_a = std::make_unique<SGDW>(SGDWOptions{});
+        opt_f = std::make_unique<SGDW>(SGDWOptions{});
       } else {
         opt_a = std::make_unique<Adam>();
         opt_f = std::make_unique<Adam>();

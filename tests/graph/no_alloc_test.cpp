@@ -89,7 +89,7 @@ TEST_CASE("a warm training step of every layer type, with the optimizer, allocat
   Context ctx(2);
   SUBCASE("small CNN: conv, batch norm in both modes, relu, pools, dropout, linear, loss, SGDW") {
     Model m = small_cnn(ctx, {.batch = 8, .width1 = 8, .width2 = 16});
-    SGDW opt({.initial_lr = 0.1f});
+    SGDW opt;
     std::vector<std::int32_t> labels(8, 3);
     m.loss_node().set_labels(labels);
     const std::vector<bool> all(m.params().size(), true);
@@ -117,7 +117,7 @@ TEST_CASE("a warm training step of every layer type, with the optimizer, allocat
   }
   SUBCASE("the trainer's step: reused frozen weights, streamed gradients, updates inside backward") {
     Model m = resnet50(ctx, {.num_classes = 5, .input_size = 32, .batch = 2});
-    SGDW opt({.initial_lr = 0.1f});
+    SGDW opt;
     m.loss_node().set_labels(std::vector<std::int32_t>{1, 4});
     std::vector<bool> mask(m.params().size(), false);
     for (std::size_t k = mask.size() / 2; k < mask.size(); ++k) mask[k] = true;

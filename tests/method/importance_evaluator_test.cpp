@@ -58,7 +58,7 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   m.graph->write(m.images, xin);
   m.loss_node().set_labels(std::vector<std::int32_t>{1});
   const float lr = 0.5f;
-  SGDW opt({.momentum = 0.0f, .weight_decay = 0.0f, .initial_lr = lr});
+  SGDW opt({.momentum = 0.0f, .weight_decay = 0.0f});
   ImportanceEvaluator<> eval;
   const std::vector<bool> all(ps.size(), true);
   const auto scores = eval.evaluate(m, opt, lr, ImportanceMetric::loss_drop, 0, all);
@@ -97,7 +97,7 @@ TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bi
   m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
   for (int which = 0; which < 2; ++which) {
     std::unique_ptr<Optimizer> opt;
-    if (which == 0) opt = std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
+    if (which == 0) opt = std::make_unique<SGDW>(SGDWOptions{});
     else opt = std::make_unique<Adam>();
     CAPTURE(opt->name());
     const std::vector<bool> all(m.params().size(), true);

@@ -33,7 +33,7 @@ TEST_CASE("predicted step time T_fwd + T_b(m) matches the measured step of that 
     CHECK(p.t_fwd > 0);
     CHECK(p.t_bwd_full() > p.t_fwd);  // a backward costs more than a forward
   }
-  SGDW opt({.initial_lr = 1e-4f});
+  SGDW opt;
   for (int trial = 0; trial < 5; ++trial) {
     std::vector<bool> unit_mask(units.size());
     // Masks from "everything" to "the top few units": the range the selector produces.

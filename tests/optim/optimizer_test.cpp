@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include "elastic/optim/optimizer.hpp"
+#include "elastic/optim/schedule.hpp"
 
 using namespace elastic;
 
@@ -21,30 +22,50 @@ void set_grads(ParamStore& s, float scale) {
   for (int i = 0; i < 2; ++i) s[1].grad[i] = gb[i] * scale;
 }
 std::unique_ptr<Optimizer> make(int which) {
-  if (which == 0) return std::make_unique<SGDW>(SGDWOptions{.initial_lr = 0.1f});
+  if (which == 0) return std::make_unique<SGDW>(SGDWOptions{});
   return std::make_unique<Adam>();
 }
 }  // namespace
 
-TEST_CASE("SGDW: momentum velocity and decoupled weight decay scaled by lr / initial_lr") {
+// The reference: lr_t = CosineDecay(lr, T)(t), wd_t = CosineDecay(lr * weight_decay, T)(t)
+// (Keras: initial * 0.5 * (1 + cos(pi * min(t, T) / T))), and TFA's SGDW decays
+// first (w -= wd_t * w), then takes Keras' momentum step (v = m v - lr_t g; w += v).
+// Written out here in double from those definitions, not from CosineDecay or SGDW.
+TEST_CASE("SGDW reproduces tfa.optimizers.SGDW under the reference's two cosine schedules") {
+  const double lr0 = 0.1, wd = 0.01, pi = 3.14159265358979323846;
+  const std::int64_t T = 4;
+  const auto keras_cosine = [&](double initial, std::int64_t t) {
+    return initial * 0.5 * (1 + std::cos(pi * double(std::min(t, T)) / double(T)));
+  };
+  const CosineDecay schedule{float(lr0), T};
   auto s = two_params();
-  SGDW opt({.momentum = 0.9f, .weight_decay = 0.01f, .initial_lr = 0.1f});
-  double w = 1.0, v = 0;  // element 0 of a.weight, by hand
-  const double lrs[] = {0.1, 0.05, 0.02};
-  const double grads[] = {0.1, 0.2, -0.1};
-  for (int t = 0; t < 3; ++t) {
+  SGDW opt({.momentum = 0.9f, .weight_decay = float(wd)});
+  double w = 1.0, v = 0;  // element 0 of a.weight
+  const double grads[] = {0.1, 0.2, -0.1, 0.3, 0.05};
+  for (std::int64_t t = 0; t < 5; ++t) {  // the last step is past T: both rates are 0
     set_grads(s, float(grads[t] / 0.1));
-    opt.step(s, {true, true}, float(lrs[t]));
-    v = 0.9 * v - lrs[t] * grads[t];
-    w = w - 0.01 * lrs[t] / 0.1 * w + v;
+    opt.step(s, {true, true}, schedule(t));
+    const double lr_t = keras_cosine(lr0, t), wd_t = keras_cosine(lr0 * wd, t);
+    w -= wd_t * w;
+    v = 0.9 * v - lr_t * grads[t];
+    w += v;
+    CAPTURE(t);
     CHECK(s[0].value[0] == doctest::Approx(w).epsilon(1e-6));
   }
-  // Step 1 by hand for element 2 of a.weight: v = -0.1*2 = -0.2; w = 0.5 - 0.01*0.5 - 0.2 = 0.295.
+  // Step 0 by hand for element 2 of a.weight (w 0.5, g 2, lr 0.1, wd_t = 0.1 * 0.01 = 0.001):
+  // v = -0.1 * 2 = -0.2; w = 0.5 - 0.001 * 0.5 - 0.2 = 0.2995. The decay is 1e-3 of the weight,
+  // not weight_decay (1e-2) itself.
   auto s2 = two_params();
-  SGDW opt2({.momentum = 0.9f, .weight_decay = 0.01f, .initial_lr = 0.1f});
+  SGDW opt2({.momentum = 0.9f, .weight_decay = 0.01f});
   set_grads(s2, 1.0f);
   opt2.step(s2, {true, true}, 0.1f);
-  CHECK(s2[0].value[2] == doctest::Approx(0.295).epsilon(1e-6));
+  CHECK(s2[0].value[2] == doctest::Approx(0.2995).epsilon(1e-7));
+  // With no gradient the weight shrinks by exactly lr * weight_decay per step.
+  auto s3 = two_params();
+  SGDW opt3({.momentum = 0.9f, .weight_decay = 0.01f});
+  set_grads(s3, 0.0f);
+  opt3.step(s3, {true, true}, 0.01f);
+  CHECK(s3[1].value[1] == doctest::Approx(3.0 * (1 - 0.01 * 0.01)).epsilon(1e-7));
 }
 
 TEST_CASE("Adam: Keras bias correction with a per-param step count") {
@@ -65,6 +86,19 @@ TEST_CASE("Adam: Keras bias correction with a per-param step count") {
   // First Adam step moves each element by about lr against its gradient's sign.
   CHECK(opt.state().steps.at("a.weight") == 3);
   CHECK(opt.state().steps.at("a.bias") == 0);
+}
+
+TEST_CASE("Adam with weight_decay is AdamW: the weights shrink by weight_decay * lr before the Adam step") {
+  auto s = two_params();
+  Adam opt({.weight_decay = 0.1f});
+  set_grads(s, 1.0f);
+  opt.step(s, {true, false}, 0.01f);
+  // Element 2 of a.weight (w 0.5, g 2): m = 0.2, v = 0.004, lr_t = 0.01 * sqrt(0.001) / 0.1;
+  // Adam's move is lr_t * m / (sqrt(v) + eps) = 0.01 * (1 - tiny); the decay 0.1 * 0.01 * 0.5.
+  const double lr_t = 0.01 * std::sqrt(0.001) / 0.1;
+  const double expected = 0.5 - 0.1 * 0.01 * 0.5 - lr_t * 0.2 / (std::sqrt(0.004) + 1e-7);
+  CHECK(s[0].value[2] == doctest::Approx(expected).epsilon(1e-6));
+  CHECK(s[0].value[2] == doctest::Approx(0.4895).epsilon(1e-4));
 }
 
 TEST_CASE("unselected params keep their values and their optimizer state") {
@@ -108,7 +142,7 @@ TEST_CASE("state save and restore gives bit-identical continuation") {
 
 TEST_CASE("loading a state with wrong names or sizes is an error naming the tensor") {
   auto s = two_params();
-  SGDW opt({.initial_lr = 0.1f});
+  SGDW opt;
   opt.attach(s);
   auto st = opt.state();
   auto renamed = st;

@@ -36,7 +36,7 @@ TEST_CASE("the small CNN learns Fashion-MNIST: loss falls and accuracy is far ab
   Context ctx(2);
   Model model = small_cnn(ctx, {.batch = 32, .width1 = 16, .width2 = 32, .seed = 3});
   ImageBatcher train(train_set, 0.286f, 0.353f, 3), test(test_set, 0.286f, 0.353f, 3);
-  SGDW opt({.momentum = 0.9f, .weight_decay = 5e-4f, .initial_lr = 0.05f});
+  SGDW opt({.momentum = 0.9f, .weight_decay = 5e-4f});
   const std::int64_t steps = train.batches(32, true);
   const int epochs = 3;
   const CosineDecay schedule{0.05f, steps * epochs};

@@ -6,6 +6,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "elastic/core/denormals.hpp"
 #include "elastic/core/error.hpp"
 
 namespace elastic {
@@ -13,8 +14,10 @@ namespace elastic {
 class Context {
  public:
   // @param threads number of threads for oneDNN kernels; 0 = all cores.
-  explicit Context(int threads = 0)
-      : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
+  // @param flush_denormals flush denormal floats to zero on the calling thread
+  //   and every kernel thread (see denormals.hpp); off only to measure what it saves.
+  explicit Context(int threads = 0, bool flush_denormals = true)
+      : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), flush_denormals_(flush_denormals) {
     set_threads(threads);
   }
 
@@ -22,7 +25,15 @@ class Context {
     if (threads < 0) usage_fail("--threads must be >= 0 (0 = all cores), got {}", threads);
     threads_ = threads == 0 ? omp_get_num_procs() : threads;
     omp_set_num_threads(threads_);
+    // The floating-point mode is per thread: set it on this one and on each of
+    // the OpenMP team's (threads created later copy it from this one).
+    const bool flush = flush_denormals_;
+    set_flush_denormals(flush);
+#pragma omp parallel num_threads(threads_)
+    set_flush_denormals(flush);
   }
+
+  bool flushes_denormals() const { return flush_denormals_; }
 
   int threads() const { return threads_; }
   const dnnl::engine& engine() const { return engine_; }
@@ -32,6 +43,7 @@ class Context {
  private:
   dnnl::engine engine_;
   dnnl::stream stream_;
+  bool flush_denormals_ = true;
   int threads_ = 1;
 };
 

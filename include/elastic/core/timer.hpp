@@ -8,6 +8,12 @@
 
 namespace elastic {
 
+// Milliseconds on the monotonic clock Stopwatch reads; what a Trainer's clock
+// defaults to (tests give it a fake one).
+inline double monotonic_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 class Stopwatch {
  public:
   Stopwatch() : start_(Clock::now()) {}

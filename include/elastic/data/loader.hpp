@@ -19,6 +19,8 @@
 #include <set>
 #include <string>
 #include <thread>
+
+#include "elastic/core/denormals.hpp"
 #include <vector>
 
 #include "elastic/core/random.hpp"
@@ -94,7 +96,13 @@ class Loader {
     }
     sync_worker_.indices.reserve(static_cast<std::size_t>(o_.batch));
     total_ = batches();
-    for (int w = 0; w < o_.workers; ++w) threads_.emplace_back([this] { work(); });
+    // Workers flush denormals exactly when the thread that made the loader does (see Context).
+    const bool flush = flushing_denormals();
+    for (int w = 0; w < o_.workers; ++w)
+      threads_.emplace_back([this, flush] {
+        set_flush_denormals(flush);
+        work();
+      });
   }
 
   ~Loader() {
@@ -327,6 +335,19 @@ class Loader {
   double wait_ms_ = 0;
   std::int64_t skipped_ = 0;
   std::set<std::string> failed_;
+};
+
+// A loader as a trainer's batch source with at most `cap` batches an epoch
+// (e.g. --steps_per_epoch, or short epochs that re-select often).
+struct CappedLoader {
+  Loader& loader;
+  std::int64_t cap;
+  void start_epoch(std::uint64_t epoch, bool shuffle) { loader.start_epoch(epoch, shuffle); }
+  std::int64_t batches(std::int64_t batch, bool drop_last) const {
+    return std::min(cap, loader.batches(batch, drop_last));
+  }
+  std::int64_t load(Model& m, std::int64_t b) { return loader.load(m, b); }
+  double wait_ms() const { return loader.wait_ms(); }
 };
 
 // Loss and accuracy of the model on a whole split, in inference mode. The

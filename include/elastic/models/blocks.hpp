@@ -41,11 +41,12 @@ inline ValueId conv_bn(Graph& g, ValueId x, const std::string& conv_name, const 
   return x;
 }
 
-// The classifier of a fine-tuning run: dropout `dropout_name`, then linear
-// `name` from `features` to the model's classes. Returns the logits.
+// The classifier of a fine-tuning run: dropout `dropout_name` (rate
+// o.dropout, or `default_rate` when unset), then linear `name` from `features`
+// to the model's classes. Returns the logits.
 inline ValueId classifier(Graph& g, ValueId x, const std::string& dropout_name, const std::string& name,
-                          std::int64_t features, const ModelOptions& o) {
-  x = g.add<Dropout>({x}, dropout_name, o.dropout, o.seed);
+                          std::int64_t features, const ModelOptions& o, float default_rate = 0.2f) {
+  x = g.add<Dropout>({x}, dropout_name, o.dropout.value_or(default_rate), o.seed);
   return g.add<Linear>({x}, name, LinearOptions{.in_features = features, .out_features = o.num_classes});
 }
 

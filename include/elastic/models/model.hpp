@@ -3,6 +3,8 @@
 // handles a training loop needs (input, logits, loss, batch-norm layers).
 #pragma once
 
+#include <optional>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,7 +20,9 @@ struct ModelOptions {
   std::int64_t num_classes = 1000;
   std::int64_t input_size = 224;  // square inputs (input_size x input_size, 3 channels)
   std::int64_t batch = 4;
-  float dropout = 0.2f;  // before the new head
+  // Dropout before the new head. Unset: the reference's heads, 0.2 for the CNNs
+  // and none for ViT.
+  std::optional<float> dropout;
   std::uint64_t seed = 0;
 };
 

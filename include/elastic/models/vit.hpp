@@ -2,7 +2,7 @@
 // token, position embedding sized to the input ((S/16)^2 + 1 tokens), 12
 // pre-norm encoder layers (LayerNorm eps 1e-6, 12-head self-attention, GELU
 // MLP named mlp.0/mlp.3), final `encoder.ln`, and the class-token head
-// `heads.head` (with dropout before it, as the other models' new heads).
+// `heads.head` (after a dropout of rate 0 unless one is given: the reference's ViT head has none).
 #pragma once
 
 #include <fmt/format.h>
@@ -58,7 +58,7 @@ inline Model vit(Context& ctx, const ModelOptions& o, const VitOptions& v = {}) 
   }
   x = g->add<LayerNorm>({x}, "encoder.ln", ln);
   x = g->add<SelectToken>({x}, "class_token_out", 0);
-  const ValueId logits = blocks::classifier(*g, x, "dropout", "heads.head", E, o);
+  const ValueId logits = blocks::classifier(*g, x, "dropout", "heads.head", E, o, 0.0f);
   Model m = finish_model("vit", std::move(g), images, logits, o.seed);
   m.head_prefixes = {"heads."};
   return m;

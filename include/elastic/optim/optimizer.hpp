@@ -139,19 +139,20 @@ class Optimizer {
 
 struct SGDWOptions {
   float momentum = 0.9f;
-  float weight_decay = 5e-4f;
-  float initial_lr = 1e-4f;  // the decay is scaled by lr / initial_lr, so it follows the schedule
+  float weight_decay = 5e-4f;  // per-step decay is weight_decay * lr: it follows the learning-rate schedule
   bool nesterov = false;
 };
 
-// SGD with momentum and decoupled weight decay (tfa.optimizers.SGDW):
-//   v = momentum * v - lr * g;  w = w - wd_t * w + v   (nesterov: w - wd_t*w + momentum*v - lr*g)
-// with wd_t = weight_decay * lr / initial_lr, the decay computed from the weights before the step.
+// SGD with momentum and decoupled weight decay, as the reference builds it:
+// tfa.optimizers.SGDW(learning_rate=CosineDecay(lr), weight_decay=CosineDecay(lr * weight_decay),
+// momentum=0.9). Both schedules are the same cosine, so at step t with learning
+// rate lr_t the decay is wd_t = weight_decay * lr_t, applied to the weights
+// before the momentum step:
+//   w = w - wd_t * w;  v = momentum * v - lr_t * g;  w = w + v   (nesterov: w + momentum*v - lr_t*g)
 class SGDW final : public Optimizer {
  public:
   explicit SGDW(SGDWOptions o = {}) : o_(o) {
-    if (o.momentum < 0 || o.weight_decay < 0 || !(o.initial_lr > 0))
-      usage_fail("SGDW: momentum and weight decay must be >= 0 and the initial learning rate > 0");
+    if (!(o.momentum >= 0) || !(o.weight_decay >= 0)) usage_fail("SGDW: momentum and weight decay must be >= 0");
   }
   std::string_view name() const override { return "sgdw"; }
 
@@ -165,7 +166,7 @@ class SGDW final : public Optimizer {
     float* __restrict w = p.value;
     const float* __restrict g = p.grad;
     float* __restrict v = slot(0, k).data();
-    const float m = o_.momentum, wd = o_.weight_decay * lr / o_.initial_lr;
+    const float m = o_.momentum, wd = o_.weight_decay * lr;
     const bool nesterov = o_.nesterov;
     const std::int64_t n = p.size();
 #pragma omp parallel for simd schedule(static) if (n > 32768)
@@ -184,19 +185,21 @@ class SGDW final : public Optimizer {
 struct AdamOptions {
   float beta1 = 0.9f, beta2 = 0.999f;
   float eps = 1e-7f;  // Keras' default
-  float weight_decay = 0;  // decoupled (AdamW-style), scaled by lr like SGDW's when initial_lr > 0
-  float initial_lr = 0;
+  // Decoupled decay (AdamW), per step weight_decay * lr as SGDW's and PyTorch's
+  // AdamW. The reference's Adam has none: 0 is Adam.
+  float weight_decay = 0;
 };
 
 // Adam as Keras implements it: t counts this param's own updates (a param
 // frozen for a while resumes its bias correction where it stopped), and
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
-//   w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps).
+//   w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
+// and with weight_decay > 0 (AdamW) w -= weight_decay * lr * w first.
 class Adam final : public Optimizer {
  public:
   explicit Adam(AdamOptions o = {}) : o_(o) {
-    if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0))
-      usage_fail("Adam: betas must be in [0, 1) and eps > 0");
+    if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0 && o.weight_decay >= 0))
+      usage_fail("Adam: betas must be in [0, 1), eps > 0 and weight decay >= 0");
   }
   std::string_view name() const override { return "adam"; }
 
@@ -210,7 +213,7 @@ class Adam final : public Optimizer {
     const auto t = static_cast<double>(++steps_[k]);
     const float lr_t = static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) /
                                           (1 - std::pow(double(o_.beta1), t)));
-    const float wd = o_.initial_lr > 0 ? o_.weight_decay * lr / o_.initial_lr : o_.weight_decay;
+    const float wd = o_.weight_decay * lr;
     float* __restrict w = p.value;
     const float* __restrict g = p.grad;
     float* __restrict m = slot(0, k).data();

@@ -29,7 +29,8 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
           {"unit_mask", bits},
           {"importance", r.importance},
           {"predicted_share", r.predicted_share},
-          {"selected_units", r.selected_units}};
+          {"selected_units", r.selected_units},
+          {"selection_ms", r.selection_ms}};
 }
 
 inline std::vector<bool> parse_bits(const std::string& bits, const std::string& what) {
@@ -48,6 +49,7 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   r.importance = json_number(j.at("importance"), "selection importance");
   r.predicted_share = json_number(j.at("predicted_share"), "selection predicted_share");
   r.selected_units = j.at("selected_units").get<std::vector<std::string>>();
+  if (j.contains("selection_ms")) r.selection_ms = json_number(j.at("selection_ms"), "selection selection_ms");
   return r;
 }
 

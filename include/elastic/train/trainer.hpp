@@ -66,7 +66,9 @@ struct TrainerOptions {
   double rho = 0.533;
   std::string optimizer;  // "sgd" (SGDW) or "adam"; empty: the reference's choice (Adam for vit, else SGDW)
   float learning_rate = 1e-4f;
-  float weight_decay = 5e-4f;
+  // Decoupled weight decay, per step weight_decay * lr (see SGDW). Unset: the
+  // reference's, 5e-4 with SGDW and none with Adam; set with Adam, it makes AdamW.
+  std::optional<float> weight_decay;
   float l1 = 1e-4f;  // prunetrain's penalty on kernel weights
   int dp_resolution = 1000;
   std::uint64_t seed = 0;
@@ -79,6 +81,7 @@ struct SelectionRecord {
   double importance = 0;        // total importance of the selection
   double predicted_share = 1;   // (T_fwd + T_b(m)) / (T_fwd + T_b(all))
   std::vector<std::string> selected_units;
+  double selection_ms = 0;      // the importance probe and the DP (counted in the epoch's training time)
 };
 
 // What a checkpoint must hold, beyond weights, for a resumed run to continue
@@ -120,10 +123,9 @@ class Trainer {
     if (!(o_.learning_rate > 0)) usage_fail("--learning_rate must be positive, got {}", o_.learning_rate);
     if (o_.optimizer.empty()) o_.optimizer = m.name == "vit" ? "adam" : "sgd";
     if (o_.optimizer == "sgd")
-      opt_ = std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = o_.weight_decay,
-                                                .initial_lr = o_.learning_rate});
+      opt_ = std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = o_.weight_decay.value_or(5e-4f)});
     else if (o_.optimizer == "adam")
-      opt_ = std::make_unique<Adam>(AdamOptions{});
+      opt_ = std::make_unique<Adam>(AdamOptions{.weight_decay = o_.weight_decay.value_or(0.0f)});
     else
       usage_fail("--optimizer '{}' is not one of sgd, adam", o_.optimizer);
     if (is_elastic(o_.type)) {
@@ -141,6 +143,8 @@ class Trainer {
   // Called after every step with its number and its batch's mean loss, correct and counted
   // samples. It may read params but not write them (see Graph::reuse_frozen_weights).
   std::function<void(std::uint64_t step, double loss, std::int64_t correct, std::int64_t count)> on_step;
+  // The clock every training time is read from, in ms (tests inject a fake one).
+  std::function<double()> clock = monotonic_ms;
   // One human-readable line per selection and per epoch; prints to stdout by default.
   std::function<void(const std::string&)> log = [](const std::string& line) { fmt::print("{}\n", line); };
 
@@ -149,7 +153,11 @@ class Trainer {
   std::uint64_t step() const { return step_; }
   const std::vector<SelectionRecord>& selections() const { return selections_; }
 
-  float learning_rate() const { return schedule_(static_cast<std::int64_t>(step_)); }
+  // The learning rate of the next step: the reference decays SGDW's along a
+  // cosine over the run and keeps Adam's constant.
+  float learning_rate() const {
+    return opt_->name() == "adam" ? o_.learning_rate : schedule_(static_cast<std::int64_t>(step_));
+  }
 
   TrainerState state() const { return {step_, mask_, selections_, opt_->state()}; }
 
@@ -171,13 +179,15 @@ class Trainer {
   template <class Source>
   EpochRecord train_epoch(Source& train, int epoch) {
     train.start_epoch(static_cast<std::uint64_t>(epoch), true);
-    if (is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     EpochRecord rec;
     rec.epoch = epoch;
     const std::int64_t batches = train.batches(m_.batch(), true);
     double wait_before = 0;
     if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
-    Stopwatch sw;
+    // As in the reference, the epoch's clock starts before the importance probe
+    // and the DP: selecting is part of training time.
+    const double start = clock();
+    if (is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     // Within the epoch params change only through the optimizer, so frozen
     // convolutions keep their re-laid-out weights from step to step; each
     // node's params are updated as soon as backward has their gradients, which
@@ -196,7 +206,7 @@ class Trainer {
     const auto& topology = m_.graph->topology();
     for (std::int64_t b = 0; b < batches; ++b) {
       train.load(m_, b);
-      const float lr = schedule_(static_cast<std::int64_t>(step_));
+      const float lr = learning_rate();
       m_.graph->set_step(step_);
       m_.graph->forward(true);
       auto& loss = m_.loss_node();
@@ -214,7 +224,7 @@ class Trainer {
       ++step_;
       ++rec.steps;
     }
-    rec.train_ms = sw.elapsed_ms();
+    rec.train_ms = clock() - start;
     if constexpr (requires { train.wait_ms(); }) rec.data_wait_ms = train.wait_ms() - wait_before;
     if (log)
       log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%, "
@@ -260,11 +270,12 @@ class Trainer {
 
   template <class Source>
   void reselect(Source& train, int epoch) {
+    const double start = clock();
     train.load(m_, 0);  // the probe batch: the epoch's first
     const auto metric = o_.type == TrainType::elastic_training ? ImportanceMetric::loss_drop
                         : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
                                                                                    : ImportanceMetric::grad_magnitude;
-    const float lr = schedule_(static_cast<std::int64_t>(step_));
+    const float lr = learning_rate();
     const auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
     for (std::size_t u = 0; u < importance.size(); ++u)
       if (!std::isfinite(importance[u]))
@@ -289,15 +300,16 @@ class Trainer {
     rec.predicted_share = (p.t_fwd + s.cost) / full;
     for (std::size_t u = 0; u < units_.size(); ++u)
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
+    rec.selection_ms = clock() - start;
     selections_.push_back(rec);
     if (on_selection) on_selection(rec);
     if (log) {
       std::string bits;
       for (bool b : s.mask) bits += b ? '1' : '0';
       log(fmt::format("selection at epoch {}: {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
-                      "(rho {}), mask {}",
+                      "(rho {}), selected in {:.0f} ms, mask {}",
                       epoch + 1, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, o_.rho,
-                      bits));
+                      rec.selection_ms, bits));
     }
   }
 
