@@ -21,6 +21,7 @@
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"
+#include "elastic/method/time_control.hpp"
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/zoo.hpp"
@@ -108,8 +109,8 @@ int main(int argc, char** argv) {
       const double rho = std::atof(argv[8]);
       const Profile p = TimingProfiler<>({.warmup = 2, .repeats = 5}).run(m, ctx.threads(), all);
       const auto importance = ImportanceEvaluator<>().evaluate(m, opt, 1e-4f, ImportanceMetric::loss_drop, 0, all);
-      const double full = p.t_fwd + p.t_bwd_full();
-      const Selection sel = DPSelector<>().select(p.t_dw, p.t_dy, importance, rho * full - p.t_fwd);
+      const TimeController model(p);  // the profile's step model, uncorrected
+      const Selection sel = DPSelector<>().select(model.dp_t_dw(), model.dp_t_dy(), importance, model.budget(rho));
       const std::vector<bool> mask = param_mask(selection_units(*m.graph), sel.mask, m.params().size());
       std::ofstream out(argv[9]);
       std::size_t selected = 0;
@@ -121,7 +122,7 @@ int main(int argc, char** argv) {
       if (!out.flush()) fail("cannot write '{}'", argv[9]);
       fmt::print(R"({{"model": "{}", "rho": {}, "selected_params": {}, "of_params": {}, "predicted_share": {:.4f}}})"
                  "\n",
-                 name, rho, selected, mask.size(), (p.t_fwd + sel.cost) / full);
+                 name, rho, selected, mask.size(), model.step_ms(sel.mask) / model.full_ms());
       return 0;
     }
     if (mode == "train" && argc > 8) {  // the step of a selection read from a file; nothing else runs

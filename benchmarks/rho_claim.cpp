@@ -1,74 +1,96 @@
-// The claim, measured: profile a model (batch 4, 224x224, random weights), score
-// its units with the loss-drop metric on a random batch, select by DP for each
-// rho, run training steps under that selection and compare the measured step
-// time with full training's. Also prints each plan's activation arena next to
-// the full plan's. Usage: rho_claim [model] [threads] [steps] [input_size]
+// The claim, measured through the Trainer: elastic training at rho takes rho of
+// full training's time. The model (random weights, frozen batch-norm
+// statistics, 10 classes) is profiled once as the trainer steps it; then for
+// each rho, full training and elastic training (one probe and selection, the
+// time controller on) run the same `steps` steps of random batches, as
+// alternating runs (full, elastic, full, elastic, ...: this VM's speed
+// drifts), each a fresh Trainer. Per rho it prints the selection's predicted
+// share (under the profile), the trainer's own measured share (its last
+// window against its corrected full step) and the measured share as elastic
+// training time over full training time of the pair (median over the pairs).
+// Usage: rho_claim [model] [threads] [steps] [input_size] [batch] [pairs]
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
 #include <fmt/format.h>
 
-#include "elastic/method/dp_selector.hpp"
-#include "elastic/method/importance_evaluator.hpp"
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/models/zoo.hpp"
+#include "elastic/train/trainer.hpp"
 
 using namespace elastic;
 
+namespace {
+// `steps` batches of random images and labels, four distinct ones in turn.
+struct RandomBatches {
+  std::int64_t steps;
+  std::vector<Tensor> images;
+  std::vector<std::vector<std::int32_t>> labels;
+  RandomBatches(const Model& m, std::int64_t n) : steps(n) {
+    Rng rng(7);
+    for (int i = 0; i < 4; ++i) {
+      Tensor x(m.input_shape);
+      for (auto& v : x.span()) v = rng.normal();
+      images.push_back(std::move(x));
+      std::vector<std::int32_t> y;
+      for (std::int64_t j = 0; j < m.batch(); ++j) y.push_back(static_cast<std::int32_t>(rng.below(10)));
+      labels.push_back(std::move(y));
+    }
+  }
+  void start_epoch(std::uint64_t, bool) {}
+  std::int64_t batches(std::int64_t, bool) const { return steps; }
+  std::int64_t load(Model& m, std::int64_t b) {
+    const auto i = static_cast<std::size_t>(b % 4);
+    m.graph->write(m.images, images[i]);
+    m.loss_node().set_labels(labels[i]);
+    return m.batch();
+  }
+};
+}  // namespace
+
 int main(int argc, char** argv) {
   const std::string name = argc > 1 ? argv[1] : "resnet50";
-  const int threads = argc > 2 ? std::atoi(argv[2]) : 2, steps = argc > 3 ? std::atoi(argv[3]) : 10;
-  const std::int64_t size = argc > 4 ? std::atoll(argv[4]) : 224;
+  const int threads = argc > 2 ? std::atoi(argv[2]) : 2;
+  const std::int64_t steps = argc > 3 ? std::atoll(argv[3]) : 60;
+  const std::int64_t size = argc > 4 ? std::atoll(argv[4]) : 224, batch = argc > 5 ? std::atoll(argv[5]) : 4;
+  const int pairs = argc > 6 ? std::atoi(argv[6]) : 2;
   try {
     Context ctx(threads);
-    Model m = build_model(name, ctx, {.num_classes = 100, .input_size = size, .batch = 4});
-    Rng rng(7);
-    Tensor x(m.input_shape);
-    for (auto& v : x.span()) v = rng.normal();
-    m.graph->write(m.images, x);
-    std::vector<std::int32_t> labels;
-    for (int i = 0; i < 4; ++i) labels.push_back(static_cast<std::int32_t>(rng.below(100)));
-    m.loss_node().set_labels(labels);
-    const auto units = selection_units(*m.graph);
-    const std::vector<bool> all(m.params().size(), true);
-    const Profile p = TimingProfiler<>({.warmup = 3, .repeats = 10}).run(m, ctx.threads(), all);
-    SGDW opt;
-    const auto importance = ImportanceEvaluator<>().evaluate(m, opt, 1e-4f, ImportanceMetric::loss_drop, 0, all);
-
-    const auto step_ms = [&](const std::vector<bool>& mask) {
-      m.graph->select(mask);
-      std::vector<double> ms;
-      for (int i = 0; i < steps + 2; ++i) {
-        Stopwatch sw;
-        m.graph->set_step(static_cast<std::uint64_t>(i));
-        m.graph->forward(true);
-        m.graph->backward();
-        opt.step(m.params(), mask, 1e-4f);
-        if (i >= 2) ms.push_back(sw.elapsed_ms());
-      }
-      double mean = 0;
-      for (double v : ms) mean += v;
-      return mean / double(ms.size());
+    Model m = build_model(name, ctx, {.num_classes = 10, .input_size = size, .batch = batch});
+    RandomBatches source(m, steps);
+    source.load(m, 0);
+    const auto opt = make_optimizer("", m.name, std::nullopt);
+    const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
+    fmt::print("{}: {} units, batch {}, {}x{}, {} threads, {}; profile: forward {:.1f} ms ({:.1f} all frozen), "
+               "backward {:.1f} ms, full step {:.1f} ms; {} steps a run, {} pairs a rho\n",
+               name, p.units.size(), batch, size, size, ctx.threads(), p.key.optimizer, p.t_fwd, p.t_fwd_frozen,
+               p.t_bwd_full(), p.full_step_ms(), steps, pairs);
+    fmt::print("{:>5} {:>6} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9}\n", "rho", "units", "predicted",
+               "trainer's", "full s", "elastic s", "measured", "-pred", "-rho");
+    const auto run = [&](TrainType type, double rho, SelectionRecord* sel) {
+      Trainer t(m, {.type = type, .num_epochs = 1, .interval = 1, .rho = rho, .learning_rate = 1e-4f}, steps,
+                is_elastic(type) ? std::optional<Profile>(p) : std::nullopt);
+      t.log = nullptr;
+      const EpochRecord rec = t.train_epoch(source, 0);
+      if (sel && !t.selections().empty()) *sel = t.selections().front();
+      return rec.train_ms / 1000;
     };
-    const double full = step_ms(all);
-    const std::int64_t full_arena = m.graph->plan_arena_bytes();
-    fmt::print("{}: {} units, batch 4, {}x{}, {} threads; profile T_fwd {:.1f} ms, T_b(all) {:.1f} ms; "
-               "measured full step {:.1f} ms (mean of {}), activation arena {:.1f} MiB\n",
-               name, units.size(), size, size, ctx.threads(), p.t_fwd, p.t_bwd_full(), full, steps,
-               double(full_arena) / (1 << 20));
-    fmt::print("{:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>14}\n", "rho", "selected", "predicted", "step ms", "measured",
-               "error", "arena MiB");
-    DPSelector<> dp;
-    for (double rho : {0.4, 0.5, 0.6, 0.7}) {
-      const double budget = rho * (p.t_fwd + p.t_bwd_full()) - p.t_fwd;
-      const Selection s = dp.select(p.t_dw, p.t_dy, importance, budget);
-      const auto mask = param_mask(units, s.mask, m.params().size());
-      const double ms = step_ms(mask);
-      const double predicted = (p.t_fwd + s.cost) / (p.t_fwd + p.t_bwd_full());
-      fmt::print("{:5.2f} {:9} {:10.3f} {:11.1f} {:9.3f} {:+8.3f} {:8.1f} ({:3.0f}%)\n", rho,
-                 std::count(s.mask.begin(), s.mask.end(), true), predicted, ms, ms / full, ms / full - rho,
-                 double(m.graph->plan_arena_bytes()) / (1 << 20),
-                 100.0 * double(m.graph->plan_arena_bytes()) / double(full_arena));
+    for (const double rho : {0.4, 0.5, 0.6, 0.7}) {
+      std::vector<double> ratios, full_s, elastic_s;
+      SelectionRecord first, last;
+      for (int i = 0; i < pairs; ++i) {
+        full_s.push_back(run(TrainType::full_training, rho, nullptr));
+        SelectionRecord sel;
+        elastic_s.push_back(run(TrainType::elastic_training, rho, &sel));
+        if (i == 0) first = sel;
+        last = sel;
+        ratios.push_back(elastic_s.back() / full_s.back());
+      }
+      const double measured = summarize(ratios).median;
+      fmt::print("{:5.2f} {:6} {:10.3f} {:10.3f} {:11.2f} {:11.2f} {:9.3f} {:+9.3f} {:+9.3f}\n", rho,
+                 first.selected_units.size(), first.predicted_share, last.measured_share, summarize(full_s).median,
+                 summarize(elastic_s).median, measured, measured - first.predicted_share, measured - rho);
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

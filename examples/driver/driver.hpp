@@ -26,6 +26,8 @@ struct TrainArgs {
   bool save_model = false, save_txt = false;
   int interval = 4;
   double rho = 0.533;
+  bool rho_given = false;             // --rho was on the command line
+  std::optional<double> deadline_s;   // --deadline
   // Ours.
   std::string data_dir, weights, log_dir = "logs", profile, classes;
   int threads = 0, workers = 1;
@@ -38,7 +40,7 @@ struct TrainArgs {
 };
 
 struct ProfileArgs {
-  std::string model_name = "resnet50", out;
+  std::string model_name = "resnet50", out, optimizer;
   std::int64_t input_size = 224, batch_size = 4, num_classes = 0;
   int threads = 0, warmup = 3, repeats = 10;
 };

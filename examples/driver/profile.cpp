@@ -20,6 +20,9 @@ void add_profile_options(CLI::App& c, ProfileArgs& a) {
   c.add_option("--threads", a.threads, "kernel threads (0: all cores); training must use the same")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  c.add_option("--optimizer", a.optimizer,
+               "sgd or adam: the training run's optimizer, whose update each unit's time includes "
+               "[default: adam for vit, else sgd]");
   c.add_option("--warmup", a.warmup, "unmeasured repeats first")->capture_default_str()->check(
       CLI::NonNegativeNumber);
   c.add_option("--repeats", a.repeats, "measured repeats (medians are kept)")->capture_default_str()->check(
@@ -37,17 +40,20 @@ int run_profile(const ProfileArgs& a) {
   for (auto& v : x.span()) v = rng.normal();
   m.graph->write(m.images, x);
   m.loss_node().set_labels(std::vector<std::int32_t>(static_cast<std::size_t>(a.batch_size), 0));
+  const auto opt = make_optimizer(a.optimizer, m.name, std::nullopt);
   const Profile p = TimingProfiler<>({.warmup = a.warmup, .repeats = a.repeats})
-                        .run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));
-  fmt::print("{:<48} {:>10} {:>10}\n", "unit", "t_dw ms", "t_dy ms");
+                        .run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
+  fmt::print("{:<48} {:>10} {:>10} {:>10}\n", "unit", "t_fw ms", "t_dw ms", "t_dy ms");
   for (std::size_t u = 0; u < p.units.size(); ++u)
-    fmt::print("{:<48} {:>10.3f} {:>10.3f}\n", p.units[u], p.t_dw[u], p.t_dy[u]);
-  const double bwd = p.t_bwd_full();
-  fmt::print("{} units; forward {:.2f} ms, full backward {:.2f} ms (forward is {:.1f}% of a full step)\n",
-             p.units.size(), p.t_fwd, bwd, 100 * p.t_fwd / (p.t_fwd + bwd));
+    fmt::print("{:<48} {:>10.3f} {:>10.3f} {:>10.3f}\n", p.units[u], p.t_fw[u], p.t_dw[u], p.t_dy[u]);
+  const double bwd = p.t_bwd_full(), full = p.full_step_ms();
+  fmt::print("{} units; forward {:.2f} ms ({:.2f} with every unit frozen), full backward {:.2f} ms (forward is "
+             "{:.1f}% of a full step)\n",
+             p.units.size(), p.t_fwd, p.t_fwd_frozen, bwd, 100 * p.t_fwd / full);
   p.save(a.out);
-  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {})\n", a.out, p.key.model, p.key.input_size,
-             p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu);
+  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {}, {})\n", a.out, p.key.model,
+             p.key.input_size, p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu,
+             p.key.optimizer);
   return 0;
 }
 

@@ -60,7 +60,17 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_flag("--save_txt", a.save_txt, "also write every log line to <log_dir>/<run_name>/log.txt");
   c.add_option("--interval", a.interval, "epochs between re-selections (elastic types)")->capture_default_str()->check(
       CLI::PositiveNumber);
-  c.add_option("--rho", a.rho, "target share of a full training step's time, in (0, 1]")->capture_default_str();
+  c.add_option_function<double>(
+      "--rho",
+      [&a](const double& rho) {
+        a.rho = rho;
+        a.rho_given = true;
+      },
+      "target share of a full training step's time, in (0, 1] [default: 0.533]");
+  c.add_option_function<std::string>(
+      "--deadline", [&a](const std::string& d) { a.deadline_s = parse_duration_s(d, "--deadline"); },
+      "finish training (validation excluded) within this time instead of holding --rho: seconds, or with a "
+      "suffix s, m or h (45m, 2h); elastic types");
   c.add_option("--data_dir", a.data_dir, "dataset directory (fashion_mnist: Debian's package directory by default)");
   c.add_option("--classes", a.classes, "keep only these 0-based classes, relabelled in order, e.g. 5-9");
   c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
@@ -95,9 +105,23 @@ json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps
           {"input_size", a.input_size},   {"batch_size", a.batch_size},     {"num_classes", num_classes},
           {"optimizer", a.optimizer},     {"learning_rate", a.learning_rate}, {"weight_decay", a.weight_decay ? json(*a.weight_decay) : json()},
           {"num_epochs", a.num_epochs},   {"interval", a.interval},         {"rho", a.rho},
+          {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
           {"classes", a.classes},         {"seed", a.seed},                 {"steps_per_epoch", steps_per_epoch},
           {"dropout", a.dropout ? json(*a.dropout) : json()},         {"bn_batch_stats", a.bn_batch_stats},
           {"no_augment", a.no_augment}};
+}
+
+// What each selection was solved for and what it measured (summary.json).
+json rho_per_selection(const std::vector<SelectionRecord>& selections) {
+  json out = json::array();
+  for (const auto& s : selections)
+    out.push_back({{"epoch", s.epoch + 1},
+                   {"step", s.step},
+                   {"reason", s.reason},
+                   {"rho", s.rho},
+                   {"predicted_share", s.predicted_share},
+                   {"measured_share", s.measured_share >= 0 ? json(s.measured_share) : json()}});
+  return out;
 }
 
 // Appends JSON lines, flushed one by one; on resume the file is first cut back
@@ -157,6 +181,9 @@ void write_atomically(const fs::path& path, const std::string& text) {
 int run_train(const TrainArgs& a) {
   const TrainType type = parse_train_type(a.train_type);
   if (!(a.rho > 0 && a.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", a.rho);
+  if (a.deadline_s && a.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
+  if (a.deadline_s && !is_elastic(type))
+    usage_fail("--deadline needs an elastic --train_type (it plans rho), not {}", a.train_type);
   if (a.optimizer != "" && a.optimizer != "sgd" && a.optimizer != "adam")
     usage_fail("--optimizer '{}' is not one of sgd, adam", a.optimizer);
   if (a.run_name.empty() || a.run_name.find('/') != std::string::npos)
@@ -231,25 +258,26 @@ int run_train(const TrainArgs& a) {
   std::optional<Profile> profile;
   if (is_elastic(type)) {
     const fs::path saved = run_dir / "profile.json";
+    const auto opt = make_optimizer(a.optimizer, m.name, a.weight_decay);  // the run's: its update is profiled
     if (!a.profile.empty()) {
       profile = Profile::load(a.profile);
-      profile->check_matches(profile_key(m, ctx.threads()), a.profile);
+      profile->check_matches(profile_key(m, ctx.threads(), *opt), a.profile);
     } else if (a.resume && fs::exists(saved)) {
       profile = Profile::load(saved);
-      profile->check_matches(profile_key(m, ctx.threads()), saved.string());
+      profile->check_matches(profile_key(m, ctx.threads(), *opt), saved.string());
     } else {
       log(fmt::format("profiling {} (batch {}, {}x{}, {} threads); `elastic profile --out F` and --profile F reuse one",
                       m.name, a.batch_size, a.input_size, a.input_size, ctx.threads()));
       train_loader.start_epoch(0, false);
       train_loader.load(m, 0);
-      profile = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));
+      profile = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
       profile->save(saved);
     }
   }
 
   TrainerOptions topt{.type = type, .num_epochs = a.num_epochs, .interval = a.interval, .rho = a.rho,
                       .optimizer = a.optimizer, .learning_rate = a.learning_rate, .weight_decay = a.weight_decay,
-                      .seed = a.seed};
+                      .seed = a.seed, .deadline_s = a.deadline_s};
   Trainer trainer(m, topt, steps_per_epoch, profile);
 
   int first_epoch = 0;
@@ -279,7 +307,9 @@ int run_train(const TrainArgs& a) {
                   "of {} steps{}",
                   m.name, d.name, num_classes, d.train.size(), d.test.size(), a.batch_size, a.input_size,
                   a.input_size, ctx.threads(), a.train_type, a.num_epochs, steps_per_epoch,
-                  is_elastic(type) ? fmt::format(", rho {}", a.rho) : ""));
+                  !is_elastic(type) ? ""
+                  : a.deadline_s    ? fmt::format(", deadline {:.0f} s", *a.deadline_s)
+                                    : fmt::format(", rho {}", a.rho)));
 
   // Every 200 steps: the mean train loss and accuracy over those steps.
   Metrics window, running;
@@ -336,7 +366,9 @@ int run_train(const TrainArgs& a) {
     metrics.write({{"type", "train_epoch"}, {"epoch", epoch + 1}, {"step", trainer.step()},
                    {"loss", r.train.loss()}, {"accuracy", 100 * r.train.accuracy()},
                    {"learning_rate", trainer.learning_rate()}, {"epoch_time", r.train_ms / 1000},
-                   {"data_wait", r.data_wait_ms / 1000}, {"wall_time", wall_s()}});
+                   {"data_wait", r.data_wait_ms / 1000},
+                   {"measured_share", r.measured_share >= 0 ? json(r.measured_share) : json()},
+                   {"wall_time", wall_s()}});
     metrics.write({{"type", "test"}, {"epoch", epoch + 1}, {"step", trainer.step()}, {"loss", t.loss()},
                    {"accuracy", acc}, {"train_time", train_ms / 1000}, {"wall_time", wall_s()}});
     epochs.push_back({{"epoch", epoch + 1}, {"train_loss", r.train.loss()}, {"train_accuracy", 100 * r.train.accuracy()},
@@ -358,6 +390,8 @@ int run_train(const TrainArgs& a) {
                      {"dataset_name", a.dataset_name},
                      {"train_type", a.train_type},
                      {"rho", a.rho},
+                     {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
+                     {"rho_per_selection", rho_per_selection(trainer.selections())},
                      {"num_epochs", a.num_epochs},
                      {"best_test_accuracy", best},
                      {"training_time_h", train_ms / 3.6e6},

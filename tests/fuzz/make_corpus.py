@@ -77,13 +77,19 @@ for compressed in (False, True):
     put("mat_list", "compressed.mat" if compressed else "plain.mat", buf.getvalue())
 
 put("profile", "profile.json", json.dumps({
-    "key": {"model": "mobilenetv2", "input_size": 32, "num_classes": 5, "batch": 32, "threads": 2, "cpu": "x"},
-    "units": ["a", "b"], "t_fwd_ms": 1.5, "t_fwd_spread_ms": 0.1, "t_dw_ms": [0.5, 0.25], "t_dy_ms": [0.1, 0.2],
+    "key": {"model": "mobilenetv2", "input_size": 32, "num_classes": 5, "batch": 32, "threads": 2, "cpu": "x",
+            "optimizer": "sgdw"},
+    "units": ["a", "b"], "t_fwd_ms": 1.5, "t_fwd_spread_ms": 0.1, "t_fwd_frozen_ms": 1.25, "t_fw_ms": [0.125, 0.125],
+    "t_dw_ms": [0.5, 0.25], "t_dy_ms": [0.1, 0.2],
     "t_dw_spread_ms": [0.0, 0.0], "t_dy_spread_ms": [0.0, 0.0]}))
 
 put("checkpoint_state", "state.json", json.dumps({
     "step": 12, "mask": "1011",
-    "selections": [{"epoch": 0, "unit_mask": "101", "importance": 1.5, "predicted_share": 0.5,
-                    "selected_units": ["a", "c"]}],
+    "selections": [{"epoch": 0, "step": 0, "reason": "probe", "rho": 0.5, "unit_mask": "101", "importance": 1.5,
+                    "predicted_share": 0.5, "measured_share": 0.48, "measured_step_ms": 4.8, "full_step_ms": 10.0,
+                    "steps": 12, "selected_units": ["a", "c"], "selection_ms": 3.5}],
     "optimizer_steps": {"conv.weight": 12, "fc.bias": 3},
+    "control": {"fwd_scale": 1.1, "bwd_scale": 0.9, "other_ms": 0.2, "resolves": 1, "since_install": 12,
+                "window": 7, "fwd_sum": 7.0, "bwd_sum": 21.0, "other_sum": 1.4},
+    "importance": [0.5, -0.1, 1.0], "rho": 0.5, "train_ms": 1234.5, "open_selection": True, "deadline_missed": False,
     "run": {"epoch": 0, "best_test_accuracy": 50.0, "metrics_bytes": 100}}))

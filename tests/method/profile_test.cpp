@@ -7,7 +7,8 @@ using namespace elastic;
 
 namespace {
 const char* kValid = R"({"key": {"model": "m", "input_size": 32, "num_classes": 5, "batch": 8, "threads": 2,
-  "cpu": "c"}, "units": ["a", "b"], "t_fwd_ms": 2.0, "t_fwd_spread_ms": 0.1, "t_dw_ms": [0.5, 0.25],
+  "cpu": "c", "optimizer": "sgdw"}, "units": ["a", "b"], "t_fwd_ms": 2.0, "t_fwd_spread_ms": 0.1,
+  "t_fwd_frozen_ms": 1.5, "t_fw_ms": [0.375, 0.125], "t_dw_ms": [0.5, 0.25],
   "t_dy_ms": [0.1, 0.2], "t_dw_spread_ms": [0, 0], "t_dy_spread_ms": [0, 0]})";
 
 std::string with(const std::string& from, const std::string& to) {
@@ -25,6 +26,8 @@ TEST_CASE("a valid profile parses with its key and times") {
   CHECK(p.units == std::vector<std::string>{"a", "b"});
   CHECK(p.t_bwd_full() == doctest::Approx(1.05));
   CHECK(p.t_bwd({false, true}) == doctest::Approx(0.2 + 0.25));
+  CHECK(p.key.optimizer == "sgdw");
+  CHECK(p.step_ms({false, true}) == doctest::Approx(1.5 + 0.125 + 0.2 + 0.25));
 }
 
 TEST_CASE("malformed profiles are refused, naming the file and the fault") {
@@ -34,6 +37,10 @@ TEST_CASE("malformed profiles are refused, naming the file and the fault") {
       {with("[0.5, 0.25]", "[0.5]"), "2 units but 1 t_dw"},
       {with("[0.1, 0.2]", "[0.1, -0.2]"), "unit 'b' has a negative or NaN time"},
       {with("\"t_fwd_ms\": 2.0", "\"t_fwd_ms\": 0"), "t_fwd_ms must be positive"},
+      {with("\"t_fwd_frozen_ms\": 1.5", "\"t_fwd_frozen_ms\": 2.5"), "t_fwd_frozen_ms must be positive and at most"},
+      {with("[0.375, 0.125]", "[0.375]"), "2 units but"},
+      {with("\"t_fw_ms\"", "\"t_fw_old\""), "predates the model of the trainer's step"},
+      {with("\"optimizer\": \"sgdw\"", "\"opt\": \"sgdw\""), "malformed"},
       {with("\"units\"", "\"unitz\""), "malformed"},
       {"{", "malformed"},
   };

@@ -78,7 +78,8 @@ TEST_CASE("elastic training selects within the budget every interval and logs ea
   Setup s;
   // The measured units with fixed times: the budget, not the machine's load, decides what fits.
   Profile p = s.profile();
-  p.t_fwd = 10;
+  p.t_fwd = p.t_fwd_frozen = 10;
+  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.0);
   std::fill(p.t_dw.begin(), p.t_dw.end(), 1.0);
   std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
   Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 3, .interval = 2, .rho = 0.75,
@@ -185,7 +186,8 @@ struct TimedBatches {
 TEST_CASE("the importance probe and the DP count as training time, and the selection records their duration") {
   Setup s;
   Profile p = s.profile();
-  p.t_fwd = 10;
+  p.t_fwd = p.t_fwd_frozen = 10;
+  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.0);
   std::fill(p.t_dw.begin(), p.t_dw.end(), 1.0);
   std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
   double now = 0;

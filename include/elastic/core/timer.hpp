@@ -4,7 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <string>
+#include <string_view>
 #include <vector>
+
+#include "elastic/core/error.hpp"
 
 namespace elastic {
 
@@ -26,6 +31,24 @@ class Stopwatch {
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
 };
+
+// A duration in seconds from "90", "90s", "45m" or "2h" (fractions allowed);
+// `flag` names the option in the error.
+inline double parse_duration_s(const std::string& text, std::string_view flag) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = text.substr(used);
+  const double scale = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : -1;
+  if (used == 0 || scale < 0 || !(value > 0) || !std::isfinite(value))
+    usage_fail("{} '{}' is not a positive duration: seconds, or a number with s, m or h (e.g. 90, 45m, 2h)", flag,
+               text);
+  return value * scale;
+}
 
 struct Summary {
   double median = 0, min = 0, max = 0;

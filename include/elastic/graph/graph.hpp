@@ -199,7 +199,7 @@ class Graph {
   void forward_node(int i, bool training) {
     training_ = training;
     data_node_ = -1;
-    nodes_[i]->forward({ctx_.stream(), training, step_});
+    nodes_[i]->forward({ctx_.stream(), training, step_, 0, reuse_ ? reuse_epoch_ : 0});
   }
   void backward_data_node(int i) {
     RunCtx run{ctx_.stream(), training_, step_, ++pass_};

@@ -1,8 +1,15 @@
-// A timing profile (SPEC section 7): T_fwd and per selection unit t_dw and
-// t_dy with their spreads, keyed by what the times depend on (model, input
-// size, classes, batch, threads, CPU), as JSON. Reading checks every field,
-// so a malformed or foreign file is an error naming it. Measured by
-// TimingProfiler (timing_profiler.hpp).
+// A timing profile: the time model of the step the Trainer runs (docs/method.md),
+// keyed by what the times depend on (model, input size, classes, batch,
+// threads, CPU, optimizer), as JSON. Per selection unit u:
+//   t_fw[u]  forward time u adds when trained (a trained convolution re-lays
+//            out its changing weights every step; a frozen one reuses them),
+//   t_dw[u]  its backward_weights plus its optimizer update,
+//   t_dy[u]  backward_data of the nodes above it, up to the next unit;
+// and t_fwd_frozen, the forward with every unit frozen. A step under unit mask
+// m with earliest selected unit f then takes
+//   T(m) = t_fwd_frozen + sum_{u in m} (t_fw[u] + t_dw[u]) + sum_{u >= f} t_dy[u].
+// Reading checks every field, so a malformed or foreign file is an error
+// naming it. Measured by TimingProfiler (timing_profiler.hpp).
 #pragma once
 
 #include <filesystem>
@@ -24,6 +31,7 @@ struct ProfileKey {
   std::int64_t input_size = 0, num_classes = 0, batch = 0;
   int threads = 0;
   std::string cpu;
+  std::string optimizer;  // its update is part of t_dw: "sgdw" or "adam"
   bool operator==(const ProfileKey&) const = default;
 };
 
@@ -42,9 +50,21 @@ inline std::string cpu_model_name() {
 struct Profile {
   ProfileKey key;
   std::vector<std::string> units;  // unit names, forward order
-  double t_fwd = 0, t_fwd_spread = 0;                // ms; spread = (max - min) over the repeats
-  std::vector<double> t_dw, t_dy;                    // ms per unit
+  double t_fwd = 0, t_fwd_spread = 0;                // ms, forward of the full plan; spread = max - min over the repeats
+  double t_fwd_frozen = 0;                           // ms, forward with every unit frozen
+  std::vector<double> t_fw, t_dw, t_dy;              // ms per unit
   std::vector<double> t_dw_spread, t_dy_spread;
+
+  // Forward time under a unit mask.
+  double t_forward(const std::vector<bool>& mask) const {
+    double t = t_fwd_frozen;
+    for (std::size_t u = 0; u < mask.size() && u < t_fw.size(); ++u)
+      if (mask[u]) t += t_fw[u];
+    return t;
+  }
+  // Predicted time of a step under a unit mask, and of a full step.
+  double step_ms(const std::vector<bool>& mask) const { return t_forward(mask) + t_bwd(mask); }
+  double full_step_ms() const { return step_ms(std::vector<bool>(t_dw.size(), true)); }
 
   double t_bwd_full() const {
     double t = 0;
@@ -73,6 +93,7 @@ struct Profile {
     differ("batch size", key.batch, want.batch);
     differ("threads", key.threads, want.threads);
     differ("cpu", key.cpu, want.cpu);
+    differ("optimizer", key.optimizer, want.optimizer);
   }
 
   nlohmann::json to_json() const {
@@ -82,10 +103,13 @@ struct Profile {
               {"num_classes", key.num_classes},
               {"batch", key.batch},
               {"threads", key.threads},
-              {"cpu", key.cpu}}},
+              {"cpu", key.cpu},
+              {"optimizer", key.optimizer}}},
             {"units", units},
             {"t_fwd_ms", t_fwd},
             {"t_fwd_spread_ms", t_fwd_spread},
+            {"t_fwd_frozen_ms", t_fwd_frozen},
+            {"t_fw_ms", t_fw},
             {"t_dw_ms", t_dw},
             {"t_dy_ms", t_dy},
             {"t_dw_spread_ms", t_dw_spread},
@@ -115,14 +139,18 @@ struct Profile {
     Profile p;
     try {
       const auto j = nlohmann::json::parse(text);
+      if (j.is_object() && j.contains("t_dw_ms") && !j.contains("t_fw_ms"))
+        fail("it predates the model of the trainer's step (no t_fw_ms); profile again (elastic profile)");
       const auto& k = j.at("key");
       p.key = {k.at("model").get<std::string>(), json_integer<std::int64_t>(k.at("input_size"), "input_size"),
                json_integer<std::int64_t>(k.at("num_classes"), "num_classes"),
                json_integer<std::int64_t>(k.at("batch"), "batch"), json_integer<int>(k.at("threads"), "threads"),
-               k.at("cpu").get<std::string>()};
+               k.at("cpu").get<std::string>(), k.at("optimizer").get<std::string>()};
       p.units = j.at("units").get<std::vector<std::string>>();
       p.t_fwd = j.at("t_fwd_ms").get<double>();
       p.t_fwd_spread = j.at("t_fwd_spread_ms").get<double>();
+      p.t_fwd_frozen = j.at("t_fwd_frozen_ms").get<double>();
+      p.t_fw = j.at("t_fw_ms").get<std::vector<double>>();
       p.t_dw = j.at("t_dw_ms").get<std::vector<double>>();
       p.t_dy = j.at("t_dy_ms").get<std::vector<double>>();
       p.t_dw_spread = j.at("t_dw_spread_ms").get<std::vector<double>>();
@@ -133,13 +161,16 @@ struct Profile {
       fail("profile '{}' is malformed: {}", path.string(), e.what());
     }
     const auto n = p.units.size();
-    if (p.t_dw.size() != n || p.t_dy.size() != n || p.t_dw_spread.size() != n || p.t_dy_spread.size() != n)
+    if (p.t_dw.size() != n || p.t_dy.size() != n || p.t_fw.size() != n || p.t_dw_spread.size() != n ||
+        p.t_dy_spread.size() != n)
       fail("profile '{}' is malformed: {} units but {} t_dw and {} t_dy entries", path.string(), n, p.t_dw.size(),
            p.t_dy.size());
     for (std::size_t u = 0; u < n; ++u)
-      if (!(p.t_dw[u] >= 0) || !(p.t_dy[u] >= 0))
+      if (!(p.t_dw[u] >= 0) || !(p.t_dy[u] >= 0) || !(p.t_fw[u] >= 0))
         fail("profile '{}' is malformed: unit '{}' has a negative or NaN time", path.string(), p.units[u]);
     if (!(p.t_fwd > 0)) fail("profile '{}' is malformed: t_fwd_ms must be positive", path.string());
+    if (!(p.t_fwd_frozen > 0 && p.t_fwd_frozen <= p.t_fwd))
+      fail("profile '{}' is malformed: t_fwd_frozen_ms must be positive and at most t_fwd_ms", path.string());
     return p;
   }
 };

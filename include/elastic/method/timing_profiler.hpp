@@ -1,12 +1,16 @@
-// TimingProfiler: measures, in place with the model's own kernels on dummy
-// data, the time model of SPEC section 1: T_fwd, and per selection unit t_dw
-// (its backward_weights kernel plus the optimizer update of its tensors) and
-// t_dy (the backward_data of every node between it and the next unit up).
-// Warm-up runs first, then the median of repeated runs, with the spread.
-// A Profile is saved as JSON keyed by what it depends on (model, input size,
-// classes, batch, threads, CPU); training refuses a profile of another key.
+// TimingProfiler: measures, in place with the model's own kernels on whatever
+// batch the model holds, the time model of the step the Trainer runs
+// (profile.hpp, docs/method.md): frozen convolutions reusing their re-laid-out
+// weights, gradients streamed, each node's params updated right after their
+// gradients with the run's optimizer. Per node it times the forward with every
+// unit frozen and with every unit trained (the difference is a unit's t_fw),
+// backward_data and backward_weights in the graph's order, and per unit the
+// optimizer's update on scratch buffers of the unit's size. Warm-up runs
+// first, then the median of repeated runs, with the spread. Training refuses
+// a profile of another key (model, sizes, threads, CPU, optimizer).
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -18,11 +22,13 @@
 #include "elastic/method/profile.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/model.hpp"
+#include "elastic/optim/optimizer.hpp"
 
 namespace elastic {
 
-inline ProfileKey profile_key(const Model& m, int threads) {
-  return {m.name, m.input_shape.at(2), m.num_classes, m.input_shape.at(0), threads, cpu_model_name()};
+inline ProfileKey profile_key(const Model& m, int threads, const Optimizer& opt) {
+  return {m.name, m.input_shape.at(2), m.num_classes, m.input_shape.at(0), threads, cpu_model_name(),
+          std::string(opt.name())};
 }
 
 struct ProfileOptions {
@@ -38,76 +44,103 @@ class TimingProfiler {
     if (o.repeats < 1 || o.warmup < 0) usage_fail("profiler: repeats must be >= 1 and warmup >= 0");
   }
 
-  // Runs on whatever the model's input holds (dummy data is fine). Installs the
-  // full plan while measuring and restores `restore_mask` (params) afterwards.
-  Profile run(Model& m, int threads, const std::vector<bool>& restore_mask) {
+  // Runs on whatever the model's input holds (dummy data is fine), pricing
+  // updates with `opt` (only its arithmetic runs, on scratch buffers: the
+  // model's params and `opt`'s state are untouched). Restores `restore_mask`
+  // (params) afterwards, with kept gradients and no weight reuse.
+  Profile run(Model& m, int threads, const std::vector<bool>& restore_mask, const Optimizer& opt = SGDW()) {
     G& g = *m.graph;
     const auto units = selection_units(g);
     const std::size_t n_nodes = g.size(), n_units = units.size();
-    g.select_all();
-    std::vector<std::vector<double>> data(n_nodes), weights(n_nodes);
-    std::vector<double> fwd;
-    std::vector<float> scratch_w, scratch_v, scratch_g;  // stand-ins for one optimizer update
-    // Each unit updates its own stretch of the scratch (wrapping around), so, as in
-    // a real step, its update finds its tensors cold in cache, not left hot by the last one.
+    // Scratch for the updates: each unit updates its own stretch (wrapping
+    // around), so, as in a real step, it finds its tensors cold in cache.
     std::int64_t largest = 0, total = 0;
     for (const auto& u : units) {
       largest = std::max(largest, u.elements);
       total += u.elements;
     }
     const std::int64_t span = std::max(largest, std::min<std::int64_t>(total, std::int64_t{8} << 20));
-    scratch_w.assign(static_cast<std::size_t>(span), 0.5f);
-    scratch_v.assign(static_cast<std::size_t>(span), 0.0f);
-    scratch_g.assign(static_cast<std::size_t>(span), 0.1f);
-    std::vector<std::vector<double>> update(n_units);
+    std::vector<float> scratch_w(static_cast<std::size_t>(span), 0.5f), scratch_g(scratch_w.size(), 0.1f);
+    std::vector<std::vector<float>> scratch_slots(opt.slot_count(), std::vector<float>(scratch_w.size(), 0.0f));
+
+    g.reuse_frozen_weights(true);
+    g.stream_grads(true);
+    std::vector<std::vector<double>> fwd_frozen(n_nodes), fwd_full(n_nodes), data(n_nodes), weights(n_nodes),
+        update(n_units);
+    const auto time_forward = [&](std::vector<std::vector<double>>& out, bool record) {
+      for (std::size_t i = 0; i < n_nodes; ++i) {
+        Stopwatch sw;
+        g.forward_node(static_cast<int>(i), true);
+        g.context().wait();
+        if (record) out[i].push_back(sw.elapsed_ms());
+      }
+    };
+    g.select_none();
+    for (int r = 0; r < o_.warmup + o_.repeats; ++r) time_forward(fwd_frozen, r >= o_.warmup);
+    g.select_all();
     const auto& plan = g.plan();
     for (int r = 0; r < o_.warmup + o_.repeats; ++r) {
       const bool record = r >= o_.warmup;
-      Stopwatch sw;
-      g.forward(true);
-      if (record) fwd.push_back(sw.elapsed_ms());
-      // In the graph's order: a node's backward_weights may reuse what its
-      // backward_data computed (batch norm's gamma/beta sums), and then costs
-      // only that. (A unit trained without the pass below it runs the full
-      // backward_weights; with batch norm's sums that is a small underestimate.)
+      time_forward(fwd_full, record);
+      // In the graph's order, each unit's update right after its gradients, as
+      // the trainer's backward runs them. A node's backward_weights may reuse
+      // what its backward_data computed (batch norm's gamma/beta sums), and then
+      // costs only that. (A unit trained without the pass below it runs the
+      // full backward_weights; with batch norm's sums that is a small underestimate.)
+      std::int64_t at = 0;
+      std::size_t u = n_units;
       for (std::size_t i = n_nodes; i-- > 0;) {
         const int node = static_cast<int>(i);
+        Stopwatch sw;
         if (plan.run_data[i]) {
-          sw.reset();
           g.backward_data_node(node);
           g.context().wait();
           if (record) data[i].push_back(sw.elapsed_ms());
         }
-        if (plan.run_weights[i]) {
-          sw.reset();
-          g.backward_weights_node(node);
-          g.context().wait();
-          if (record) weights[i].push_back(sw.elapsed_ms());
-        }
-      }
-      std::int64_t at = 0;
-      for (std::size_t u = 0; u < n_units; ++u) {
-        if (at + units[u].elements > span) at = 0;
-        const auto o = static_cast<std::size_t>(at);
+        if (!plan.run_weights[i]) continue;
         sw.reset();
-        sgd_like_update(scratch_w.data() + o, scratch_v.data() + o, scratch_g.data() + o, units[u].elements);
-        if (record) update[u].push_back(sw.elapsed_ms());
-        at += units[u].elements;
+        g.backward_weights_node(node);
+        g.context().wait();
+        if (record) weights[i].push_back(sw.elapsed_ms());
+        while (u > 0 && static_cast<std::size_t>(units[u - 1].node) > i) --u;
+        if (u == 0 || static_cast<std::size_t>(units[u - 1].node) != i) continue;
+        const std::int64_t n = units[u - 1].elements;
+        if (at + n > span) at = 0;
+        std::array<float*, 4> slots{};
+        for (std::size_t s = 0; s < scratch_slots.size(); ++s) slots[s] = scratch_slots[s].data() + at;
+        sw.reset();
+        opt.apply(scratch_w.data() + at, scratch_g.data() + at, std::span<float* const>(slots.data(), scratch_slots.size()),
+                  n, 1e-4f, r + 1);
+        if (record) update[u - 1].push_back(sw.elapsed_ms());
+        at += n;
       }
     }
+    g.stream_grads(false);
+    g.reuse_frozen_weights(false);
+    g.select(restore_mask);
+
     Profile p;
-    p.key = profile_key(m, threads);
-    const Summary f = summarize(fwd);
-    p.t_fwd = f.median;
-    p.t_fwd_spread = f.max - f.min;
+    p.key = profile_key(m, threads, opt);
+    double frozen_total = 0, full_spread = 0;
+    for (std::size_t i = 0; i < n_nodes; ++i) {
+      frozen_total += summarize(fwd_frozen[i]).median;
+      const Summary f = summarize(fwd_full[i]);
+      full_spread += f.max - f.min;
+    }
+    p.t_fwd_frozen = frozen_total;
+    p.t_fwd_spread = full_spread;
+    double added = 0;
     for (std::size_t u = 0; u < n_units; ++u) {
+      const auto node = static_cast<std::size_t>(units[u].node);
       p.units.push_back(units[u].name);
-      const Summary w = summarize(weights[static_cast<std::size_t>(units[u].node)]);
+      p.t_fw.push_back(std::max(0.0, summarize(fwd_full[node]).median - summarize(fwd_frozen[node]).median));
+      added += p.t_fw.back();
+      const Summary w = summarize(weights[node]);
       const Summary up = summarize(update[u]);
       p.t_dw.push_back(w.median + up.median);
       p.t_dw_spread.push_back(w.max - w.min + up.max - up.min);
       // t_dy: backward_data of the nodes above this unit's node, up to and including the next unit's node.
-      const std::size_t from = static_cast<std::size_t>(units[u].node) + 1;
+      const std::size_t from = node + 1;
       const std::size_t to = u + 1 < n_units ? static_cast<std::size_t>(units[u + 1].node) : n_nodes - 1;
       double dy = 0, spread = 0;
       for (std::size_t i = from; i <= to; ++i) {
@@ -119,21 +152,11 @@ class TimingProfiler {
       p.t_dy.push_back(dy);
       p.t_dy_spread.push_back(spread);
     }
-    g.select(restore_mask);
+    p.t_fwd = p.t_fwd_frozen + added;
     return p;
   }
 
  private:
-  // The memory traffic of one SGDW update of `n` elements (what the trainer
-  // pays per selected tensor besides its kernel).
-  static void sgd_like_update(float* __restrict w, float* __restrict v, const float* __restrict g, std::int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-    for (std::int64_t i = 0; i < n; ++i) {
-      v[i] = 0.9f * v[i] - 1e-4f * g[i];
-      w[i] = w[i] - 1e-6f * w[i] + v[i];
-    }
-  }
-
   ProfileOptions o_;
 };
 

@@ -7,8 +7,11 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,6 +54,14 @@ class Optimizer {
       if (selected[std::size_t(k)]) update(std::size_t(k), params[std::size_t(k)], lr);
     }
   }
+
+  // The update arithmetic alone, on raw buffers of n elements: weights,
+  // gradients and one buffer per slot (slot_count() of them), as a param's t-th
+  // update (t >= 1). step() runs it on the params; the timing profiler runs it
+  // on scratch buffers to price each unit's update with the run's optimizer.
+  virtual void apply(float* w, const float* g, std::span<float* const> slots, std::int64_t n, float lr,
+                     std::int64_t t) const = 0;
+  std::size_t slot_count() const { return slot_names().size(); }
 
   // Allocates the state for these params (once; later calls check they are the same).
   void attach(const ParamStore& params) {
@@ -121,7 +132,11 @@ class Optimizer {
 
  protected:
   virtual const std::vector<std::string>& slot_names() const = 0;
-  virtual void update(std::size_t k, Param& p, float lr) = 0;
+  void update(std::size_t k, Param& p, float lr) {
+    std::array<float*, 4> s{};
+    for (std::size_t i = 0; i < slot_count(); ++i) s[i] = slot(i, k).data();
+    apply(p.value, p.grad, std::span<float* const>(s.data(), slot_count()), p.size(), lr, ++steps_[k]);
+  }
   // Slot s of param k, allocated (zero-filled) on its first update.
   std::vector<float>& slot(std::size_t s, std::size_t k) {
     auto& v = slots_[s][k];
@@ -162,20 +177,17 @@ class SGDW final : public Optimizer {
     return names;
   }
 
-  void update(std::size_t k, Param& p, float lr) override {
-    float* __restrict w = p.value;
-    const float* __restrict g = p.grad;
-    float* __restrict v = slot(0, k).data();
+  void apply(float* __restrict w, const float* __restrict g, std::span<float* const> slots, std::int64_t n, float lr,
+             std::int64_t) const override {
+    float* __restrict v = slots[0];
     const float m = o_.momentum, wd = o_.weight_decay * lr;
     const bool nesterov = o_.nesterov;
-    const std::int64_t n = p.size();
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (std::int64_t i = 0; i < n; ++i) {
       v[i] = m * v[i] - lr * g[i];
       const float delta = nesterov ? m * v[i] - lr * g[i] : v[i];
       w[i] = w[i] - wd * w[i] + delta;
     }
-    ++steps_[k];
   }
 
  private:
@@ -209,17 +221,15 @@ class Adam final : public Optimizer {
     return names;
   }
 
-  void update(std::size_t k, Param& p, float lr) override {
-    const auto t = static_cast<double>(++steps_[k]);
+  void apply(float* __restrict w, const float* __restrict g, std::span<float* const> slots, std::int64_t n, float lr,
+             std::int64_t step) const override {
+    const auto t = static_cast<double>(step);
     const float lr_t = static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) /
                                           (1 - std::pow(double(o_.beta1), t)));
     const float wd = o_.weight_decay * lr;
-    float* __restrict w = p.value;
-    const float* __restrict g = p.grad;
-    float* __restrict m = slot(0, k).data();
-    float* __restrict v = slot(1, k).data();
+    float* __restrict m = slots[0];
+    float* __restrict v = slots[1];
     const float b1 = o_.beta1, b2 = o_.beta2, eps = o_.eps;
-    const std::int64_t n = p.size();
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (std::int64_t i = 0; i < n; ++i) {
       m[i] = b1 * m[i] + (1 - b1) * g[i];
@@ -231,5 +241,20 @@ class Adam final : public Optimizer {
  private:
   AdamOptions o_;
 };
+
+// The reference's optimizer for a model when none is named: Adam for ViT (as
+// the reference recommends), SGDW for the CNNs.
+inline std::string default_optimizer(std::string_view model) { return model == "vit" ? "adam" : "sgd"; }
+
+// An optimizer by its command-line name ("sgd" or "adam"; empty: the model's
+// default) with the reference's settings: SGDW with momentum 0.9 and decay
+// `weight_decay` (5e-4 unset); Adam with none unless given (then AdamW).
+inline std::unique_ptr<Optimizer> make_optimizer(std::string name, std::string_view model,
+                                                 std::optional<float> weight_decay) {
+  if (name.empty()) name = default_optimizer(model);
+  if (name == "sgd") return std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = weight_decay.value_or(5e-4f)});
+  if (name == "adam") return std::make_unique<Adam>(AdamOptions{.weight_decay = weight_decay.value_or(0.0f)});
+  usage_fail("--optimizer '{}' is not one of sgd, adam", name);
+}
 
 }  // namespace elastic

@@ -26,11 +26,39 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
   std::string bits;
   for (bool b : r.unit_mask) bits += b ? '1' : '0';
   return {{"epoch", r.epoch},
+          {"step", r.step},
+          {"reason", r.reason},
+          {"rho", r.rho},
           {"unit_mask", bits},
           {"importance", r.importance},
           {"predicted_share", r.predicted_share},
+          {"measured_share", r.measured_share >= 0 ? nlohmann::json(r.measured_share) : nlohmann::json()},
+          {"measured_step_ms", r.measured_step_ms},
+          {"full_step_ms", r.full_step_ms},
+          {"steps", r.steps},
           {"selected_units", r.selected_units},
           {"selection_ms", r.selection_ms}};
+}
+
+inline nlohmann::json to_json(const ControlState& c) {
+  return {{"fwd_scale", c.fwd_scale}, {"bwd_scale", c.bwd_scale},   {"other_ms", c.other_ms},
+          {"resolves", c.resolves},   {"since_install", c.since_install}, {"window", c.window},
+          {"fwd_sum", c.fwd_sum},     {"bwd_sum", c.bwd_sum},       {"other_sum", c.other_sum}};
+}
+
+inline ControlState control_from_json(const nlohmann::json& j) {
+  ControlState c;
+  c.fwd_scale = json_number(j.at("fwd_scale"), "control fwd_scale");
+  c.bwd_scale = json_number(j.at("bwd_scale"), "control bwd_scale");
+  c.other_ms = json_number(j.at("other_ms"), "control other_ms");
+  c.resolves = json_integer<std::int64_t>(j.at("resolves"), "control resolves");
+  c.since_install = json_integer<std::int64_t>(j.at("since_install"), "control since_install");
+  c.window = json_integer<std::int64_t>(j.at("window"), "control window");
+  c.fwd_sum = json_number(j.at("fwd_sum"), "control fwd_sum");
+  c.bwd_sum = json_number(j.at("bwd_sum"), "control bwd_sum");
+  c.other_sum = json_number(j.at("other_sum"), "control other_sum");
+  if (!(c.fwd_scale > 0 && c.bwd_scale > 0)) fail("control scales must be positive");
+  return c;
 }
 
 inline std::vector<bool> parse_bits(const std::string& bits, const std::string& what) {
@@ -49,7 +77,16 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   r.importance = json_number(j.at("importance"), "selection importance");
   r.predicted_share = json_number(j.at("predicted_share"), "selection predicted_share");
   r.selected_units = j.at("selected_units").get<std::vector<std::string>>();
+  // Fields of the time-controlled trainer; older records lack them.
   if (j.contains("selection_ms")) r.selection_ms = json_number(j.at("selection_ms"), "selection selection_ms");
+  if (j.contains("step")) r.step = json_integer<std::uint64_t>(j.at("step"), "selection step");
+  if (j.contains("reason")) r.reason = j.at("reason").get<std::string>();
+  if (j.contains("rho")) r.rho = json_number(j.at("rho"), "selection rho");
+  if (j.contains("measured_share") && !j.at("measured_share").is_null())
+    r.measured_share = json_number(j.at("measured_share"), "selection measured_share");
+  if (j.contains("measured_step_ms")) r.measured_step_ms = json_number(j.at("measured_step_ms"), "measured_step_ms");
+  if (j.contains("full_step_ms")) r.full_step_ms = json_number(j.at("full_step_ms"), "selection full_step_ms");
+  if (j.contains("steps")) r.steps = json_integer<std::int64_t>(j.at("steps"), "selection steps");
   return r;
 }
 
@@ -68,6 +105,12 @@ inline void save_checkpoint(const std::filesystem::path& path, const ParamStore&
                             {"mask", mask},
                             {"selections", selections},
                             {"optimizer_steps", state.optimizer.steps},
+                            {"control", to_json(state.control)},
+                            {"importance", state.importance},
+                            {"rho", state.rho},
+                            {"train_ms", state.train_ms},
+                            {"open_selection", state.open_selection},
+                            {"deadline_missed", state.deadline_missed},
                             {"run", run}};
   w.set_metadata("elastic_state", meta.dump());
   w.write(path);
@@ -91,6 +134,14 @@ inline Checkpoint parse_checkpoint_state(const std::string& text, const std::fil
     if (!meta.at("optimizer_steps").is_object()) fail("optimizer_steps is not an object");
     for (const auto& [name, steps] : meta.at("optimizer_steps").items())
       c.trainer.optimizer.steps[name] = json_integer<std::int64_t>(steps, "optimizer_steps");
+    if (meta.contains("control")) {
+      c.trainer.control = control_from_json(meta.at("control"));
+      for (const auto& x : meta.at("importance")) c.trainer.importance.push_back(json_number(x, "importance"));
+      c.trainer.rho = json_number(meta.at("rho"), "rho");
+      c.trainer.train_ms = json_number(meta.at("train_ms"), "train_ms");
+      c.trainer.open_selection = meta.at("open_selection").get<bool>();
+      c.trainer.deadline_missed = meta.at("deadline_missed").get<bool>();
+    }
     c.run = meta.at("run");
     if (!c.run.is_object()) fail("run is not an object");
   } catch (const nlohmann::json::exception& e) {

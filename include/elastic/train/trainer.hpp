@@ -6,8 +6,12 @@
 //   gradient-magnitude variants, and prunetrain (full training with an L1
 //   penalty on kernel weights).
 // Elastic types re-select at the start of every `interval`-th epoch on the
-// epoch's first batch; the backward budget comes from the measured profile:
-//   budget_b = rho * (T_fwd + T_b(all)) - T_fwd.
+// epoch's first batch: importance from a probe, then the DP under the budget
+// rho * T(all) - T_fwd(frozen) of the step time model (profile.hpp), corrected
+// as the run goes by the steps it measures (time_control.hpp): a window whose
+// measured step strays from its prediction re-solves with the interval's
+// importance. With a deadline instead of rho, rho is planned from the
+// remaining training time and steps. docs/method.md has the whole loop.
 #pragma once
 
 #include <cmath>
@@ -24,6 +28,7 @@
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"
+#include "elastic/method/time_control.hpp"
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/optim/schedule.hpp"
@@ -72,16 +77,28 @@ struct TrainerOptions {
   float l1 = 1e-4f;  // prunetrain's penalty on kernel weights
   int dp_resolution = 1000;
   std::uint64_t seed = 0;
+  // Elastic types: finish training (as EpochRecord::train_ms counts it) within
+  // this many seconds, planning rho instead of holding `rho`.
+  std::optional<double> deadline_s;
+  TimeControlOptions control;
 };
 
-// One re-selection, as logged.
+// One installed selection, as logged when it is replaced or its interval ends.
 struct SelectionRecord {
   int epoch = 0;
+  std::uint64_t step = 0;       // steps taken before it was installed
+  std::string reason = "probe";  // probe (new importance), correction (time model), deadline (new rho)
+  double rho = 0;               // the rho it was solved for
   std::vector<bool> unit_mask;
   double importance = 0;        // total importance of the selection
-  double predicted_share = 1;   // (T_fwd + T_b(m)) / (T_fwd + T_b(all))
+  double predicted_share = 1;   // T(m) / T(all) under the model when it was solved
   std::vector<std::string> selected_units;
   double selection_ms = 0;      // the importance probe and the DP (counted in the epoch's training time)
+  // Its latest measurement window (measured_share < 0: none completed).
+  double measured_share = -1;   // measured forward + backward / the corrected full step
+  double measured_step_ms = 0;
+  double full_step_ms = 0;      // the corrected full step
+  std::int64_t steps = 0;       // steps it ran
 };
 
 // What a checkpoint must hold, beyond weights, for a resumed run to continue
@@ -97,8 +114,16 @@ class NonFiniteLoss : public Error {
 struct TrainerState {
   std::uint64_t step = 0;
   std::vector<bool> mask;  // per param
-  std::vector<SelectionRecord> selections;
+  std::vector<SelectionRecord> selections;  // the last one is open (still installed) while open_selection
   OptimizerState optimizer;
+  // Time control: the controller, the interval's importance, the rho in force
+  // and the training time so far (for a deadline).
+  ControlState control;
+  std::vector<double> importance;
+  double rho = 0;
+  double train_ms = 0;
+  bool open_selection = false;
+  bool deadline_missed = false;
 };
 
 struct EpochRecord {
@@ -107,12 +132,13 @@ struct EpochRecord {
   double data_wait_ms = 0;  // part of train_ms spent waiting for the batch source
   Metrics train;
   std::int64_t steps = 0;
+  double measured_share = -1;  // elastic types: measured steps / corrected full steps over the epoch's windows
 };
 
 class Trainer {
  public:
   // `profile` is required by the elastic types (and checked against the model);
-  // `steps_per_epoch` sizes the cosine schedule.
+  // `steps_per_epoch` sizes the cosine schedule (and a deadline's plan).
   Trainer(Model& m, TrainerOptions o, std::int64_t steps_per_epoch, std::optional<Profile> profile = std::nullopt)
       : m_(m), o_(std::move(o)), units_(selection_units(*m.graph)), profile_(std::move(profile)),
         schedule_{o_.learning_rate, std::max<std::int64_t>(1, steps_per_epoch * o_.num_epochs)},
@@ -121,24 +147,35 @@ class Trainer {
     if (o_.interval < 1) usage_fail("--interval must be at least 1, got {}", o_.interval);
     if (o_.num_epochs < 1) usage_fail("--num_epochs must be at least 1, got {}", o_.num_epochs);
     if (!(o_.learning_rate > 0)) usage_fail("--learning_rate must be positive, got {}", o_.learning_rate);
-    if (o_.optimizer.empty()) o_.optimizer = m.name == "vit" ? "adam" : "sgd";
-    if (o_.optimizer == "sgd")
-      opt_ = std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = o_.weight_decay.value_or(5e-4f)});
-    else if (o_.optimizer == "adam")
-      opt_ = std::make_unique<Adam>(AdamOptions{.weight_decay = o_.weight_decay.value_or(0.0f)});
-    else
-      usage_fail("--optimizer '{}' is not one of sgd, adam", o_.optimizer);
+    if (o_.deadline_s && !(*o_.deadline_s > 0 && std::isfinite(*o_.deadline_s)))
+      usage_fail("--deadline must be a positive time, got {} s", *o_.deadline_s);
+    if (o_.deadline_s && !is_elastic(o_.type))
+      usage_fail("--deadline needs an elastic training type, not {}", name_of(o_.type));
+    if (o_.optimizer.empty()) o_.optimizer = default_optimizer(m.name);
+    opt_ = make_optimizer(o_.optimizer, m.name, o_.weight_decay);
     if (is_elastic(o_.type)) {
       if (!profile_) fail("{} needs a timing profile of this model (elastic profile)", name_of(o_.type));
-      profile_->check_matches(profile_key(m_, m_.graph->context().threads()), "given");
+      profile_->check_matches(profile_key(m_, m_.graph->context().threads(), *opt_), "given");
       if (profile_->units.size() != units_.size())
         fail("the profile has {} units but model '{}' has {}", profile_->units.size(), m_.name, units_.size());
+      control_.emplace(*profile_, o_.control);
+      // Before any probe, the forward passes alone bound what a deadline can buy.
+      const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
+      if (o_.deadline_s && forward_s > *o_.deadline_s)
+        usage_fail("--deadline {:.0f} s cannot be met: the forward passes of {} steps alone take about {:.0f} s here; "
+                   "the shortest feasible deadline is longer than that",
+                   *o_.deadline_s, schedule_.total_steps, forward_s);
     }
+    rho_ = o_.rho;
     mask_ = static_mask();
     m_.graph->select(mask_);
   }
 
-  // Called with every selection; empty by default.
+  Trainer(const Trainer&) = delete;  // its time controller refers to its profile
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Called with every selection when it is replaced or its interval ends, with
+  // its measurements; empty by default.
   std::function<void(const SelectionRecord&)> on_selection;
   // Called after every step with its number and its batch's mean loss, correct and counted
   // samples. It may read params but not write them (see Graph::reuse_frozen_weights).
@@ -152,6 +189,11 @@ class Trainer {
   Optimizer& optimizer() { return *opt_; }
   std::uint64_t step() const { return step_; }
   const std::vector<SelectionRecord>& selections() const { return selections_; }
+  // The rho in force (with a deadline: the planned one) and the training time so far.
+  double rho() const { return rho_; }
+  double train_ms() const { return train_ms_; }
+  const TimeController* controller() const { return control_ ? &*control_ : nullptr; }
+  std::int64_t total_steps() const { return schedule_.total_steps; }
 
   // The learning rate of the next step: the reference decays SGDW's along a
   // cosine over the run and keeps Adam's constant.
@@ -159,12 +201,17 @@ class Trainer {
     return opt_->name() == "adam" ? o_.learning_rate : schedule_(static_cast<std::int64_t>(step_));
   }
 
-  TrainerState state() const { return {step_, mask_, selections_, opt_->state()}; }
+  TrainerState state() const {
+    return {step_,  mask_, selections_, opt_->state(), control_ ? control_->state() : ControlState{}, importance_,
+            rho_, train_ms_, open_, deadline_missed_};
+  }
 
   // Continues from a saved state (the model's weights restored separately).
   void restore(const TrainerState& s) {
     if (s.mask.size() != m_.params().size())
       fail("trainer state: the mask has {} params but model '{}' has {}", s.mask.size(), m_.name, m_.params().size());
+    if (!s.importance.empty() && s.importance.size() != units_.size())
+      fail("trainer state: importance of {} units but model '{}' has {}", s.importance.size(), m_.name, units_.size());
     step_ = s.step;
     mask_ = s.mask;
     selections_ = s.selections;
@@ -172,6 +219,13 @@ class Trainer {
       opt_->attach(m_.params());
       opt_->load_state(s.optimizer);
     }
+    if (control_) control_->restore(s.control);
+    importance_ = s.importance;
+    if (s.rho > 0) rho_ = s.rho;
+    train_ms_ = s.train_ms;
+    open_ = s.open_selection && !selections_.empty();
+    deadline_missed_ = s.deadline_missed;
+    if (!importance_.empty()) floor_rho_ = control_->smallest_rho(importance_);
     m_.graph->select(mask_);
   }
 
@@ -186,7 +240,7 @@ class Trainer {
     if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
     // As in the reference, the epoch's clock starts before the importance probe
     // and the DP: selecting is part of training time.
-    const double start = clock();
+    epoch_start_ = clock();
     if (is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     // Within the epoch params change only through the optimizer, so frozen
     // convolutions keep their re-laid-out weights from step to step; each
@@ -204,11 +258,15 @@ class Trainer {
       }
     } mode(*m_.graph);
     const auto& topology = m_.graph->topology();
+    double measured_ms = 0, full_ms = 0;  // over the epoch's completed windows
+    double t0 = clock();
     for (std::int64_t b = 0; b < batches; ++b) {
       train.load(m_, b);
       const float lr = learning_rate();
       m_.graph->set_step(step_);
+      const double t1 = clock();
       m_.graph->forward(true);
+      const double t2 = clock();
       auto& loss = m_.loss_node();
       if (!std::isfinite(loss.loss()))  // before any update: the weights stay those of the last good step
         throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped",
@@ -219,33 +277,47 @@ class Trainer {
           for (int k : ks) add_l1(m_.params()[std::size_t(k)]);
         opt_->step(m_.params(), ks, mask_, lr);
       });
+      const double t3 = clock();
       rec.train.add(loss.loss(), loss.correct(), loss.count());
       if (on_step) on_step(step_, loss.loss(), loss.correct(), loss.count());
       ++step_;
       ++rec.steps;
+      const double t4 = clock();
+      if (control_ && open_) {
+        ++selections_.back().steps;
+        if (const auto meas = control_->observe(selections_.back().unit_mask, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))) {
+          measured(*meas, epoch);
+          measured_ms += meas->measured_ms;
+          full_ms += meas->full_ms;
+        }
+        if (o_.deadline_s && step_ % 100 == 0) plan_deadline(epoch, "deadline");
+        t0 = clock();
+      } else {
+        t0 = t4;
+      }
     }
-    rec.train_ms = clock() - start;
+    const double end = clock();
+    rec.train_ms = end - epoch_start_;
+    train_ms_ += rec.train_ms;
     if constexpr (requires { train.wait_ms(); }) rec.data_wait_ms = train.wait_ms() - wait_before;
+    if (full_ms > 0) rec.measured_share = measured_ms / full_ms;
+    // The selection's interval ends with this epoch (or training does): log it.
+    if (open_ && ((epoch + 1) % o_.interval == 0 || epoch + 1 == o_.num_epochs)) close_selection();
     if (log)
       log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%, "
-                      "waited {:.2f} s for data",
+                      "waited {:.2f} s for data{}",
                       epoch + 1, rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000),
-                      rec.train.loss(), 100 * rec.train.accuracy(), rec.data_wait_ms / 1000));
+                      rec.train.loss(), 100 * rec.train.accuracy(), rec.data_wait_ms / 1000,
+                      rec.measured_share >= 0 ? fmt::format(", measured share {:.3f} (rho {:.3f})",
+                                                            rec.measured_share, rho_)
+                                              : ""));
     return rec;
   }
 
   // The smallest rho whose budget admits any useful selection (one unit with
-  // positive importance, its t_dy stretch and its own t_dw).
-  double smallest_rho(const std::vector<double>& importance) const {
-    const Profile& p = *profile_;
-    const double full = p.t_fwd + p.t_bwd_full();
-    double best = 1.0, stretch = 0;
-    for (std::size_t u = units_.size(); u-- > 0;) {
-      stretch += p.t_dy[u];
-      if (importance[u] > 0) best = std::min(best, (p.t_fwd + stretch + p.t_dw[u]) / full);
-    }
-    return best;
-  }
+  // positive importance, its t_dy stretch and its own costs), under the
+  // corrected time model.
+  double smallest_rho(const std::vector<double>& importance) const { return control_->smallest_rho(importance); }
 
  private:
   // Masks of the non-elastic types (elastic types start from full training
@@ -276,41 +348,131 @@ class Trainer {
                         : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
                                                                                    : ImportanceMetric::grad_magnitude;
     const float lr = learning_rate();
-    const auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
+    auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
     for (std::size_t u = 0; u < importance.size(); ++u)
       if (!std::isfinite(importance[u]))
         throw NonFiniteLoss(fmt::format("the importance of '{}' is {} at step {} (epoch {}): the loss on the probe "
                                         "batch is not finite; training stopped",
                                         units_[u].name, importance[u], step_ + 1, epoch + 1));
+    importance_ = std::move(importance);
+    control_->new_interval();
+    floor_rho_ = control_->smallest_rho(importance_);
     const Profile& p = *profile_;
-    const double full = p.t_fwd + p.t_bwd_full();
-    const double budget = o_.rho * full - p.t_fwd;
-    const double floor = smallest_rho(importance);
-    if (o_.rho < floor)
+    if (!o_.deadline_s && o_.rho < floor_rho_)
       usage_fail("--rho {} is too small for {} at this batch and input size: the cheapest useful selection "
                  "needs rho >= {:.3f} (the forward pass alone is {:.3f} of a full step)",
-                 o_.rho, m_.name, floor, p.t_fwd / full);
-    const Selection s = dp_.select(p.t_dw, p.t_dy, importance, budget);
+                 o_.rho, m_.name, floor_rho_, p.t_fwd / p.full_step_ms());
+    if (o_.deadline_s) {
+      if (step_ == 0) check_deadline_feasible();
+      rho_ = planned_rho(epoch);
+    }
+    install(epoch, "probe", clock() - start);
+  }
+
+  // Solves the DP for rho_ with the interval's importance under the corrected
+  // model and installs the selection, closing the one before. `selection_ms`
+  // adds the probe's time when a probe preceded it.
+  void install(int epoch, const char* reason, double selection_ms = 0) {
+    const double start = clock();
+    const TimeController& c = *control_;
+    const auto t_dw = c.dp_t_dw(), t_dy = c.dp_t_dy();
+    const Selection s = dp_.select(t_dw, t_dy, importance_, c.budget(rho_));
+    if (open_) close_selection();
     mask_ = param_mask(units_, s.mask, m_.params().size());
     m_.graph->select(mask_);
+    control_->installed();
     SelectionRecord rec;
     rec.epoch = epoch;
+    rec.step = step_;
+    rec.reason = reason;
+    rec.rho = rho_;
     rec.unit_mask = s.mask;
     rec.importance = s.importance;
-    rec.predicted_share = (p.t_fwd + s.cost) / full;
+    rec.predicted_share = c.step_ms(s.mask) / c.full_ms();
     for (std::size_t u = 0; u < units_.size(); ++u)
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
-    rec.selection_ms = clock() - start;
+    rec.selection_ms = selection_ms + (clock() - start);
     selections_.push_back(rec);
-    if (on_selection) on_selection(rec);
+    open_ = true;
     if (log) {
       std::string bits;
       for (bool b : s.mask) bits += b ? '1' : '0';
-      log(fmt::format("selection at epoch {}: {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
-                      "(rho {}), selected in {:.0f} ms, mask {}",
-                      epoch + 1, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, o_.rho,
-                      rec.selection_ms, bits));
+      log(fmt::format("selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
+                      "(rho {:.3f}), selected in {:.0f} ms, mask {}",
+                      epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance,
+                      rec.predicted_share, rho_, rec.selection_ms, bits));
     }
+  }
+
+  void close_selection() {
+    open_ = false;
+    const SelectionRecord& r = selections_.back();
+    if (on_selection) on_selection(r);
+    if (log && r.measured_share >= 0)
+      log(fmt::format("selection of epoch {} ({}) ran {} steps: measured share {:.3f}, predicted {:.3f} (full step "
+                      "{:.1f} ms)",
+                      r.epoch + 1, r.reason, r.steps, r.measured_share, r.predicted_share, r.full_step_ms));
+  }
+
+  // A measurement window completed: record it and, if the model was far off, re-solve.
+  void measured(const Measurement& meas, int epoch) {
+    SelectionRecord& r = selections_.back();
+    r.measured_step_ms = meas.measured_ms;
+    r.full_step_ms = meas.full_ms;
+    r.measured_share = meas.measured_ms / meas.full_ms;
+    if (!meas.resolve) return;
+    if (log)
+      log(fmt::format("time model corrected at step {}: the step took {:.1f} ms, {:.1f} predicted ({:+.1f}% of a "
+                      "full step); forward x{:.3f}, backward x{:.3f} of the profile",
+                      step_, meas.measured_ms, meas.predicted_ms, 100 * meas.error, control_->state().fwd_scale,
+                      control_->state().bwd_scale));
+    floor_rho_ = control_->smallest_rho(importance_);
+    if (o_.deadline_s) rho_ = planned_rho(epoch);
+    install(epoch, "correction");
+  }
+
+  // Deadline mode, every 100 steps: plan rho again and re-solve if it moved.
+  void plan_deadline(int epoch, const char* reason) {
+    const double rho = planned_rho(epoch);
+    if (std::abs(rho - rho_) < 0.005) return;
+    rho_ = rho;
+    install(epoch, reason);
+  }
+
+  // Training time so far, this epoch's running part included.
+  double elapsed_ms() const { return train_ms_ + (clock() - epoch_start_); }
+
+  // The rho that finishes within the deadline from here, clamped to
+  // [smallest useful rho, 1]; says once when even the smallest cannot.
+  double planned_rho(int epoch) {
+    const double remaining = *o_.deadline_s * 1000 - elapsed_ms();
+    const std::int64_t steps_left = schedule_.total_steps - static_cast<std::int64_t>(step_);
+    // Probes still to come (epochs after this one that re-select), each priced as the last one took.
+    const int probes_left = (o_.num_epochs - 1) / o_.interval - epoch / o_.interval;
+    const double probe_ms = selections_.empty() ? 0 : selections_.back().selection_ms;
+    const TimeController& c = *control_;
+    const double rho =
+        deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
+    if (rho < floor_rho_) {
+      if (!deadline_missed_ && log)
+        log(fmt::format("the deadline of {:.0f} s cannot be met from step {}: it would need rho {:.3f}, below the "
+                        "smallest useful {:.3f}; training on at that rho",
+                        *o_.deadline_s, step_, rho, floor_rho_));
+      deadline_missed_ = true;
+      return floor_rho_;
+    }
+    return std::min(1.0, rho);
+  }
+
+  // Before the first step: refuses a deadline that the smallest useful rho cannot meet.
+  void check_deadline_feasible() const {
+    const TimeController& c = *control_;
+    const double per_step = floor_rho_ * c.full_ms() + c.state().other_ms;
+    const double needed_s = (double(schedule_.total_steps) * per_step + elapsed_ms()) / 1000;
+    if (needed_s > *o_.deadline_s)
+      usage_fail("--deadline {:.0f} s cannot be met: {} steps at the smallest useful rho {:.3f} take about {:.0f} s "
+                 "here; the shortest feasible deadline is about {:.0f} s",
+                 *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, std::ceil(needed_s * 1.05));
   }
 
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
@@ -332,8 +494,13 @@ class Trainer {
   DPSelector<> dp_;
   ImportanceEvaluator<> evaluator_;
   std::unique_ptr<Optimizer> opt_;
+  std::optional<TimeController> control_;  // elastic types
   std::vector<bool> mask_;
   std::vector<SelectionRecord> selections_;
+  std::vector<double> importance_;  // the interval's, from its probe
+  double rho_ = 0, floor_rho_ = 0;
+  double train_ms_ = 0, epoch_start_ = 0;
+  bool open_ = false, deadline_missed_ = false;
   std::uint64_t step_ = 0;
 };
 
