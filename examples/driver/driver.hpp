@@ -28,6 +28,7 @@ struct TrainArgs {
   double rho = 0.533;
   bool rho_given = false;             // --rho was on the command line
   std::optional<double> deadline_s;   // --deadline
+  std::string time_control = "on";
   // Ours.
   std::string data_dir, weights, log_dir = "logs", profile, classes;
   int threads = 0, workers = 1;

@@ -67,10 +67,25 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
         a.rho_given = true;
       },
       "target share of a full training step's time, in (0, 1] [default: 0.533]");
+  c.add_option("--time_control", a.time_control,
+               "on: measured steps correct the time model and the selection is solved again when it strays; off: "
+               "the profile's plan is kept (selections then do not depend on timing)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   c.add_option_function<std::string>(
-      "--deadline", [&a](const std::string& d) { a.deadline_s = parse_duration_s(d, "--deadline"); },
-      "finish training (validation excluded) within this time instead of holding --rho: seconds, or with a "
-      "suffix s, m or h (45m, 2h); elastic types");
+       "--deadline", [&a](const std::string& d) { a.deadline_s = parse_duration_s(d, "--deadline"); },
+       "finish training (validation excluded) within this time instead of holding --rho: seconds, or with a "
+       "suffix s, m or h (45m, 2h); elastic types")
+      ->check(CLI::Validator(
+          [](std::string& d) {
+            try {
+              parse_duration_s(d, "--deadline");
+              return std::string();
+            } catch (const UsageError& e) {
+              return std::string(e.what());
+            }
+          },
+          "DURATION"));
   c.add_option("--data_dir", a.data_dir, "dataset directory (fashion_mnist: Debian's package directory by default)");
   c.add_option("--classes", a.classes, "keep only these 0-based classes, relabelled in order, e.g. 5-9");
   c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
@@ -105,7 +120,7 @@ json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps
           {"input_size", a.input_size},   {"batch_size", a.batch_size},     {"num_classes", num_classes},
           {"optimizer", a.optimizer},     {"learning_rate", a.learning_rate}, {"weight_decay", a.weight_decay ? json(*a.weight_decay) : json()},
           {"num_epochs", a.num_epochs},   {"interval", a.interval},         {"rho", a.rho},
-          {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
+          {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()}, {"time_control", a.time_control},
           {"classes", a.classes},         {"seed", a.seed},                 {"steps_per_epoch", steps_per_epoch},
           {"dropout", a.dropout ? json(*a.dropout) : json()},         {"bn_batch_stats", a.bn_batch_stats},
           {"no_augment", a.no_augment}};
@@ -182,6 +197,8 @@ int run_train(const TrainArgs& a) {
   const TrainType type = parse_train_type(a.train_type);
   if (!(a.rho > 0 && a.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", a.rho);
   if (a.deadline_s && a.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
+  if (a.deadline_s && a.time_control == "off")
+    usage_fail("--deadline plans with measured step times: it needs --time_control on");
   if (a.deadline_s && !is_elastic(type))
     usage_fail("--deadline needs an elastic --train_type (it plans rho), not {}", a.train_type);
   if (a.optimizer != "" && a.optimizer != "sgd" && a.optimizer != "adam")
@@ -278,6 +295,7 @@ int run_train(const TrainArgs& a) {
   TrainerOptions topt{.type = type, .num_epochs = a.num_epochs, .interval = a.interval, .rho = a.rho,
                       .optimizer = a.optimizer, .learning_rate = a.learning_rate, .weight_decay = a.weight_decay,
                       .seed = a.seed, .deadline_s = a.deadline_s};
+  topt.control.correct = a.time_control == "on";
   Trainer trainer(m, topt, steps_per_epoch, profile);
 
   int first_epoch = 0;

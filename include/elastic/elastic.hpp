@@ -2,6 +2,7 @@
 #pragma once
 
 #include "elastic/core/context.hpp"
+#include "elastic/core/denormals.hpp"
 #include "elastic/core/error.hpp"
 #include "elastic/core/json.hpp"
 #include "elastic/core/random.hpp"
@@ -30,6 +31,7 @@
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"
 #include "elastic/method/profile.hpp"
+#include "elastic/method/time_control.hpp"
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/model.hpp"

@@ -71,7 +71,10 @@ with tempfile.TemporaryDirectory() as tmp:
                          (["--train_type", "foo"], "--train_type 'foo'"), (["--model_name", "foo"], "foo"),
                          (["--optimizer", "rmsprop"], "--optimizer"), (["--batch_size", "0"], "--batch_size"),
                          (["--bogus"], "--bogus"), (["--num_classes", "3"], "--num_classes 3"),
-                         (["--classes", "3-1"], "3-1"), (["--dataset_name", "cifar"], "cifar")]:
+                         (["--classes", "3-1"], "3-1"), (["--dataset_name", "cifar"], "cifar"),
+                         (["--rho", "0.5", "--deadline", "60"], "--rho and --deadline"),
+                         (["--deadline", "soon"], "--deadline 'soon'"), (["--deadline", "-3m"], "--deadline '-3m'"),
+                         (["--deadline", "2h", "--train_type", "full_training"], "--deadline needs an elastic")]:
         r = run(*common, *args)
         lines = r.stderr.strip().splitlines()
         check(r.returncode == 2 and lines and needle in lines[0], f"{args}: exit {r.returncode}, {r.stderr!r}")
@@ -99,8 +102,15 @@ with tempfile.TemporaryDirectory() as tmp:
     recs = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     kinds = [x["type"] for x in recs]
     steps_per_epoch = 3400 // 16
-    check(kinds.count("selection") == 2 and kinds.count("test") == 2 and kinds.count("train_epoch") == 2,
-          f"record kinds {kinds}")
+    sels = [x for x in recs if x["type"] == "selection"]
+    check([x["reason"] for x in sels].count("probe") == 2 and kinds.count("test") == 2 and
+          kinds.count("train_epoch") == 2, f"record kinds {kinds}")
+    check(all(x["reason"] in ("probe", "correction") and x["rho"] == 0.7 for x in sels), f"selection reasons {sels}")
+    # Each selection that ran a measurement window (5 settling + 20 steps) carries its measured share.
+    check(all((x["measured_share"] is not None) == (x["steps"] >= 25) for x in sels), "measured shares")
+    check(all(x["full_step_ms"] > 0 for x in sels if x["measured_share"] is not None), "full step times")
+    check(all(x["measured_share"] is not None for x in recs if x["type"] == "train_epoch"),
+          "epoch records carry the measured share")
     check([x["step"] for x in recs if x["type"] == "train"] == [200, 400], "train records every 200 steps")
     sel = next(x for x in recs if x["type"] == "selection")
     check(len(sel["unit_mask"]) == 105 and 0 < sel["predicted_share"] <= 0.7 and sel["importance"] > 0,
@@ -113,10 +123,19 @@ with tempfile.TemporaryDirectory() as tmp:
     check(s["best_test_accuracy"] == max(x["accuracy"] for x in tests), "summary best accuracy")
     check(abs(s["training_time_h"] * 3600 - tests[-1]["train_time"]) < 1e-6, "summary training time")
     check(len(s["epochs"]) == 2, "summary per epoch")
+    check(s["deadline_s"] is None and len(s["rho_per_selection"]) == len(sels), "summary: rho per selection")
     txt = open(os.path.join(run_dir, "log.txt")).read()
     check("Best test accuracy" in txt and "selection at epoch 1" in txt, "log.txt holds the log lines")
     for f in ["checkpoint.safetensors", "model.safetensors", "profile.json"]:
         check(os.path.exists(os.path.join(run_dir, f)), f"{f} written")
+
+    # A deadline instead of rho: rho is planned (what the run's times are is for benchmarks, not this test).
+    r = run(*common, "--train_type", "elastic_training", "--num_epochs", "1", "--steps_per_epoch", "40",
+            "--deadline", "2m", "--run_name", "deadline", "--learning_rate", "0.01")
+    check(r.returncode == 0 and "deadline 120 s" in r.stdout, f"deadline run: {r.returncode} {r.stderr[-300:]!r}")
+    s = json.load(open(os.path.join(tmp, "logs", "deadline", "summary.json")))
+    check(s["deadline_s"] == 120 and s["config"]["deadline_s"] == 120, "summary records the deadline")
+    check(all(0 < x["rho"] <= 1 for x in s["rho_per_selection"]) and s["rho_per_selection"], "planned rho")
 
     # Weights of another model, and a resume with another class count: one line naming the culprit.
     r = run("train", "--model_name", "resnet50", "--dataset_name", "fashion_mnist", "--data_dir", data,

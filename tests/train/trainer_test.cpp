@@ -1,6 +1,11 @@
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "elastic/models/small_cnn.hpp"
+#include "elastic/train/checkpoint.hpp"
 #include "elastic/train/trainer.hpp"
 
 using namespace elastic;
@@ -236,4 +241,232 @@ TEST_CASE("SGDW's learning rate follows the cosine, Adam's stays constant, as in
     sum_adamw += std::abs(w_adamw[i]);
   }
   CHECK(sum_adamw < 0.95 * sum_adam);
+}
+
+namespace {
+// A fake machine for the trainer's clock. The trainer loads each step's batch,
+// then reads its clock four times: before the forward, after it, after the
+// backward (with updates) and after the step's bookkeeping. A load arms those
+// four reads; the second advances the time by the installed plan's forward on
+// this machine, the third by its backward: the profile's times scaled by
+// fwd_x and bwd_x. (A probe's load arms them too, so a probe costs one step.)
+struct FakeMachine {
+  const Profile& p;
+  std::vector<Unit> units;
+  const Trainer* trainer = nullptr;
+  double fwd_x = 1, bwd_x = 1;
+  double now = 0;
+  int phase = 4;
+
+  std::vector<bool> unit_mask(const std::vector<bool>& param_mask) const {
+    std::vector<bool> m(units.size());
+    for (std::size_t u = 0; u < units.size(); ++u) m[u] = param_mask[std::size_t(units[u].params.front())];
+    return m;
+  }
+  double step_ms(const std::vector<bool>& um) const { return fwd_x * p.t_forward(um) + bwd_x * p.t_bwd(um); }
+  double full_ms() const { return step_ms(std::vector<bool>(units.size(), true)); }
+  double read() {
+    if (phase < 4) {
+      ++phase;
+      const auto um = unit_mask(trainer->mask());
+      if (phase == 2) now += fwd_x * p.t_forward(um);
+      if (phase == 3) now += bwd_x * p.t_bwd(um);
+    }
+    return now;
+  }
+};
+
+struct FakeBatches {
+  ImageBatcher& b;
+  FakeMachine& machine;
+  std::function<void(std::uint64_t)> before_step;  // e.g. slow the machine down from some step on
+  void start_epoch(std::uint64_t e, bool shuffle) { b.start_epoch(e, shuffle); }
+  std::int64_t batches(std::int64_t batch, bool drop_last) const { return b.batches(batch, drop_last); }
+  std::int64_t load(Model& m, std::int64_t i) {
+    if (before_step) before_step(machine.trainer->step());
+    machine.phase = 0;
+    return b.load(m, i);
+  }
+};
+
+// The small CNN's units with round profile times: forward 10 ms with every unit
+// frozen, each trained unit adds 0.5 ms forward, 2 ms weight gradient and
+// update, 1 ms input gradient stretch.
+Profile round_profile(Setup& s) {
+  Profile p = s.profile();
+  p.t_fwd_frozen = 10;
+  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.5);
+  std::fill(p.t_dw.begin(), p.t_dw.end(), 2.0);
+  std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
+  p.t_fwd = 10 + 0.5 * double(p.t_fw.size());
+  return p;
+}
+
+TimeControlOptions quick_control() { return {.settle_steps = 2, .window_steps = 4, .tolerance = 0.03, .max_resolves = 3}; }
+}  // namespace
+
+TEST_CASE("measured steps correct the time model, and the re-solved selection holds rho on the machine it runs on") {
+  Setup s;
+  const Profile p = round_profile(s);
+  // This machine runs forwards twice as slow as profiled and backwards at 0.6x.
+  FakeMachine machine{p, selection_units(*s.model.graph)};
+  machine.fwd_x = 2.0;
+  machine.bwd_x = 0.6;
+  FakeBatches source{s.batches, machine};
+  const double rho = 0.75;
+  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 2, .interval = 2, .rho = rho,
+                       .learning_rate = 0.05f, .control = quick_control()},
+             12, p);
+  machine.trainer = &tr;
+  tr.clock = [&] { return machine.read(); };
+  std::vector<SelectionRecord> logged;
+  tr.on_selection = [&](const SelectionRecord& r) { logged.push_back(r); };
+  std::vector<std::string> lines;
+  tr.log = [&](const std::string& line) { lines.push_back(line); };
+  const auto e0 = tr.train_epoch(source, 0);
+  tr.train_epoch(source, 1);
+  const auto& sels = tr.selections();
+  REQUIRE(sels.size() >= 2);
+  CHECK(sels[0].reason == "probe");
+  CHECK(sels[1].reason == "correction");
+  CHECK(sels[1].step == 2 + 4);  // after the settling steps and one window
+  // The profile's prediction of the first selection was off on this machine; the corrected model's is exact.
+  const double true0 = machine.step_ms(sels[0].unit_mask) / machine.full_ms();
+  CHECK(std::abs(true0 - sels[0].predicted_share) > 0.03);
+  CHECK(sels[0].measured_share == doctest::Approx(true0));
+  const auto& last = sels.back();
+  CHECK(last.predicted_share <= rho + 1e-9);
+  CHECK(last.measured_share == doctest::Approx(machine.step_ms(last.unit_mask) / machine.full_ms()));
+  CHECK(last.measured_share == doctest::Approx(last.predicted_share));
+  CHECK(last.full_step_ms == doctest::Approx(machine.full_ms()));
+  CHECK(tr.controller()->state().fwd_scale == doctest::Approx(2.0));
+  CHECK(tr.controller()->state().bwd_scale == doctest::Approx(0.6));
+  // Every selection is logged once, with its measurement, when replaced or when its interval ends.
+  REQUIRE(logged.size() == sels.size());
+  CHECK(logged.back().measured_share == doctest::Approx(last.measured_share));
+  CHECK(e0.measured_share > 0);
+  CHECK(std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+    return l.find("time model corrected at step 6") != std::string::npos;
+  }));
+  CHECK(std::any_of(lines.begin(), lines.end(),
+                    [](const std::string& l) { return l.find("measured share") != std::string::npos; }));
+}
+
+namespace {
+// Trains `epochs` epochs of the small CNN on the fake machine, resuming from a
+// checkpoint file after epoch `resume_after` (-1: never); returns the final
+// weights and the selections.
+std::pair<std::vector<float>, std::vector<SelectionRecord>> fake_run(int epochs, int resume_after) {
+  const auto path = std::filesystem::temp_directory_path() / fmt::format("elastic_trainer_{}.safetensors", ::getpid());
+  std::optional<Setup> s(std::in_place);
+  const Profile p = round_profile(*s);
+  const TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 2, .rho = 0.7,
+                         .learning_rate = 0.05f, .control = quick_control()};
+  FakeMachine machine{p, selection_units(*s->model.graph)};
+  machine.fwd_x = 1.7;
+  machine.bwd_x = 0.8;
+  auto tr = std::make_unique<Trainer>(s->model, o, 12, p);
+  for (int e = 0; e < epochs; ++e) {
+    machine.trainer = tr.get();
+    tr->clock = [&] { return machine.read(); };
+    tr->log = nullptr;
+    FakeBatches source{s->batches, machine};
+    tr->train_epoch(source, e);
+    if (e == resume_after) {  // a new process: fresh model and trainer from the checkpoint alone
+      save_checkpoint(path, s->model.params(), tr->state(), nlohmann::json::object());
+      tr.reset();
+      s.emplace();
+      const Checkpoint c = load_checkpoint(path, s->model.params());
+      tr = std::make_unique<Trainer>(s->model, o, 12, p);
+      tr->restore(c.trainer);
+      std::filesystem::remove(path);
+    }
+  }
+  const auto v = s->model.params().value_arena();
+  return {std::vector<float>(v.begin(), v.end()), tr->selections()};
+}
+}  // namespace
+
+TEST_CASE("with the same machine times, reruns and a run resumed from a checkpoint mid-interval are identical") {
+  const auto [w1, s1] = fake_run(3, -1);
+  const auto [w2, s2] = fake_run(3, -1);
+  const auto [w3, s3] = fake_run(3, 0);  // the checkpoint falls inside the first interval
+  REQUIRE(s1.size() >= 3);
+  CHECK(w1 == w2);
+  CHECK(w1 == w3);
+  REQUIRE(s1.size() == s3.size());
+  for (std::size_t i = 0; i < s1.size(); ++i) {
+    CAPTURE(i);
+    CHECK(s1[i].unit_mask == s3[i].unit_mask);
+    CHECK(s1[i].reason == s3[i].reason);
+    CHECK(s1[i].step == s3[i].step);
+    CHECK(s1[i].measured_share == s3[i].measured_share);
+  }
+}
+
+TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and says once when it cannot be met") {
+  const auto run = [](double deadline_s, double slow_from_step, double slow_x, std::vector<std::string>* lines) {
+    Setup s;
+    const Profile p = round_profile(s);
+    FakeMachine machine{p, selection_units(*s.model.graph)};
+    machine.fwd_x = 1.3;
+    machine.bwd_x = 0.9;
+    FakeBatches source{s.batches, machine};
+    source.before_step = [&](std::uint64_t step) {
+      if (double(step) >= slow_from_step) machine.fwd_x = 1.3 * slow_x, machine.bwd_x = 0.9 * slow_x;
+    };
+    Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .interval = 5,
+                         .learning_rate = 0.05f, .deadline_s = deadline_s, .control = quick_control()},
+               12, p);
+    machine.trainer = &tr;
+    tr.clock = [&] { return machine.read(); };
+    tr.log = [&](const std::string& l) {
+      if (lines) lines->push_back(l);
+    };
+    double total = 0;
+    for (int e = 0; e < 20; ++e) total += tr.train_epoch(source, e).train_ms;
+    CHECK(total == doctest::Approx(tr.train_ms()));
+    MESSAGE("deadline ", deadline_s, " s: training took ", total / 1000, " s over ", tr.selections().size(),
+            " selections, last rho ", tr.rho());
+    return std::pair{total / 1000, tr.selections()};
+  };
+  // 240 steps; a full step here takes 1.3 * 14.5 + 0.9 * 27 = 43.15 ms, so 240 full steps about 10.4 s.
+  for (const double deadline : {6.0, 8.0}) {
+    CAPTURE(deadline);
+    const auto [took, sels] = run(deadline, 1e9, 1, nullptr);
+    CHECK(took <= deadline);
+    CHECK(took >= 0.9 * deadline);
+    CHECK(sels.front().rho < 1.0);
+  }
+  // The machine slows by 1.25x for the second half: re-planned every 100 steps, the run still ends in time.
+  {
+    const auto [took, sels] = run(8.0, 120, 1.25, nullptr);
+    CHECK(took <= 8.0);
+    CHECK(took >= 0.9 * 8.0);
+  }
+  // A 4x slowdown from step 60 cannot be absorbed: it says so once and trains on at the smallest rho.
+  {
+    std::vector<std::string> lines;
+    const auto [took, sels] = run(6.0, 60, 4.0, &lines);
+    CHECK(took > 6.0);
+    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+            return l.find("cannot be met") != std::string::npos;
+          }) == 1);
+  }
+  // Too short from the start: refused before any step, naming the shortest feasible deadline.
+  Setup s;
+  const Profile p = round_profile(s);
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 1.0}, 12,
+                               p),
+                       doctest::Contains("forward passes of 240 steps alone take about 2.4 s"), UsageError);
+  FakeMachine machine{p, selection_units(*s.model.graph)};
+  FakeBatches source{s.batches, machine};
+  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 2.6}, 12, p);
+  machine.trainer = &tr;
+  tr.clock = [&] { return machine.read(); };
+  tr.log = nullptr;
+  CHECK_THROWS_WITH_AS(tr.train_epoch(source, 0), doctest::Contains("shortest feasible deadline is about"), UsageError);
+  CHECK(tr.step() == 0);
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::full_training, .deadline_s = 60.0}, 12),
+                       doctest::Contains("--deadline needs an elastic training type"), UsageError);
 }

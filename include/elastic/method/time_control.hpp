@@ -27,6 +27,9 @@
 namespace elastic {
 
 struct TimeControlOptions {
+  // false: measurements are recorded (measured shares) but never change the
+  // model, so selections depend on the profile and importance alone.
+  bool correct = true;
   int settle_steps = 5;     // steps after a selection is installed before measuring it
   int window_steps = 20;    // steps per measurement window
   double tolerance = 0.03;  // re-solve when |measured - predicted| exceeds this share of a full step
@@ -121,17 +124,20 @@ class TimeController {
     out.measured_ms = mf + mb;
     out.error = (out.measured_ms - out.predicted_ms) / full_ms();
     const double pf = p_.t_forward(unit_mask), pb = p_.t_bwd(unit_mask);
-    if (pf > 0) s_.fwd_scale = mf / pf;
+    const double a = pf > 0 ? mf / pf : s_.fwd_scale;
     // A plan with almost no backward says little about the backward's speed:
     // then the backward follows the forward's correction.
-    s_.bwd_scale = pb >= 0.02 * p_.t_bwd_full() ? mb / pb : s_.fwd_scale;
+    const double b = pb >= 0.02 * p_.t_bwd_full() ? mb / pb : a;
+    out.full_ms = a * p_.t_forward(std::vector<bool>(p_.t_dw.size(), true)) + b * p_.t_bwd_full();
     s_.other_ms = s_.other_sum / n;
-    out.full_ms = full_ms();
+    clear_window();
+    if (!o_.correct) return out;
+    s_.fwd_scale = a;
+    s_.bwd_scale = b;
     if (std::abs(out.error) > o_.tolerance && s_.resolves < o_.max_resolves) {
       out.resolve = true;
       ++s_.resolves;
     }
-    clear_window();
     return out;
   }
 

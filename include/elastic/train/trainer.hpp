@@ -151,6 +151,8 @@ class Trainer {
       usage_fail("--deadline must be a positive time, got {} s", *o_.deadline_s);
     if (o_.deadline_s && !is_elastic(o_.type))
       usage_fail("--deadline needs an elastic training type, not {}", name_of(o_.type));
+    if (o_.deadline_s && !o_.control.correct)
+      usage_fail("--deadline plans with measured step times: time control must correct the model");
     if (o_.optimizer.empty()) o_.optimizer = default_optimizer(m.name);
     opt_ = make_optimizer(o_.optimizer, m.name, o_.weight_decay);
     if (is_elastic(o_.type)) {
@@ -162,7 +164,7 @@ class Trainer {
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
       if (o_.deadline_s && forward_s > *o_.deadline_s)
-        usage_fail("--deadline {:.0f} s cannot be met: the forward passes of {} steps alone take about {:.0f} s here; "
+        usage_fail("--deadline {:.1f} s cannot be met: the forward passes of {} steps alone take about {:.1f} s here; "
                    "the shortest feasible deadline is longer than that",
                    *o_.deadline_s, schedule_.total_steps, forward_s);
     }
@@ -455,7 +457,7 @@ class Trainer {
         deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
     if (rho < floor_rho_) {
       if (!deadline_missed_ && log)
-        log(fmt::format("the deadline of {:.0f} s cannot be met from step {}: it would need rho {:.3f}, below the "
+        log(fmt::format("the deadline of {:.1f} s cannot be met from step {}: it would need rho {:.3f}, below the "
                         "smallest useful {:.3f}; training on at that rho",
                         *o_.deadline_s, step_, rho, floor_rho_));
       deadline_missed_ = true;
@@ -470,9 +472,9 @@ class Trainer {
     const double per_step = floor_rho_ * c.full_ms() + c.state().other_ms;
     const double needed_s = (double(schedule_.total_steps) * per_step + elapsed_ms()) / 1000;
     if (needed_s > *o_.deadline_s)
-      usage_fail("--deadline {:.0f} s cannot be met: {} steps at the smallest useful rho {:.3f} take about {:.0f} s "
-                 "here; the shortest feasible deadline is about {:.0f} s",
-                 *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, std::ceil(needed_s * 1.05));
+      usage_fail("--deadline {:.1f} s cannot be met: {} steps at the smallest useful rho {:.3f} take about {:.1f} s "
+                 "here; the shortest feasible deadline is about {:.1f} s",
+                 *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, needed_s * 1.05);
   }
 
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
