@@ -35,6 +35,7 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
           {"measured_share", r.measured_share >= 0 ? nlohmann::json(r.measured_share) : nlohmann::json()},
           {"measured_step_ms", r.measured_step_ms},
           {"full_step_ms", r.full_step_ms},
+          {"windows", r.windows},
           {"steps", r.steps},
           {"selected_units", r.selected_units},
           {"selection_ms", r.selection_ms}};
@@ -87,6 +88,7 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   if (j.contains("measured_step_ms")) r.measured_step_ms = json_number(j.at("measured_step_ms"), "measured_step_ms");
   if (j.contains("full_step_ms")) r.full_step_ms = json_number(j.at("full_step_ms"), "selection full_step_ms");
   if (j.contains("steps")) r.steps = json_integer<std::int64_t>(j.at("steps"), "selection steps");
+  if (j.contains("windows")) r.windows = json_integer<std::int64_t>(j.at("windows"), "selection windows");
   return r;
 }
 

@@ -94,10 +94,13 @@ struct SelectionRecord {
   double predicted_share = 1;   // T(m) / T(all) under the model when it was solved
   std::vector<std::string> selected_units;
   double selection_ms = 0;      // the importance probe and the DP (counted in the epoch's training time)
-  // Its latest measurement window (measured_share < 0: none completed).
-  double measured_share = -1;   // measured forward + backward / the corrected full step
+  // Its measurement windows (measured_share < 0: none completed): the means
+  // over them of the measured step and of the full step under each window's
+  // correction, and their ratio.
+  double measured_share = -1;
   double measured_step_ms = 0;
-  double full_step_ms = 0;      // the corrected full step
+  double full_step_ms = 0;
+  std::int64_t windows = 0;
   std::int64_t steps = 0;       // steps it ran
 };
 
@@ -419,9 +422,10 @@ class Trainer {
   // A measurement window completed: record it and, if the model was far off, re-solve.
   void measured(const Measurement& meas, int epoch) {
     SelectionRecord& r = selections_.back();
-    r.measured_step_ms = meas.measured_ms;
-    r.full_step_ms = meas.full_ms;
-    r.measured_share = meas.measured_ms / meas.full_ms;
+    ++r.windows;
+    r.measured_step_ms += (meas.measured_ms - r.measured_step_ms) / double(r.windows);
+    r.full_step_ms += (meas.full_ms - r.full_step_ms) / double(r.windows);
+    r.measured_share = r.measured_step_ms / r.full_step_ms;
     if (!meas.resolve) return;
     if (log)
       log(fmt::format("time model corrected at step {}: the step took {:.1f} ms, {:.1f} predicted ({:+.1f}% of a "
@@ -457,8 +461,9 @@ class Trainer {
         deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
     if (rho < floor_rho_) {
       if (!deadline_missed_ && log)
-        log(fmt::format("the deadline of {:.1f} s cannot be met from step {}: it would need rho {:.3f}, below the "
-                        "smallest useful {:.3f}; training on at that rho",
+        log(fmt::format("at the speed measured now the deadline of {:.1f} s cannot be met from step {}: it would need "
+                        "rho {:.3f}, below the smallest useful {:.3f}; training on at that rho (said once; rho rises "
+                        "again if the machine speeds up)",
                         *o_.deadline_s, step_, rho, floor_rho_));
       deadline_missed_ = true;
       return floor_rho_;
