@@ -1,6 +1,6 @@
 // BatchNorm2d as torch.nn.BatchNorm2d, on oneDNN's batch normalization
 // primitives, in two modes switchable at run time:
-//  - frozen (the default; fine-tuning, SPEC section 4): normalizes with the
+//  - frozen (the default; fine-tuning, docs/method.md): normalizes with the
 //    running statistics in training and inference alike; gamma and beta train;
 //  - batch statistics: training forwards normalize with the batch's mean and
 //    (biased) variance and update the running statistics as torch does

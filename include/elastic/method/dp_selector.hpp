@@ -1,4 +1,4 @@
-// The selection problem of ElasticTrainer (SPEC section 3): choose units m to
+// The selection problem of ElasticTrainer (docs/method.md, "The budget and the DP"): choose units m to
 // maximize sum m[k] I[k] subject to
 //   T_b(m) = sum_{k >= f} t_dy[k] + sum_k m[k] t_dw[k] <= budget,  f = min selected k,
 // solved exactly for integer-quantized times in O(N * T): for every candidate

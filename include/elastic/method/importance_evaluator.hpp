@@ -1,5 +1,5 @@
 // ImportanceEvaluator: scores selection units on the probe batch already loaded
-// into the model (SPEC section 2). The loss-drop metric takes one full optimizer
+// into the model (docs/method.md, "Importance"). The loss-drop metric takes one full optimizer
 // step, measures the gradient at the new weights, and scores each tensor by
 // I[k] = -sum(g1[k] * dw0[k]), a first-order estimate of how much training it
 // lowers the loss; unit scores are sums over the unit's tensors, normalized by

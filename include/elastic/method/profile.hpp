@@ -71,7 +71,7 @@ struct Profile {
     for (std::size_t k = 0; k < t_dw.size(); ++k) t += t_dw[k] + t_dy[k];
     return t;
   }
-  // Predicted T_b of a unit mask (SPEC section 1).
+  // Predicted backward time of a unit mask (docs/method.md).
   double t_bwd(const std::vector<bool>& mask) const {
     std::size_t f = 0;
     while (f < mask.size() && !mask[f]) ++f;

@@ -1,4 +1,4 @@
-// Selection units (SPEC section 1): the tensors whose gradients one backward
+// Selection units (docs/method.md): the tensors whose gradients one backward
 // kernel produces together, i.e. the params of one graph node (a conv's weight
 // and bias, a batch norm's gamma and beta). Units keep forward order; the
 // method times, scores and selects units, and masks over params follow.

@@ -1,6 +1,6 @@
 // ResNet50 as torchvision builds it (Bottleneck blocks [3, 4, 6, 3], stride on
 // the 3x3 convolution, projection shortcuts named downsample.0/.1), with the
-// fine-tuning head of SPEC section 5: global average pooling, dropout, `fc`.
+// fine-tuning head: global average pooling, dropout, `fc`.
 #pragma once
 
 #include <fmt/format.h>

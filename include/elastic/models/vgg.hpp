@@ -1,6 +1,6 @@
 // VGG16 as torchvision's `features` (13 3x3 convolutions with bias and ReLU,
 // five 2x2 max pools, indices as in torchvision), followed by the fine-tuning
-// head of SPEC section 5: global average pooling, dropout and a linear `head`.
+// head: global average pooling, dropout and a linear `head`.
 #pragma once
 
 #include <fmt/format.h>

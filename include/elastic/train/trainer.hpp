@@ -1,4 +1,4 @@
-// The Trainer: the training loop of SPEC section 4 with every training type of
+// The Trainer: the training loop of docs/method.md with every training type of
 // the reference as a policy that yields a selection of params:
 //   full_training, traditional_tl_training (head only), bn_plus_bias_training
 //   (norm scales/shifts, biases and head), elastic_training (loss-drop
@@ -318,11 +318,6 @@ class Trainer {
                                               : ""));
     return rec;
   }
-
-  // The smallest rho whose budget admits any useful selection (one unit with
-  // positive importance, its t_dy stretch and its own costs), under the
-  // corrected time model.
-  double smallest_rho(const std::vector<double>& importance) const { return control_->smallest_rho(importance); }
 
  private:
   // Masks of the non-elastic types (elastic types start from full training
