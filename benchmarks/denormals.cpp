@@ -17,13 +17,14 @@
 // median of REPS (default 50): the optimizer loop in isolation.
 // Usage: denormals WEIGHTS|- [weight_decay] [epochs] [repeats] [steps_per_epoch] [inject F]
 //        denormals update [N] [REPS]
+#include "elastic/core/denormals.hpp"
+
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
-#include <fmt/format.h>
-
-#include "elastic/core/denormals.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/data.hpp"
 #include "elastic/io/weights.hpp"
@@ -33,7 +34,6 @@
 using namespace elastic;
 
 namespace {
-
 
 struct Counts {
   std::int64_t params = 0, grads = 0, slots = 0;
@@ -128,22 +128,22 @@ int main(int argc, char** argv) {
         data::Loader loader(d.train, lo);
         data::CappedLoader source{loader, cap};
         const std::int64_t steps = source.batches(m.batch(), true);
-        Trainer t(m, {.type = TrainType::full_training, .num_epochs = epochs, .learning_rate = 0.003f,
-                      .weight_decay = wd},
+        Trainer t(m,
+                  {.type = TrainType::full_training, .num_epochs = epochs, .learning_rate = 0.003f, .weight_decay = wd},
                   steps);
         t.log = nullptr;
         const Counts before = count(m, t, source);
-        fmt::print(R"({{"repeat": {}, "flush": {}, "weight_decay": {}, "epoch": 0, "injected": {}, "denormal_params": {}}})"
-                   "\n",
-                   r, flush, wd, injected, before.params);
+        fmt::print(
+            R"({{"repeat": {}, "flush": {}, "weight_decay": {}, "epoch": 0, "injected": {}, "denormal_params": {}}})"
+            "\n",
+            r, flush, wd, injected, before.params);
         for (int e = 0; e < epochs; ++e) {
           const EpochRecord rec = t.train_epoch(source, e);
           const Counts c = count(m, t, source);
           fmt::print(R"({{"repeat": {}, "flush": {}, "weight_decay": {}, "epoch": {}, "epoch_s": {:.2f}, "steps": {}, )"
                      R"("train_loss": {:.4f}, "denormal_params": {}, "denormal_grads": {}, "denormal_slots": {}}})"
                      "\n",
-                     r, flush, wd, e + 1, rec.train_ms / 1000, rec.steps, rec.train.loss(), c.params, c.grads,
-                     c.slots);
+                     r, flush, wd, e + 1, rec.train_ms / 1000, rec.steps, rec.train.loss(), c.params, c.grads, c.slots);
           std::fflush(stdout);
         }
       }

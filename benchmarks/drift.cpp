@@ -7,8 +7,9 @@
 // and measured share, rho, why it was solved) and one for the run: training
 // time against the deadline.
 // Usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog]
-#include <signal.h>
+#include <fmt/format.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,8 +17,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "elastic/data.hpp"
 #include "elastic/io/weights.hpp"
@@ -79,8 +78,7 @@ int main(int argc, char** argv) {
     loader.load(m, 0);
     const auto opt = make_optimizer("sgd", m.name, std::nullopt);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
-    TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1,
-                     .learning_rate = 0.003f};
+    TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1, .learning_rate = 0.003f};
     if (mode == "rho")
       o.rho = value;
     else

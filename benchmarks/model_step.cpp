@@ -10,12 +10,11 @@
 // log on, between marker lines, for benchmarks/kernel_report to attribute.
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
 //                   [full | select RHO FILE | train FILE | kernels]
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-
-#include <fmt/format.h>
-
 #include <fstream>
 
 #include "elastic/core/timer.hpp"
@@ -68,7 +67,8 @@ double sgemm_gflops(Context& ctx) {
 // One training step as the trainer takes it within an epoch: forward, then
 // backward with each node's selected params updated as soon as their
 // (streamed) gradients are ready. Adds the time spent updating to *update_ms.
-void train_step(Model& m, Optimizer& opt, const std::vector<bool>& mask, std::uint64_t step, double* update_ms = nullptr) {
+void train_step(Model& m, Optimizer& opt, const std::vector<bool>& mask, std::uint64_t step,
+                double* update_ms = nullptr) {
   m.graph->set_step(step);
   m.graph->forward(true);
   const auto& topology = m.graph->topology();
@@ -82,8 +82,9 @@ void train_step(Model& m, Optimizer& opt, const std::vector<bool>& mask, std::ui
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
-                         "[full | select RHO FILE | train FILE | kernels]\n");
+    std::fprintf(stderr,
+                 "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
+                 "[full | select RHO FILE | train FILE | kernels]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -171,10 +172,11 @@ int main(int argc, char** argv) {
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     const Summary train = measure(warmup, steps, [&] { train_step(m, opt, all, step++); });
     const double gemm = sgemm_gflops(ctx);
-    fmt::print(R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"
-               "\n",
-               name, batch, size, ctx.threads(), m.params().total_elements(), double(m.graph->plan_arena_bytes()) / (1 << 20),
-               json(fwd), json(train), gemm);
+    fmt::print(
+        R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"
+        "\n",
+        name, batch, size, ctx.threads(), m.params().total_elements(), double(m.graph->plan_arena_bytes()) / (1 << 20),
+        json(fwd), json(train), gemm);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -11,11 +11,11 @@
 // measured share as elastic training time over full training time of a pair
 // (median over the pairs), with the probes and selections and without them.
 // Usage: rho_claim [model] [threads] [steps] [input_size] [batch] [pairs] [rho,rho,...]
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-
-#include <fmt/format.h>
 
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/models/zoo.hpp"
@@ -73,10 +73,11 @@ int main(int argc, char** argv) {
     source.load(m, 0);
     const auto opt = make_optimizer("", m.name, std::nullopt);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
-    fmt::print("{}: {} units, batch {}, {}x{}, {} threads, {}; profile: forward {:.1f} ms ({:.1f} all frozen), "
-               "backward {:.1f} ms, full step {:.1f} ms; {} steps a run, {} pairs a rho\n",
-               name, p.units.size(), batch, size, size, ctx.threads(), p.key.optimizer, p.t_fwd, p.t_fwd_frozen,
-               p.t_bwd_full(), p.full_step_ms(), steps, pairs);
+    fmt::print(
+        "{}: {} units, batch {}, {}x{}, {} threads, {}; profile: forward {:.1f} ms ({:.1f} all frozen), "
+        "backward {:.1f} ms, full step {:.1f} ms; {} steps a run, {} pairs a rho\n",
+        name, p.units.size(), batch, size, size, ctx.threads(), p.key.optimizer, p.t_fwd, p.t_fwd_frozen,
+        p.t_bwd_full(), p.full_step_ms(), steps, pairs);
     fmt::print("{:>5} {:>6} {:>10} {:>10} {:>9} {:>10} {:>9} {:>11} {:>9} {:>9}\n", "rho", "units", "predicted",
                "trainer's", "full s", "elastic s", "measured", "steps only", "-pred", "-rho");
     // Returns the run's training time and that time less its probes and selections, in s.

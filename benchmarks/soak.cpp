@@ -3,13 +3,12 @@
 // resident memory every 100 steps. The claim: memory after step 200 and after
 // step 2000 differ by less than 2% (nothing grows per step or per selection).
 // Usage: soak [steps] [threads]
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-
-#include <fmt/format.h>
 
 #include "elastic/data.hpp"
 #include "elastic/method/timing_profiler.hpp"
@@ -27,7 +26,6 @@ double rss_mib() {
   return double(resident) * double(::sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
 }
 
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -44,9 +42,10 @@ int main(int argc, char** argv) {
     loader.load(m, 0);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));
     const int epochs = (steps + 99) / 100;
-    Trainer t(m, {.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1, .rho = 0.5,
-                  .learning_rate = 0.01f},
-              100, p);
+    Trainer t(
+        m,
+        {.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1, .rho = 0.5, .learning_rate = 0.01f},
+        100, p);
     t.log = nullptr;
     std::vector<double> rss;
     t.on_step = [&](std::uint64_t step, double, std::int64_t, std::int64_t) {

@@ -2,8 +2,9 @@
 // schedule: the first end-to-end run of the engine on a real dataset.
 // Prints one line per epoch (train loss/accuracy, test loss/accuracy, epoch
 // time without evaluation) and exits non-zero if --min_accuracy is not reached.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/data/idx.hpp"
@@ -27,10 +28,12 @@ int main(int argc, char** argv) {
   app.add_option("--learning_rate", lr, "initial learning rate (cosine-decayed to 0)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--weight_decay", weight_decay, "decoupled weight decay")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
-  app.add_option("--threads", threads, "kernel threads (0 = all cores)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+  app.add_option("--weight_decay", weight_decay, "decoupled weight decay")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "kernel threads (0 = all cores)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", seed, "seed of initialization, shuffling and dropout")->capture_default_str();
   app.add_option("--train_limit", train_limit, "use only the first N training images (0 = all)")
       ->capture_default_str()
@@ -76,8 +79,8 @@ int main(int argc, char** argv) {
                  double(m.count) / (ms / 1000));
       std::fflush(stdout);
     }
-    fmt::print("final test accuracy {:.2f}%, training time {:.1f} s ({:.1f} s per epoch)\n", accuracy,
-               total_ms / 1000, total_ms / 1000 / epochs);
+    fmt::print("final test accuracy {:.2f}%, training time {:.1f} s ({:.1f} s per epoch)\n", accuracy, total_ms / 1000,
+               total_ms / 1000 / epochs);
     if (accuracy < min_accuracy) {
       fmt::print(stderr, "test accuracy {:.2f}% is below --min_accuracy {:.2f}%\n", accuracy, min_accuracy);
       return 1;

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -18,7 +17,7 @@ struct TrainArgs {
   std::string dataset_name = "caltech_birds2011";
   std::string train_type = "elastic_training";
   std::int64_t input_size = 224, batch_size = 4, num_classes = 0;  // num_classes 0: the dataset's
-  std::string optimizer;                                            // empty: sgd, adam for vit
+  std::string optimizer;                                           // empty: sgd, adam for vit
   float learning_rate = 1e-4f;
   std::optional<float> weight_decay;  // unset: 5e-4 with sgd, none with adam
   int num_epochs = 12;
@@ -26,8 +25,8 @@ struct TrainArgs {
   bool save_model = false, save_txt = false;
   int interval = 4;
   double rho = 0.533;
-  bool rho_given = false;             // --rho was on the command line
-  std::optional<double> deadline_s;   // --deadline
+  bool rho_given = false;            // --rho was on the command line
+  std::optional<double> deadline_s;  // --deadline
   std::string time_control = "on";
   // Ours.
   std::string data_dir, weights, log_dir = "logs", profile, classes;
@@ -35,9 +34,9 @@ struct TrainArgs {
   std::uint64_t seed = 1;
   bool resume = false, skip_bad = false;
   bool bn_batch_stats = false;
-  bool no_augment = false;  // batch norm on batch statistics (training from scratch)
+  bool no_augment = false;           // batch norm on batch statistics (training from scratch)
   std::int64_t steps_per_epoch = 0;  // 0: the whole training split
-  std::optional<float> dropout;  // unset: the model's default (0.2, vit 0)
+  std::optional<float> dropout;      // unset: the model's default (0.2, vit 0)
 };
 
 struct ProfileArgs {

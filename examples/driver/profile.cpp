@@ -11,8 +11,9 @@ namespace elastic::cli {
 
 void add_profile_options(CLI::App& c, ProfileArgs& a) {
   c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
-  c.add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(
-      CLI::Range(std::int64_t{16}, std::int64_t{4096}));
+  c.add_option("--input_size", a.input_size, "image side in pixels")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{16}, std::int64_t{4096}));
   c.add_option("--batch_size", a.batch_size, "training batch")->capture_default_str()->check(CLI::PositiveNumber);
   c.add_option("--num_classes", a.num_classes, "classes of the head (as the training run will have)")
       ->required()
@@ -23,17 +24,17 @@ void add_profile_options(CLI::App& c, ProfileArgs& a) {
   c.add_option("--optimizer", a.optimizer,
                "sgd or adam: the training run's optimizer, whose update each unit's time includes "
                "[default: adam for vit, else sgd]");
-  c.add_option("--warmup", a.warmup, "unmeasured repeats first")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
-  c.add_option("--repeats", a.repeats, "measured repeats (medians are kept)")->capture_default_str()->check(
-      CLI::PositiveNumber);
+  c.add_option("--warmup", a.warmup, "unmeasured repeats first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  c.add_option("--repeats", a.repeats, "measured repeats (medians are kept)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c.add_option("--out", a.out, "profile file to write (JSON)")->required();
 }
 
 int run_profile(const ProfileArgs& a) {
   Context ctx(a.threads);
-  Model m = build_model(a.model_name, ctx, {.num_classes = a.num_classes, .input_size = a.input_size,
-                                            .batch = a.batch_size});
+  Model m =
+      build_model(a.model_name, ctx, {.num_classes = a.num_classes, .input_size = a.input_size, .batch = a.batch_size});
   // Any input will do: times do not depend on the values.
   Rng rng(1);
   Tensor x(m.input_shape);
@@ -47,13 +48,13 @@ int run_profile(const ProfileArgs& a) {
   for (std::size_t u = 0; u < p.units.size(); ++u)
     fmt::print("{:<48} {:>10.3f} {:>10.3f} {:>10.3f}\n", p.units[u], p.t_fw[u], p.t_dw[u], p.t_dy[u]);
   const double bwd = p.t_bwd_full(), full = p.full_step_ms();
-  fmt::print("{} units; forward {:.2f} ms ({:.2f} with every unit frozen), full backward {:.2f} ms (forward is "
-             "{:.1f}% of a full step)\n",
-             p.units.size(), p.t_fwd, p.t_fwd_frozen, bwd, 100 * p.t_fwd / full);
+  fmt::print(
+      "{} units; forward {:.2f} ms ({:.2f} with every unit frozen), full backward {:.2f} ms (forward is "
+      "{:.1f}% of a full step)\n",
+      p.units.size(), p.t_fwd, p.t_fwd_frozen, bwd, 100 * p.t_fwd / full);
   p.save(a.out);
-  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {}, {})\n", a.out, p.key.model,
-             p.key.input_size, p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu,
-             p.key.optimizer);
+  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {}, {})\n", a.out, p.key.model, p.key.input_size,
+             p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu, p.key.optimizer);
   return 0;
 }
 

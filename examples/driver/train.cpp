@@ -1,6 +1,7 @@
 // `elastic train`: a whole fine-tuning run as the reference's main does it,
 // with metrics files, atomic checkpoints and exact resumption.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,8 +9,6 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
-
-#include <fmt/format.h>
 
 #include "driver/driver.hpp"
 #include "driver/progress.hpp"
@@ -36,12 +35,15 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
                "full_training, traditional_tl_training, bn_plus_bias_training, elastic_training, "
                "elastic_training_weight_magnitude, elastic_training_grad_magnitude or prunetrain")
       ->capture_default_str();
-  c.add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(
-      CLI::Range(std::int64_t{16}, std::int64_t{4096}));
-  c.add_option("--batch_size", a.batch_size, "training batch (tests use twice this)")->capture_default_str()->check(
-      CLI::PositiveNumber);
-  c.add_option("--num_classes", a.num_classes, "classes of the new head (0: the dataset's)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+  c.add_option("--input_size", a.input_size, "image side in pixels")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{16}, std::int64_t{4096}));
+  c.add_option("--batch_size", a.batch_size, "training batch (tests use twice this)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c.add_option("--num_classes", a.num_classes, "classes of the new head (0: the dataset's)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c.add_option("--optimizer", a.optimizer, "sgd (SGDW, momentum 0.9) or adam; empty: adam for vit, else sgd")
       ->capture_default_str();
   c.add_option("--learning_rate", a.learning_rate, "initial learning rate, cosine-decayed to 0")
@@ -58,8 +60,9 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_flag("--save_model", a.save_model,
              "write a checkpoint (weights and trainer state) at each epoch end and the final weights");
   c.add_flag("--save_txt", a.save_txt, "also write every log line to <log_dir>/<run_name>/log.txt");
-  c.add_option("--interval", a.interval, "epochs between re-selections (elastic types)")->capture_default_str()->check(
-      CLI::PositiveNumber);
+  c.add_option("--interval", a.interval, "epochs between re-selections (elastic types)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c.add_option_function<double>(
       "--rho",
       [&a](const double& rho) {
@@ -89,8 +92,9 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_option("--data_dir", a.data_dir, "dataset directory (fashion_mnist: Debian's package directory by default)");
   c.add_option("--classes", a.classes, "keep only these 0-based classes, relabelled in order, e.g. 5-9");
   c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
-  c.add_option("--threads", a.threads, "kernel threads (0: all cores)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+  c.add_option("--threads", a.threads, "kernel threads (0: all cores)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c.add_option("--workers", a.workers, "image decoding threads (0: decode on the training thread)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -116,13 +120,25 @@ namespace {
 
 // The settings a resumed run must share with the run it continues.
 json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps_per_epoch) {
-  return {{"model_name", a.model_name},   {"dataset_name", a.dataset_name}, {"train_type", a.train_type},
-          {"input_size", a.input_size},   {"batch_size", a.batch_size},     {"num_classes", num_classes},
-          {"optimizer", a.optimizer},     {"learning_rate", a.learning_rate}, {"weight_decay", a.weight_decay ? json(*a.weight_decay) : json()},
-          {"num_epochs", a.num_epochs},   {"interval", a.interval},         {"rho", a.rho},
-          {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()}, {"time_control", a.time_control},
-          {"classes", a.classes},         {"seed", a.seed},                 {"steps_per_epoch", steps_per_epoch},
-          {"dropout", a.dropout ? json(*a.dropout) : json()},         {"bn_batch_stats", a.bn_batch_stats},
+  return {{"model_name", a.model_name},
+          {"dataset_name", a.dataset_name},
+          {"train_type", a.train_type},
+          {"input_size", a.input_size},
+          {"batch_size", a.batch_size},
+          {"num_classes", num_classes},
+          {"optimizer", a.optimizer},
+          {"learning_rate", a.learning_rate},
+          {"weight_decay", a.weight_decay ? json(*a.weight_decay) : json()},
+          {"num_epochs", a.num_epochs},
+          {"interval", a.interval},
+          {"rho", a.rho},
+          {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
+          {"time_control", a.time_control},
+          {"classes", a.classes},
+          {"seed", a.seed},
+          {"steps_per_epoch", steps_per_epoch},
+          {"dropout", a.dropout ? json(*a.dropout) : json()},
+          {"bn_batch_stats", a.bn_batch_stats},
           {"no_augment", a.no_augment}};
 }
 
@@ -182,14 +198,13 @@ void write_atomically(const fs::path& path, const std::string& text) {
   {
     std::FILE* f = std::fopen(tmp.c_str(), "wb");
     if (!f) fail("cannot create '{}'", tmp.string());
-    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 &&
-                    ::fsync(::fileno(f)) == 0;
+    const bool ok =
+        std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
     std::fclose(f);
     if (!ok) fail("cannot write '{}'", tmp.string());
   }
   fs::rename(tmp, path);
 }
-
 
 }  // namespace
 
@@ -237,8 +252,12 @@ int run_train(const TrainArgs& a) {
     usage_fail("--num_classes {} is smaller than the {} classes of {}", num_classes, d.num_classes(), d.name);
 
   Context ctx(a.threads);
-  Model m = build_model(a.model_name, ctx, {.num_classes = num_classes, .input_size = a.input_size,
-                                            .batch = a.batch_size, .dropout = a.dropout, .seed = a.seed});
+  Model m = build_model(a.model_name, ctx,
+                        {.num_classes = num_classes,
+                         .input_size = a.input_size,
+                         .batch = a.batch_size,
+                         .dropout = a.dropout,
+                         .seed = a.seed});
   m.set_batch_stats(a.bn_batch_stats);
   if (!a.weights.empty()) {
     const auto report = io::load_weights(m.params(), a.weights, {.skip_prefixes = m.head_prefixes});
@@ -292,9 +311,15 @@ int run_train(const TrainArgs& a) {
     }
   }
 
-  TrainerOptions topt{.type = type, .num_epochs = a.num_epochs, .interval = a.interval, .rho = a.rho,
-                      .optimizer = a.optimizer, .learning_rate = a.learning_rate, .weight_decay = a.weight_decay,
-                      .seed = a.seed, .deadline_s = a.deadline_s};
+  TrainerOptions topt{.type = type,
+                      .num_epochs = a.num_epochs,
+                      .interval = a.interval,
+                      .rho = a.rho,
+                      .optimizer = a.optimizer,
+                      .learning_rate = a.learning_rate,
+                      .weight_decay = a.weight_decay,
+                      .seed = a.seed,
+                      .deadline_s = a.deadline_s};
   topt.control.correct = a.time_control == "on";
   Trainer trainer(m, topt, steps_per_epoch, profile);
 
@@ -321,10 +346,11 @@ int run_train(const TrainArgs& a) {
   MetricsFile metrics(metrics_path, metrics_bytes);
   const auto wall_s = [&] { return (wall_before_ms + wall.elapsed_ms()) / 1000; };
 
-  log(fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
+  log(
+      fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
                   "of {} steps{}",
-                  m.name, d.name, num_classes, d.train.size(), d.test.size(), a.batch_size, a.input_size,
-                  a.input_size, ctx.threads(), a.train_type, a.num_epochs, steps_per_epoch,
+                  m.name, d.name, num_classes, d.train.size(), d.test.size(), a.batch_size, a.input_size, a.input_size,
+                  ctx.threads(), a.train_type, a.num_epochs, steps_per_epoch,
                   !is_elastic(type) ? ""
                   : a.deadline_s    ? fmt::format(", deadline {:.0f} s", *a.deadline_s)
                                     : fmt::format(", rho {}", a.rho)));
@@ -346,8 +372,12 @@ int run_train(const TrainArgs& a) {
     running.add(loss, correct, count);
     const std::uint64_t done = step + 1;
     if (done % 200 == 0) {
-      metrics.write({{"type", "train"}, {"epoch", current_epoch + 1}, {"step", done}, {"loss", window.loss()},
-                     {"accuracy", 100 * window.accuracy()}, {"learning_rate", trainer.learning_rate()},
+      metrics.write({{"type", "train"},
+                     {"epoch", current_epoch + 1},
+                     {"step", done},
+                     {"loss", window.loss()},
+                     {"accuracy", 100 * window.accuracy()},
+                     {"learning_rate", trainer.learning_rate()},
                      {"wall_time", wall_s()}});
       window = {};
     }
@@ -359,8 +389,8 @@ int run_train(const TrainArgs& a) {
                        per_step * double(steps_per_epoch) * double(a.num_epochs - current_epoch - 1);
     progress.show(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
                               current_epoch + 1, a.num_epochs, in_epoch, steps_per_epoch,
-                              double(running.count) / std::max(1e-9, elapsed), running.loss(),
-                              100 * running.accuracy(), format_duration(eta)));
+                              double(running.count) / std::max(1e-9, elapsed), running.loss(), 100 * running.accuracy(),
+                              format_duration(eta)));
   };
 
   for (int epoch = first_epoch; epoch < a.num_epochs; ++epoch) {
@@ -381,24 +411,42 @@ int run_train(const TrainArgs& a) {
     const Metrics t = data::evaluate(m, test_loader);
     const double acc = 100 * t.accuracy();
     best = std::max(best, acc);
-    metrics.write({{"type", "train_epoch"}, {"epoch", epoch + 1}, {"step", trainer.step()},
-                   {"loss", r.train.loss()}, {"accuracy", 100 * r.train.accuracy()},
-                   {"learning_rate", trainer.learning_rate()}, {"epoch_time", r.train_ms / 1000},
+    metrics.write({{"type", "train_epoch"},
+                   {"epoch", epoch + 1},
+                   {"step", trainer.step()},
+                   {"loss", r.train.loss()},
+                   {"accuracy", 100 * r.train.accuracy()},
+                   {"learning_rate", trainer.learning_rate()},
+                   {"epoch_time", r.train_ms / 1000},
                    {"data_wait", r.data_wait_ms / 1000},
                    {"measured_share", r.measured_share >= 0 ? json(r.measured_share) : json()},
                    {"wall_time", wall_s()}});
-    metrics.write({{"type", "test"}, {"epoch", epoch + 1}, {"step", trainer.step()}, {"loss", t.loss()},
-                   {"accuracy", acc}, {"train_time", train_ms / 1000}, {"wall_time", wall_s()}});
-    epochs.push_back({{"epoch", epoch + 1}, {"train_loss", r.train.loss()}, {"train_accuracy", 100 * r.train.accuracy()},
-                      {"test_loss", t.loss()}, {"test_accuracy", acc}, {"epoch_time", r.train_ms / 1000}});
-    log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a.num_epochs,
-                    t.loss(), acc, best));
+    metrics.write({{"type", "test"},
+                   {"epoch", epoch + 1},
+                   {"step", trainer.step()},
+                   {"loss", t.loss()},
+                   {"accuracy", acc},
+                   {"train_time", train_ms / 1000},
+                   {"wall_time", wall_s()}});
+    epochs.push_back({{"epoch", epoch + 1},
+                      {"train_loss", r.train.loss()},
+                      {"train_accuracy", 100 * r.train.accuracy()},
+                      {"test_loss", t.loss()},
+                      {"test_accuracy", acc},
+                      {"epoch_time", r.train_ms / 1000}});
+    log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a.num_epochs, t.loss(),
+                    acc, best));
     if (a.save_model) {
       const std::uintmax_t bytes = metrics.sync();
       save_checkpoint(checkpoint_path, m.params(), trainer.state(),
-                      {{"epoch", epoch}, {"best_test_accuracy", best}, {"train_ms", train_ms},
-                       {"wall_ms", wall_before_ms + wall.elapsed_ms()}, {"epochs", epochs},
-                       {"metrics_bytes", bytes}, {"config", config}, {"profile_key", profile ? profile->to_json()["key"] : json()}});
+                      {{"epoch", epoch},
+                       {"best_test_accuracy", best},
+                       {"train_ms", train_ms},
+                       {"wall_ms", wall_before_ms + wall.elapsed_ms()},
+                       {"epochs", epochs},
+                       {"metrics_bytes", bytes},
+                       {"config", config},
+                       {"profile_key", profile ? profile->to_json()["key"] : json()}});
     }
   }
   if (a.save_model) io::save_weights(m.params(), run_dir / "model.safetensors");
@@ -418,8 +466,7 @@ int run_train(const TrainArgs& a) {
                      {"config", config}};
   write_atomically(run_dir / "summary.json", summary.dump(1) + "\n");
   log(fmt::format("Best test accuracy: {:.2f}%", best));
-  log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms / 3.6e6,
-                  train_ms / 1000));
+  log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms / 3.6e6, train_ms / 1000));
   log(fmt::format("metrics: {}, summary: {}", metrics_path.string(), (run_dir / "summary.json").string()));
   return 0;
 }

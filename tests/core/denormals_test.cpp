@@ -1,12 +1,12 @@
-#include <doctest/doctest.h>
+#include "elastic/core/denormals.hpp"
 
+#include <doctest/doctest.h>
 #include <omp.h>
 
 #include <limits>
 #include <vector>
 
 #include "elastic/core/context.hpp"
-#include "elastic/core/denormals.hpp"
 
 using namespace elastic;
 
@@ -35,8 +35,14 @@ std::vector<ThreadView> look_from_team(int n) {
 
 TEST_CASE("count_denormals counts nonzero values below the smallest normal float, of either sign") {
   const float min_normal = std::numeric_limits<float>::min();
-  const std::vector<float> v{0.0f, 1e-39f, -1e-40f, min_normal, -min_normal, 1.0f,
-                             std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::quiet_NaN(),
+  const std::vector<float> v{0.0f,
+                             1e-39f,
+                             -1e-40f,
+                             min_normal,
+                             -min_normal,
+                             1.0f,
+                             std::numeric_limits<float>::denorm_min(),
+                             std::numeric_limits<float>::quiet_NaN(),
                              std::numeric_limits<float>::infinity()};
   CHECK(count_denormals(v) == 3);
   CHECK(count_denormals(std::span<const float>(v).subspan(3)) == 1);

@@ -1,10 +1,11 @@
+#include "elastic/graph/graph.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <memory>
 #include <vector>
 
-#include "elastic/graph/graph.hpp"
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/optim/optimizer.hpp"
@@ -175,8 +176,10 @@ TEST_CASE("a frozen convolution's weights written directly count from the next s
   CHECK(std::equal(before.span().begin(), before.span().end(), restored.span().begin()));
 }
 
-TEST_CASE("updating each node's params as soon as backward has their streamed gradients equals updating after backward") {
-  for (const std::vector<bool>& mask : {std::vector<bool>(6, true), std::vector<bool>{true, false, false, true, false, false}}) {
+TEST_CASE(
+    "updating each node's params as soon as backward has their streamed gradients equals updating after backward") {
+  for (const std::vector<bool>& mask :
+       {std::vector<bool>(6, true), std::vector<bool>{true, false, false, true, false, false}}) {
     const std::size_t nodes = mask[4] ? 3 : 2;  // nodes with a selected param: c1, c2 (and c3)
     for (int which = 0; which < 2; ++which) {
       Chain after, fused;
@@ -207,7 +210,7 @@ TEST_CASE("updating each node's params as soon as backward has their streamed gr
         });
       }
       CHECK(order.size() == nodes);
-      CHECK(std::is_sorted(order.rbegin(), order.rend()));                                // from the loss down
+      CHECK(std::is_sorted(order.rbegin(), order.rend()));  // from the loss down
       auto va = after.g.params().value_arena(), vf = fused.g.params().value_arena();
       CHECK(std::equal(va.begin(), va.end(), vf.begin()));
       CHECK(opt_a->state() == opt_f->state());

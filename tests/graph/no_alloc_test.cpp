@@ -31,10 +31,14 @@ TEST_CASE("a warm training step allocates no buffers and the same small amount e
   Context ctx(2);
   Graph g(ctx);
   auto x = g.input("x", {4, 8, 16, 12});
-  auto c1 = g.add<Conv2d>({x}, "c1", Conv2dOptions{.in_channels = 8, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1});
-  auto c2 = g.add<Conv2d>({c1}, "c2", Conv2dOptions{.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16});
+  auto c1 = g.add<Conv2d>(
+      {x}, "c1", Conv2dOptions{.in_channels = 8, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  auto c2 = g.add<Conv2d>(
+      {c1}, "c2",
+      Conv2dOptions{.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16});
   auto s = g.add<Add>({c1, c2}, "add");
-  auto y = g.add<Conv2d>({s}, "c3", Conv2dOptions{.in_channels = 16, .out_channels = 5, .kernel_h = 1, .kernel_w = 1, .stride = 2});
+  auto y = g.add<Conv2d>(
+      {s}, "c3", Conv2dOptions{.in_channels = 16, .out_channels = 5, .kernel_h = 1, .kernel_w = 1, .stride = 2});
   g.finalize(1);
   testing::random_input(g, x, 1);
   g.write_grad(y, Tensor(g.shape(y), 1.0f));
@@ -104,7 +108,8 @@ TEST_CASE("a warm training step of every layer type, with the optimizer, allocat
     }
   }
   SUBCASE("transformer block: layer norm, attention, gelu, tokens, Adam") {
-    Model m = vit(ctx, {.num_classes = 5, .input_size = 32, .batch = 2}, {.patch = 16, .hidden = 24, .layers = 2, .heads = 3, .mlp = 48});
+    Model m = vit(ctx, {.num_classes = 5, .input_size = 32, .batch = 2},
+                  {.patch = 16, .hidden = 24, .layers = 2, .heads = 3, .mlp = 48});
     Adam opt;
     m.loss_node().set_labels(std::vector<std::int32_t>{1, 4});
     const std::vector<bool> all(m.params().size(), true);

@@ -1,7 +1,8 @@
+#include "elastic/method/importance_evaluator.hpp"
+
 #include <doctest/doctest.h>
 
 #include "elastic/layers/linear.hpp"
-#include "elastic/method/importance_evaluator.hpp"
 #include "elastic/models/small_cnn.hpp"
 
 using namespace elastic;
@@ -97,8 +98,10 @@ TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bi
   m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
   for (int which = 0; which < 2; ++which) {
     std::unique_ptr<Optimizer> opt;
-    if (which == 0) opt = std::make_unique<SGDW>(SGDWOptions{});
-    else opt = std::make_unique<Adam>();
+    if (which == 0)
+      opt = std::make_unique<SGDW>(SGDWOptions{});
+    else
+      opt = std::make_unique<Adam>();
     CAPTURE(opt->name());
     const std::vector<bool> all(m.params().size(), true);
     // Some optimizer history first, so there is state to preserve.
@@ -111,14 +114,16 @@ TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bi
     const auto values = m.params().value_arena();
     const std::vector<float> w_before(values.begin(), values.end());
     std::vector<float> stats_before;
-    for (const auto& b : m.params().buffers()) stats_before.insert(stats_before.end(), b.values().begin(), b.values().end());
+    for (const auto& b : m.params().buffers())
+      stats_before.insert(stats_before.end(), b.values().begin(), b.values().end());
     const auto state_before = opt->state();
     ImportanceEvaluator<> eval;
     const auto scores = eval.evaluate(m, *opt, 0.1f, ImportanceMetric::loss_drop, 7, partial);
     CHECK(scores.size() == selection_units(*m.graph).size());
     CHECK(std::memcmp(w_before.data(), values.data(), values.size() * sizeof(float)) == 0);
     std::vector<float> stats_after;
-    for (const auto& b : m.params().buffers()) stats_after.insert(stats_after.end(), b.values().begin(), b.values().end());
+    for (const auto& b : m.params().buffers())
+      stats_after.insert(stats_after.end(), b.values().begin(), b.values().end());
     CHECK(stats_after == stats_before);
     CHECK(opt->state() == state_before);
     CHECK(m.graph->plan().selected == partial);

@@ -1,7 +1,7 @@
 // Profile files: a valid one parses; each malformation is refused naming the file.
-#include <doctest/doctest.h>
-
 #include "elastic/method/profile.hpp"
+
+#include <doctest/doctest.h>
 
 using namespace elastic;
 

@@ -1,8 +1,9 @@
 // The time controller on injected step times: no clock is read here.
+#include "elastic/method/time_control.hpp"
+
 #include <doctest/doctest.h>
 
 #include "elastic/method/dp_selector.hpp"
-#include "elastic/method/time_control.hpp"
 
 using namespace elastic;
 
@@ -44,7 +45,7 @@ TEST_CASE("uncorrected, the controller prices a step as the profile does") {
   // The cheapest useful selection: the top unit alone, 10 + 1 + 2 + 3 = 16 of 34.
   CHECK(c.smallest_rho({0, 0, 0, 1}) == doctest::Approx(16.0 / 34));
   CHECK(c.smallest_rho({1, 0, 0, 0}) == doctest::Approx(25.0 / 34));  // the whole stretch down to unit a
-  CHECK(c.smallest_rho({0, 0, 0, 0}) == 1.0);  // nothing worth training: no smaller rho helps
+  CHECK(c.smallest_rho({0, 0, 0, 0}) == 1.0);                         // nothing worth training: no smaller rho helps
 }
 
 TEST_CASE("a window measures after the settling steps, corrects forward and backward, and asks to re-solve once off") {

@@ -1,7 +1,8 @@
+#include "elastic/method/timing_profiler.hpp"
+
 #include <doctest/doctest.h>
 
 #include "elastic/core/random.hpp"
-#include "elastic/method/timing_profiler.hpp"
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
 
@@ -11,7 +12,8 @@ namespace fs = std::filesystem;
 
 // What the profile predicts against measured steps is a timing claim: it is
 // measured in benchmarks/rho_claim (through the Trainer), never asserted here.
-TEST_CASE("the profiler prices the trainer's step with the run's optimizer and leaves model and optimizer as they were") {
+TEST_CASE(
+    "the profiler prices the trainer's step with the run's optimizer and leaves model and optimizer as they were") {
   Context ctx(2);
   Model m = build_model("resnet50", ctx, {.num_classes = 10, .input_size = 64, .batch = 4});
   Rng rng(1);

@@ -1,6 +1,7 @@
+#include "elastic/optim/optimizer.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/optim/optimizer.hpp"
 #include "elastic/optim/schedule.hpp"
 
 using namespace elastic;
@@ -126,7 +127,8 @@ TEST_CASE("state save and restore gives bit-identical continuation") {
     set_grads(s, 1.0f);
     opt->step(s, {true, true}, 0.1f);
     const auto saved = opt->state();
-    const std::vector<float> w(s[0].values().begin(), s[0].values().end()), b(s[1].values().begin(), s[1].values().end());
+    const std::vector<float> w(s[0].values().begin(), s[0].values().end()),
+        b(s[1].values().begin(), s[1].values().end());
     set_grads(s, -0.7f);
     opt->step(s, {true, true}, 0.05f);
     const std::vector<float> w_after(s[0].values().begin(), s[0].values().end());

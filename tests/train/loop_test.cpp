@@ -1,8 +1,9 @@
+#include "elastic/train/loop.hpp"
+
 #include <doctest/doctest.h>
 
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/optim/schedule.hpp"
-#include "elastic/train/loop.hpp"
 
 using namespace elastic;
 

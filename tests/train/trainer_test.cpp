@@ -1,12 +1,12 @@
-#include <doctest/doctest.h>
+#include "elastic/train/trainer.hpp"
 
+#include <doctest/doctest.h>
 #include <unistd.h>
 
 #include <filesystem>
 
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/train/checkpoint.hpp"
-#include "elastic/train/trainer.hpp"
 
 using namespace elastic;
 
@@ -37,8 +37,20 @@ struct Setup {
   Profile profile() {
     batches.start_epoch(0, false);
     batches.load(model, 0);
-    return TimingProfiler<>({.warmup = 2, .repeats = 5}).run(model, ctx.threads(),
-                                                               std::vector<bool>(model.params().size(), true));
+    return TimingProfiler<>({.warmup = 2, .repeats = 5})
+        .run(model, ctx.threads(), std::vector<bool>(model.params().size(), true));
+  }
+  // The measured units with round times, so that the budget, not the machine's load,
+  // decides what fits: forward 10 ms with every unit frozen, and per unit `fw` ms
+  // more forward when trained, `dw` for its weight gradient and update, `dy` for its stretch.
+  Profile fixed_profile(double fw, double dw, double dy) {
+    Profile p = profile();
+    p.t_fwd_frozen = 10;
+    std::fill(p.t_fw.begin(), p.t_fw.end(), fw);
+    std::fill(p.t_dw.begin(), p.t_dw.end(), dw);
+    std::fill(p.t_dy.begin(), p.t_dy.end(), dy);
+    p.t_fwd = 10 + fw * double(p.t_fw.size());
+    return p;
   }
 };
 }  // namespace
@@ -61,8 +73,8 @@ TEST_CASE("static training types select the head, the norms and biases, or every
   CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12), doctest::Contains("profile"),
                        Error);
   CHECK_THROWS_WITH_AS(parse_train_type("elastic"), doctest::Contains("--train_type 'elastic'"), UsageError);
-  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::full_training, .rho = 1.5}, 12),
-                       doctest::Contains("--rho"), UsageError);
+  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::full_training, .rho = 1.5}, 12), doctest::Contains("--rho"),
+                       UsageError);
 }
 
 TEST_CASE("frozen params stay bit-identical while the selected ones train") {
@@ -81,14 +93,9 @@ TEST_CASE("frozen params stay bit-identical while the selected ones train") {
 
 TEST_CASE("elastic training selects within the budget every interval and logs each selection") {
   Setup s;
-  // The measured units with fixed times: the budget, not the machine's load, decides what fits.
-  Profile p = s.profile();
-  p.t_fwd = p.t_fwd_frozen = 10;
-  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.0);
-  std::fill(p.t_dw.begin(), p.t_dw.end(), 1.0);
-  std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
-  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 3, .interval = 2, .rho = 0.75,
-                       .learning_rate = 0.05f},
+  const Profile p = s.fixed_profile(0, 1, 1);
+  Trainer tr(s.model,
+             {.type = TrainType::elastic_training, .num_epochs = 3, .interval = 2, .rho = 0.75, .learning_rate = 0.05f},
              12, p);
   int logged = 0;
   std::vector<std::string> lines;
@@ -170,7 +177,8 @@ TEST_CASE("a non-finite loss stops training with the step number, before any upd
   std::vector<float> after;
   for (const auto& p : s.model.params().params()) after.insert(after.end(), p.values().begin(), p.values().end());
   REQUIRE(after.size() == before.size());
-  for (std::size_t i = 1; i < after.size(); ++i) REQUIRE(((after[i] == before[i]) || (std::isnan(after[i]) && std::isnan(before[i]))));
+  for (std::size_t i = 1; i < after.size(); ++i)
+    REQUIRE(((after[i] == before[i]) || (std::isnan(after[i]) && std::isnan(before[i]))));
   CHECK(tr.step() == 12);
 }
 
@@ -190,11 +198,7 @@ struct TimedBatches {
 
 TEST_CASE("the importance probe and the DP count as training time, and the selection records their duration") {
   Setup s;
-  Profile p = s.profile();
-  p.t_fwd = p.t_fwd_frozen = 10;
-  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.0);
-  std::fill(p.t_dw.begin(), p.t_dw.end(), 1.0);
-  std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
+  const Profile p = s.fixed_profile(0, 1, 1);
   double now = 0;
   TimedBatches source{s.batches, now};
   Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 2, .interval = 2, .rho = 0.75}, 12, p);
@@ -218,16 +222,19 @@ TEST_CASE("SGDW's learning rate follows the cosine, Adam's stays constant, as in
   sgd.train_epoch(s.batches, 0);
   CHECK(sgd.learning_rate() == 0.0f);  // the end of the cosine
   Setup s2;
-  Trainer adam(s2.model, {.type = TrainType::full_training, .num_epochs = 1, .optimizer = "adam",
-                          .learning_rate = 0.01f},
-               12);
+  Trainer adam(s2.model,
+               {.type = TrainType::full_training, .num_epochs = 1, .optimizer = "adam", .learning_rate = 0.01f}, 12);
   adam.log = nullptr;
   adam.train_epoch(s2.batches, 0);
   CHECK(adam.learning_rate() == 0.01f);
   // Adam has no decay unless one is given; given, it is AdamW: the same run ends with other weights.
   Setup s3;
-  Trainer adamw(s3.model, {.type = TrainType::full_training, .num_epochs = 1, .optimizer = "adam",
-                           .learning_rate = 0.01f, .weight_decay = 1.0f},
+  Trainer adamw(s3.model,
+                {.type = TrainType::full_training,
+                 .num_epochs = 1,
+                 .optimizer = "adam",
+                 .learning_rate = 0.01f,
+                 .weight_decay = 1.0f},
                 12);
   adamw.log = nullptr;
   adamw.train_epoch(s3.batches, 0);
@@ -289,33 +296,27 @@ struct FakeBatches {
   }
 };
 
-// The small CNN's units with round profile times: forward 10 ms with every unit
-// frozen, each trained unit adds 0.5 ms forward, 2 ms weight gradient and
-// update, 1 ms input gradient stretch.
-Profile round_profile(Setup& s) {
-  Profile p = s.profile();
-  p.t_fwd_frozen = 10;
-  std::fill(p.t_fw.begin(), p.t_fw.end(), 0.5);
-  std::fill(p.t_dw.begin(), p.t_dw.end(), 2.0);
-  std::fill(p.t_dy.begin(), p.t_dy.end(), 1.0);
-  p.t_fwd = 10 + 0.5 * double(p.t_fw.size());
-  return p;
+TimeControlOptions quick_control() {
+  return {.settle_steps = 2, .window_steps = 4, .tolerance = 0.03, .max_resolves = 3};
 }
-
-TimeControlOptions quick_control() { return {.settle_steps = 2, .window_steps = 4, .tolerance = 0.03, .max_resolves = 3}; }
 }  // namespace
 
 TEST_CASE("measured steps correct the time model, and the re-solved selection holds rho on the machine it runs on") {
   Setup s;
-  const Profile p = round_profile(s);
+  const Profile p = s.fixed_profile(0.5, 2, 1);
   // This machine runs forwards twice as slow as profiled and backwards at 0.6x.
   FakeMachine machine{p, selection_units(*s.model.graph)};
   machine.fwd_x = 2.0;
   machine.bwd_x = 0.6;
   FakeBatches source{s.batches, machine};
   const double rho = 0.75;
-  Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 2, .interval = 2, .rho = rho,
-                       .learning_rate = 0.05f, .control = quick_control()},
+  Trainer tr(s.model,
+             {.type = TrainType::elastic_training,
+              .num_epochs = 2,
+              .interval = 2,
+              .rho = rho,
+              .learning_rate = 0.05f,
+              .control = quick_control()},
              12, p);
   machine.trainer = &tr;
   tr.clock = [&] { return machine.read(); };
@@ -359,9 +360,13 @@ namespace {
 std::pair<std::vector<float>, std::vector<SelectionRecord>> fake_run(int epochs, int resume_after) {
   const auto path = std::filesystem::temp_directory_path() / fmt::format("elastic_trainer_{}.safetensors", ::getpid());
   std::optional<Setup> s(std::in_place);
-  const Profile p = round_profile(*s);
-  const TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 2, .rho = 0.7,
-                         .learning_rate = 0.05f, .control = quick_control()};
+  const Profile p = s->fixed_profile(0.5, 2, 1);
+  const TrainerOptions o{.type = TrainType::elastic_training,
+                         .num_epochs = epochs,
+                         .interval = 2,
+                         .rho = 0.7,
+                         .learning_rate = 0.05f,
+                         .control = quick_control()};
   FakeMachine machine{p, selection_units(*s->model.graph)};
   machine.fwd_x = 1.7;
   machine.bwd_x = 0.8;
@@ -407,7 +412,7 @@ TEST_CASE("with the same machine times, reruns and a run resumed from a checkpoi
 TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and says once when it cannot be met") {
   const auto run = [](double deadline_s, double slow_from_step, double slow_x, std::vector<std::string>* lines) {
     Setup s;
-    const Profile p = round_profile(s);
+    const Profile p = s.fixed_profile(0.5, 2, 1);
     FakeMachine machine{p, selection_units(*s.model.graph)};
     machine.fwd_x = 1.3;
     machine.bwd_x = 0.9;
@@ -415,8 +420,13 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
     source.before_step = [&](std::uint64_t step) {
       if (double(step) >= slow_from_step) machine.fwd_x = 1.3 * slow_x, machine.bwd_x = 0.9 * slow_x;
     };
-    Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .interval = 5,
-                         .learning_rate = 0.05f, .deadline_s = deadline_s, .control = quick_control()},
+    Trainer tr(s.model,
+               {.type = TrainType::elastic_training,
+                .num_epochs = 20,
+                .interval = 5,
+                .learning_rate = 0.05f,
+                .deadline_s = deadline_s,
+                .control = quick_control()},
                12, p);
     machine.trainer = &tr;
     tr.clock = [&] { return machine.read(); };
@@ -449,16 +459,15 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
     std::vector<std::string> lines;
     const auto [took, sels] = run(6.0, 60, 4.0, &lines);
     CHECK(took > 6.0);
-    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
-            return l.find("cannot be met") != std::string::npos;
-          }) == 1);
+    CHECK(std::count_if(lines.begin(), lines.end(),
+                        [](const std::string& l) { return l.find("cannot be met") != std::string::npos; }) == 1);
   }
   // Too short from the start: refused before any step, naming the shortest feasible deadline.
   Setup s;
-  const Profile p = round_profile(s);
-  CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 1.0}, 12,
-                               p),
-                       doctest::Contains("forward passes of 240 steps alone take about 2.4 s"), UsageError);
+  const Profile p = s.fixed_profile(0.5, 2, 1);
+  CHECK_THROWS_WITH_AS(
+      Trainer(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 1.0}, 12, p),
+      doctest::Contains("forward passes of 240 steps alone take about 2.4 s"), UsageError);
   FakeMachine machine{p, selection_units(*s.model.graph)};
   FakeBatches source{s.batches, machine};
   Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 2.6}, 12, p);

@@ -23,9 +23,7 @@ class Stopwatch {
  public:
   Stopwatch() : start_(Clock::now()) {}
   void reset() { start_ = Clock::now(); }
-  double elapsed_ms() const {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start_).count();
-  }
+  double elapsed_ms() const { return std::chrono::duration<double, std::milli>(Clock::now() - start_).count(); }
 
  private:
   using Clock = std::chrono::steady_clock;

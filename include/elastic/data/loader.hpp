@@ -19,10 +19,9 @@
 #include <set>
 #include <string>
 #include <thread>
-
-#include "elastic/core/denormals.hpp"
 #include <vector>
 
+#include "elastic/core/denormals.hpp"
 #include "elastic/core/random.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/data/datasets.hpp"
@@ -34,14 +33,14 @@
 namespace elastic::data {
 
 struct LoaderOptions {
-  std::int64_t batch = 0;             // samples per batch
+  std::int64_t batch = 0;              // samples per batch
   std::int64_t height = 0, width = 0;  // output image size
   Normalize normalize;
   bool augment = false;    // random flip and rotation (training)
   bool drop_last = false;  // leave out a short last batch (training)
   std::uint64_t seed = 0;
-  int workers = 1;       // decoding threads; 0 decodes on the caller's thread
-  int prefetch = 4;      // batches decoded ahead of the consumer
+  int workers = 1;        // decoding threads; 0 decodes on the caller's thread
+  int prefetch = 4;       // batches decoded ahead of the consumer
   bool skip_bad = false;  // an undecodable file: warning, sample left out of the loss; else an error
 };
 

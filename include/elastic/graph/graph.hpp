@@ -59,8 +59,7 @@ class Graph {
   ValueId add(std::vector<ValueId> inputs, A&&... args) {
     if (finalized_) fail("cannot add a node after finalize()");
     for (ValueId v : inputs)
-      if (v < 0 || v >= static_cast<ValueId>(nodes_.size()))
-        fail("node input {} does not name an existing value", v);
+      if (v < 0 || v >= static_cast<ValueId>(nodes_.size())) fail("node input {} does not name an existing value", v);
     auto node = std::make_unique<N>(std::forward<A>(args)...);
     const ValueId id = static_cast<ValueId>(nodes_.size());
     node->declare(params_);
@@ -105,9 +104,11 @@ class Graph {
       for (auto& t : node->transients()) {
         if (t.slot < 0) fail("layer '{}' asked for transient slot {}", node->name(), t.slot);
         if (transient_bytes.size() <= std::size_t(t.slot)) transient_bytes.resize(std::size_t(t.slot) + 1, 0);
-        transient_bytes[std::size_t(t.slot)] = std::max(transient_bytes[std::size_t(t.slot)], t.memory.get_desc().get_size());
+        transient_bytes[std::size_t(t.slot)] =
+            std::max(transient_bytes[std::size_t(t.slot)], t.memory.get_desc().get_size());
       }
-    for (std::size_t bytes : transient_bytes) transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
+    for (std::size_t bytes : transient_bytes)
+      transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
     for (auto& node : nodes_)
       for (auto& t : node->transients()) t.memory.set_data_handle(transients_[std::size_t(t.slot)].get());
     topo_.nodes = info_;
@@ -313,8 +314,8 @@ class Graph {
         if (plan.need_diff_src[i][j])
           dsrc[j] = mem.temp_offset[i][j] >= 0 ? at(mem.temp_offset[i][j]) : grad_ptr(inputs[j]);
       }
-      nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc,
-                      plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr, plan.run_weights[i]);
+      nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc, plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr,
+                      plan.run_weights[i]);
     }
   }
 
@@ -323,8 +324,8 @@ class Graph {
     auto& pinned = grad ? pinned_grad_ : pinned_act_;
     auto it = pinned.find(v);
     if (it == pinned.end())
-      fail("value '{}' is not kept after a step{}; mark it as an output before finalize()",
-           nodes_.at(v)->name(), grad ? " with its gradient" : "");
+      fail("value '{}' is not kept after a step{}; mark it as an output before finalize()", nodes_.at(v)->name(),
+           grad ? " with its gradient" : "");
     return it->second.get();
   }
 
@@ -345,11 +346,11 @@ class Graph {
   std::int64_t arena_floats_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;
-  std::uint64_t pass_ = 0;  // counts backward passes (RunCtx::pass)
-  int data_node_ = -1;      // the node of the last backward_data_node, until another call
-  bool reuse_ = false;              // reuse_frozen_weights
-  std::uint64_t reuse_epoch_ = 1;   // RunCtx::reuse_epoch while reuse_ is on
-  bool training_ = true;  // mode of the last forward, which backward repeats
+  std::uint64_t pass_ = 0;         // counts backward passes (RunCtx::pass)
+  int data_node_ = -1;             // the node of the last backward_data_node, until another call
+  bool reuse_ = false;             // reuse_frozen_weights
+  std::uint64_t reuse_epoch_ = 1;  // RunCtx::reuse_epoch while reuse_ is on
+  bool training_ = true;           // mode of the last forward, which backward repeats
 };
 
 }  // namespace elastic

@@ -67,15 +67,17 @@ class BatchNorm2d final : public Node {
     const memory rmean(stat_md, eng, rmean_), rvar(stat_md, eng, rvar_);
     const memory bmean(stat_md, eng, bmean_.data()), bvar(stat_md, eng, bvar_.data());
 
-    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global}, user_scratchpad(), eng);
-    batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine}, user_scratchpad(), eng);
+    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global},
+                                                      user_scratchpad(), eng);
+    batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine},
+                                                      user_scratchpad(), eng);
     // oneDNN 2.6 offers backward_data only with gamma = 1, so backward_data runs the
     // full backward and sends gamma/beta gradients to scratch, where
     // backward_weights of the same pass finds them.
-    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global}, user_scratchpad(), eng,
-                                                       fwd_g);
-    batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine}, user_scratchpad(), eng,
-                                                       fwd_b);
+    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global},
+                                                       user_scratchpad(), eng, fwd_g);
+    batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine},
+                                                       user_scratchpad(), eng, fwd_b);
     scratch_.assign(static_cast<std::size_t>(2 * o_.num_features), 0.0f);
     const memory dscale(stat_md, eng, scratch_.data()), dshift(stat_md, eng, scratch_.data() + o_.num_features);
     const Args common{{DNNL_ARG_SRC, src()}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
@@ -88,12 +90,13 @@ class BatchNorm2d final : public Node {
     fwd_batch_ = Call(batch_normalization_forward(fwd_b),
                       with(common, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}, {DNNL_ARG_DST, dst()}}));
     // (oneDNN 2.6's batch-statistics backward also insists on the shift argument.)
-    const Args bwd{{DNNL_ARG_SRC, src()}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}, {DNNL_ARG_DIFF_DST, diff_dst()},
-                   {DNNL_ARG_DIFF_SRC, diff_src()}, {DNNL_ARG_DIFF_SCALE, dscale}, {DNNL_ARG_DIFF_SHIFT, dshift}};
-    bwd_global_ = Call(batch_normalization_backward(bwd_g),
-                       with(bwd, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
-    bwd_batch_ = Call(batch_normalization_backward(bwd_b),
-                      with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
+    const Args bwd{{DNNL_ARG_SRC, src()},           {DNNL_ARG_SCALE, scale},         {DNNL_ARG_SHIFT, shift},
+                   {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_SRC, diff_src()}, {DNNL_ARG_DIFF_SCALE, dscale},
+                   {DNNL_ARG_DIFF_SHIFT, dshift}};
+    bwd_global_ =
+        Call(batch_normalization_backward(bwd_g), with(bwd, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
+    bwd_batch_ =
+        Call(batch_normalization_backward(bwd_b), with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
     rows_ = x[0] * x[2] * x[3];
     rstd_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
     grads_.reserve(o_.num_features);
@@ -137,8 +140,9 @@ class BatchNorm2d final : public Node {
     const float* x = ptr(src());
     const float* rstd = rstd_.data();
     const std::int64_t C = o_.num_features;
-    grads_.run(rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return (x[r * C + c] - mean[c]) * rstd[c]; },
-               dgamma_, dbeta_);
+    grads_.run(
+        rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return (x[r * C + c] - mean[c]) * rstd[c]; },
+        dgamma_, dbeta_);
   }
 
   Reads data_reads() const override { return {.inputs = true}; }
@@ -163,7 +167,7 @@ class BatchNorm2d final : public Node {
   std::uint64_t data_pass_ = 0;               // the pass that backward_data last ran in
   std::vector<float> rstd_;                   // (C) 1 / sqrt(var + eps) of the statistics in use
   detail::AffineGrads grads_;
-  std::int64_t rows_ = 0;                     // N*H*W
+  std::int64_t rows_ = 0;  // N*H*W
   Call fwd_global_, fwd_batch_, bwd_global_, bwd_batch_;
 };
 

@@ -15,10 +15,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "elastic/core/error.hpp"
 #include "elastic/core/json.hpp"
@@ -46,13 +45,12 @@ inline std::string cpu_model_name() {
   return "unknown";
 }
 
-
 struct Profile {
   ProfileKey key;
-  std::vector<std::string> units;  // unit names, forward order
-  double t_fwd = 0, t_fwd_spread = 0;                // ms, forward of the full plan; spread = max - min over the repeats
-  double t_fwd_frozen = 0;                           // ms, forward with every unit frozen
-  std::vector<double> t_fw, t_dw, t_dy;              // ms per unit
+  std::vector<std::string> units;        // unit names, forward order
+  double t_fwd = 0, t_fwd_spread = 0;    // ms, forward of the full plan; spread = max - min over the repeats
+  double t_fwd_frozen = 0;               // ms, forward with every unit frozen
+  std::vector<double> t_fw, t_dw, t_dy;  // ms per unit
   std::vector<double> t_dw_spread, t_dy_spread;
 
   // Forward time under a unit mask.
@@ -64,7 +62,13 @@ struct Profile {
   }
   // Predicted time of a step under a unit mask, and of a full step.
   double step_ms(const std::vector<bool>& mask) const { return t_forward(mask) + t_bwd(mask); }
-  double full_step_ms() const { return step_ms(std::vector<bool>(t_dw.size(), true)); }
+  // Forward with every unit trained, and a full step.
+  double t_forward_all() const {
+    double t = t_fwd_frozen;
+    for (double x : t_fw) t += x;
+    return t;
+  }
+  double full_step_ms() const { return t_forward_all() + t_bwd_full(); }
 
   double t_bwd_full() const {
     double t = 0;
@@ -142,10 +146,13 @@ struct Profile {
       if (j.is_object() && j.contains("t_dw_ms") && !j.contains("t_fw_ms"))
         fail("it predates the model of the trainer's step (no t_fw_ms); profile again (elastic profile)");
       const auto& k = j.at("key");
-      p.key = {k.at("model").get<std::string>(), json_integer<std::int64_t>(k.at("input_size"), "input_size"),
+      p.key = {k.at("model").get<std::string>(),
+               json_integer<std::int64_t>(k.at("input_size"), "input_size"),
                json_integer<std::int64_t>(k.at("num_classes"), "num_classes"),
-               json_integer<std::int64_t>(k.at("batch"), "batch"), json_integer<int>(k.at("threads"), "threads"),
-               k.at("cpu").get<std::string>(), k.at("optimizer").get<std::string>()};
+               json_integer<std::int64_t>(k.at("batch"), "batch"),
+               json_integer<int>(k.at("threads"), "threads"),
+               k.at("cpu").get<std::string>(),
+               k.at("optimizer").get<std::string>()};
       p.units = j.at("units").get<std::vector<std::string>>();
       p.t_fwd = j.at("t_fwd_ms").get<double>();
       p.t_fwd_spread = j.at("t_fwd_spread_ms").get<double>();

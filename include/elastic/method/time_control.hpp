@@ -73,7 +73,7 @@ class TimeController {
   double step_ms(const std::vector<bool>& unit_mask) const {
     return forward_ms(unit_mask) + s_.bwd_scale * p_.t_bwd(unit_mask);
   }
-  double full_ms() const { return step_ms(std::vector<bool>(p_.t_dw.size(), true)); }
+  double full_ms() const { return s_.fwd_scale * p_.t_forward_all() + s_.bwd_scale * p_.t_bwd_full(); }
   // The DP's inputs in corrected ms: a unit's cost is its weight gradient and
   // update plus the forward time it adds when trained; the forward with every
   // unit frozen comes off the budget.
@@ -128,7 +128,7 @@ class TimeController {
     // A plan with almost no backward says little about the backward's speed:
     // then the backward follows the forward's correction.
     const double b = pb >= 0.02 * p_.t_bwd_full() ? mb / pb : a;
-    out.full_ms = a * p_.t_forward(std::vector<bool>(p_.t_dw.size(), true)) + b * p_.t_bwd_full();
+    out.full_ms = a * p_.t_forward_all() + b * p_.t_bwd_full();
     s_.other_ms = s_.other_sum / n;
     clear_window();
     if (!o_.correct) return out;

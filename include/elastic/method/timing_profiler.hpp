@@ -13,10 +13,9 @@
 #include <array>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/method/profile.hpp"
@@ -27,8 +26,8 @@
 namespace elastic {
 
 inline ProfileKey profile_key(const Model& m, int threads, const Optimizer& opt) {
-  return {m.name, m.input_shape.at(2), m.num_classes, m.input_shape.at(0), threads, cpu_model_name(),
-          std::string(opt.name())};
+  return {m.name,  m.input_shape.at(2), m.num_classes,          m.input_shape.at(0),
+          threads, cpu_model_name(),    std::string(opt.name())};
 }
 
 struct ProfileOptions {
@@ -109,8 +108,8 @@ class TimingProfiler {
         std::array<float*, 4> slots{};
         for (std::size_t s = 0; s < scratch_slots.size(); ++s) slots[s] = scratch_slots[s].data() + at;
         sw.reset();
-        opt.apply(scratch_w.data() + at, scratch_g.data() + at, std::span<float* const>(slots.data(), scratch_slots.size()),
-                  n, 1e-4f, r + 1);
+        opt.apply(scratch_w.data() + at, scratch_g.data() + at,
+                  std::span<float* const>(slots.data(), scratch_slots.size()), n, 1e-4f, r + 1);
         if (record) update[u - 1].push_back(sw.elapsed_ms());
         at += n;
       }

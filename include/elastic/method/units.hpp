@@ -33,8 +33,7 @@ inline std::vector<Unit> selection_units(Graph& g) {
 // The param mask selecting exactly the params of the selected units.
 inline std::vector<bool> param_mask(const std::vector<Unit>& units, const std::vector<bool>& unit_mask,
                                     std::size_t num_params) {
-  if (unit_mask.size() != units.size())
-    fail("unit mask has {} entries for {} units", unit_mask.size(), units.size());
+  if (unit_mask.size() != units.size()) fail("unit mask has {} entries for {} units", unit_mask.size(), units.size());
   std::vector<bool> mask(num_params, false);
   for (std::size_t u = 0; u < units.size(); ++u)
     if (unit_mask[u])

@@ -6,12 +6,12 @@
 #include <string>
 
 #include "elastic/graph/graph.hpp"
-#include "elastic/models/model.hpp"
 #include "elastic/layers/activation.hpp"
 #include "elastic/layers/batchnorm.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/dropout.hpp"
 #include "elastic/layers/linear.hpp"
+#include "elastic/models/model.hpp"
 
 namespace elastic::blocks {
 
@@ -23,10 +23,15 @@ struct ConvSpec {
 
 inline ValueId conv(Graph& g, ValueId x, const std::string& name, const ConvSpec& s) {
   return g.add<Conv2d>({x}, name,
-                       Conv2dOptions{.in_channels = s.in, .out_channels = s.out, .kernel_h = s.kernel,
-                                     .kernel_w = s.kernel, .stride = s.stride,
-                                     .padding = s.padding < 0 ? s.kernel / 2 : s.padding, .groups = s.groups,
-                                     .bias = s.bias, .blocked_output = s.blocked});
+                       Conv2dOptions{.in_channels = s.in,
+                                     .out_channels = s.out,
+                                     .kernel_h = s.kernel,
+                                     .kernel_w = s.kernel,
+                                     .stride = s.stride,
+                                     .padding = s.padding < 0 ? s.kernel / 2 : s.padding,
+                                     .groups = s.groups,
+                                     .bias = s.bias,
+                                     .blocked_output = s.blocked});
 }
 
 inline ValueId bn(Graph& g, ValueId x, const std::string& name, std::int64_t channels) {
@@ -34,8 +39,8 @@ inline ValueId bn(Graph& g, ValueId x, const std::string& name, std::int64_t cha
 }
 
 // conv `conv_name`, batch norm `bn_name`, then the activation if any.
-inline ValueId conv_bn(Graph& g, ValueId x, const std::string& conv_name, const std::string& bn_name,
-                       const ConvSpec& s, std::optional<Activation> act) {
+inline ValueId conv_bn(Graph& g, ValueId x, const std::string& conv_name, const std::string& bn_name, const ConvSpec& s,
+                       std::optional<Activation> act) {
   x = bn(g, conv(g, x, conv_name, s), bn_name, s.out);
   if (act) x = g.add<Eltwise>({x}, bn_name + "_act", *act);
   return x;

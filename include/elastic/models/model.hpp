@@ -3,9 +3,8 @@
 // handles a training loop needs (input, logits, loss, batch-norm layers).
 #pragma once
 
-#include <optional>
-
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,7 +66,8 @@ inline Model finish_model(std::string name, std::unique_ptr<Graph> graph, ValueI
   m.input_shape = graph->shape(images);
   m.num_classes = graph->shape(logits).at(1);
   for (std::size_t v = 0; v < graph->size(); ++v)
-    if (dynamic_cast<BatchNorm2d*>(&graph->node(static_cast<ValueId>(v)))) m.batch_norms.push_back(static_cast<ValueId>(v));
+    if (dynamic_cast<BatchNorm2d*>(&graph->node(static_cast<ValueId>(v))))
+      m.batch_norms.push_back(static_cast<ValueId>(v));
   m.graph = std::move(graph);
   // The loss is the mean over the batch; its own gradient is 1 for every step.
   m.graph->grad_data(m.loss)[0] = 1.0f;

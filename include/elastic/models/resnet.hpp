@@ -18,8 +18,9 @@ inline Model resnet50(Context& ctx, const ModelOptions& o) {
   auto g = std::make_unique<Graph>(ctx);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   ValueId x = conv_bn(*g, images, "conv1", "bn1", {.in = 3, .out = 64, .kernel = 7, .stride = 2}, Activation::relu);
-  x = g->add<MaxPool2d>({x}, "maxpool", PoolOptions{.kernel_h = 3, .kernel_w = 3, .stride_h = 2, .stride_w = 2,
-                                                    .padding_h = 1, .padding_w = 1});
+  x = g->add<MaxPool2d>(
+      {x}, "maxpool",
+      PoolOptions{.kernel_h = 3, .kernel_w = 3, .stride_h = 2, .stride_w = 2, .padding_h = 1, .padding_w = 1});
   std::int64_t in = 64;
   const int depth[4] = {3, 4, 6, 3};
   for (int stage = 0; stage < 4; ++stage) {

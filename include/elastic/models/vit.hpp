@@ -27,8 +27,11 @@ struct VitOptions {
 // in_proj_weight/in_proj_bias, the attention core, out_proj.
 inline ValueId add_self_attention(Graph& g, ValueId x, const std::string& name, std::int64_t embed_dim,
                                   std::int64_t heads) {
-  ValueId qkv = g.add<Linear>({x}, name, LinearOptions{.in_features = embed_dim, .out_features = 3 * embed_dim,
-                                                       .weight_name = "in_proj_weight", .bias_name = "in_proj_bias"});
+  ValueId qkv = g.add<Linear>({x}, name,
+                              LinearOptions{.in_features = embed_dim,
+                                            .out_features = 3 * embed_dim,
+                                            .weight_name = "in_proj_weight",
+                                            .bias_name = "in_proj_bias"});
   ValueId o = g.add<ScaledDotProductAttention>({qkv}, name + ".core", heads);
   return g.add<Linear>({o}, name + ".out_proj", LinearOptions{.in_features = embed_dim, .out_features = embed_dim});
 }
@@ -39,9 +42,9 @@ inline Model vit(Context& ctx, const ModelOptions& o, const VitOptions& v = {}) 
   auto g = std::make_unique<Graph>(ctx);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   const std::int64_t side = o.input_size / v.patch, tokens = side * side, E = v.hidden;
-  ValueId x = g->add<Conv2d>({images}, "conv_proj",
-                             Conv2dOptions{.in_channels = 3, .out_channels = E, .kernel_h = v.patch,
-                                           .kernel_w = v.patch, .stride = v.patch});
+  ValueId x = g->add<Conv2d>(
+      {images}, "conv_proj",
+      Conv2dOptions{.in_channels = 3, .out_channels = E, .kernel_h = v.patch, .kernel_w = v.patch, .stride = v.patch});
   x = g->add<PatchTokens>({x}, "patch_tokens");
   x = g->add<ClassTokenPosEmbed>({x}, "embed", E, tokens);
   const LayerNormOptions ln{.normalized_shape = E, .eps = 1e-6f};

@@ -148,7 +148,7 @@ class Optimizer {
   std::vector<std::string> names_;
 
  private:
-  std::vector<std::size_t> sizes_;                       // elements of each param
+  std::vector<std::size_t> sizes_;                      // elements of each param
   std::vector<std::vector<std::vector<float>>> slots_;  // [slot][param][element]; empty = all zero
 };
 
@@ -224,8 +224,8 @@ class Adam final : public Optimizer {
   void apply(float* __restrict w, const float* __restrict g, std::span<float* const> slots, std::int64_t n, float lr,
              std::int64_t step) const override {
     const auto t = static_cast<double>(step);
-    const float lr_t = static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) /
-                                          (1 - std::pow(double(o_.beta1), t)));
+    const float lr_t =
+        static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) / (1 - std::pow(double(o_.beta1), t)));
     const float wd = o_.weight_decay * lr;
     float* __restrict m = slots[0];
     float* __restrict v = slots[1];
@@ -252,7 +252,8 @@ inline std::string default_optimizer(std::string_view model) { return model == "
 inline std::unique_ptr<Optimizer> make_optimizer(std::string name, std::string_view model,
                                                  std::optional<float> weight_decay) {
   if (name.empty()) name = default_optimizer(model);
-  if (name == "sgd") return std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = weight_decay.value_or(5e-4f)});
+  if (name == "sgd")
+    return std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = weight_decay.value_or(5e-4f)});
   if (name == "adam") return std::make_unique<Adam>(AdamOptions{.weight_decay = weight_decay.value_or(0.0f)});
   usage_fail("--optimizer '{}' is not one of sgd, adam", name);
 }

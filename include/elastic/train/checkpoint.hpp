@@ -42,9 +42,15 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
 }
 
 inline nlohmann::json to_json(const ControlState& c) {
-  return {{"fwd_scale", c.fwd_scale}, {"bwd_scale", c.bwd_scale},   {"other_ms", c.other_ms},
-          {"resolves", c.resolves},   {"since_install", c.since_install}, {"window", c.window},
-          {"fwd_sum", c.fwd_sum},     {"bwd_sum", c.bwd_sum},       {"other_sum", c.other_sum}};
+  return {{"fwd_scale", c.fwd_scale},
+          {"bwd_scale", c.bwd_scale},
+          {"other_ms", c.other_ms},
+          {"resolves", c.resolves},
+          {"since_install", c.since_install},
+          {"window", c.window},
+          {"fwd_sum", c.fwd_sum},
+          {"bwd_sum", c.bwd_sum},
+          {"other_sum", c.other_sum}};
 }
 
 inline ControlState control_from_json(const nlohmann::json& j) {

@@ -14,6 +14,9 @@
 // remaining training time and steps. docs/method.md has the whole loop.
 #pragma once
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -21,9 +24,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
@@ -47,7 +47,7 @@ enum class TrainType {
 };
 
 inline constexpr std::string_view kTrainTypeNames[] = {
-    "full_training",   "traditional_tl_training",           "bn_plus_bias_training",
+    "full_training",    "traditional_tl_training",           "bn_plus_bias_training",
     "elastic_training", "elastic_training_weight_magnitude", "elastic_training_grad_magnitude",
     "prunetrain"};
 
@@ -86,14 +86,14 @@ struct TrainerOptions {
 // One installed selection, as logged when it is replaced or its interval ends.
 struct SelectionRecord {
   int epoch = 0;
-  std::uint64_t step = 0;       // steps taken before it was installed
+  std::uint64_t step = 0;        // steps taken before it was installed
   std::string reason = "probe";  // probe (new importance), correction (time model), deadline (new rho)
-  double rho = 0;               // the rho it was solved for
+  double rho = 0;                // the rho it was solved for
   std::vector<bool> unit_mask;
-  double importance = 0;        // total importance of the selection
-  double predicted_share = 1;   // T(m) / T(all) under the model when it was solved
+  double importance = 0;       // total importance of the selection
+  double predicted_share = 1;  // T(m) / T(all) under the model when it was solved
   std::vector<std::string> selected_units;
-  double selection_ms = 0;      // the importance probe and the DP (counted in the epoch's training time)
+  double selection_ms = 0;  // the importance probe and the DP (counted in the epoch's training time)
   // Its measurement windows (measured_share < 0: none completed): the means
   // over them of the measured step and of the full step under each window's
   // correction, and their ratio.
@@ -101,7 +101,7 @@ struct SelectionRecord {
   double measured_step_ms = 0;
   double full_step_ms = 0;
   std::int64_t windows = 0;
-  std::int64_t steps = 0;       // steps it ran
+  std::int64_t steps = 0;  // steps it ran
 };
 
 // What a checkpoint must hold, beyond weights, for a resumed run to continue
@@ -116,7 +116,7 @@ class NonFiniteLoss : public Error {
 
 struct TrainerState {
   std::uint64_t step = 0;
-  std::vector<bool> mask;  // per param
+  std::vector<bool> mask;                   // per param
   std::vector<SelectionRecord> selections;  // the last one is open (still installed) while open_selection
   OptimizerState optimizer;
   // Time control: the controller, the interval's importance, the rho in force
@@ -143,7 +143,10 @@ class Trainer {
   // `profile` is required by the elastic types (and checked against the model);
   // `steps_per_epoch` sizes the cosine schedule (and a deadline's plan).
   Trainer(Model& m, TrainerOptions o, std::int64_t steps_per_epoch, std::optional<Profile> profile = std::nullopt)
-      : m_(m), o_(std::move(o)), units_(selection_units(*m.graph)), profile_(std::move(profile)),
+      : m_(m),
+        o_(std::move(o)),
+        units_(selection_units(*m.graph)),
+        profile_(std::move(profile)),
         schedule_{o_.learning_rate, std::max<std::int64_t>(1, steps_per_epoch * o_.num_epochs)},
         dp_(o_.dp_resolution) {
     if (!(o_.rho > 0 && o_.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", o_.rho);
@@ -167,9 +170,10 @@ class Trainer {
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
       if (o_.deadline_s && forward_s > *o_.deadline_s)
-        usage_fail("--deadline {:.1f} s cannot be met: the forward passes of {} steps alone take about {:.1f} s here; "
-                   "the shortest feasible deadline is longer than that",
-                   *o_.deadline_s, schedule_.total_steps, forward_s);
+        usage_fail(
+            "--deadline {:.1f} s cannot be met: the forward passes of {} steps alone take about {:.1f} s here; "
+            "the shortest feasible deadline is longer than that",
+            *o_.deadline_s, schedule_.total_steps, forward_s);
     }
     rho_ = o_.rho;
     mask_ = static_mask();
@@ -207,8 +211,8 @@ class Trainer {
   }
 
   TrainerState state() const {
-    return {step_,  mask_, selections_, opt_->state(), control_ ? control_->state() : ControlState{}, importance_,
-            rho_, train_ms_, open_, deadline_missed_};
+    return {step_,       mask_, selections_, opt_->state(), control_ ? control_->state() : ControlState{},
+            importance_, rho_,  train_ms_,   open_,         deadline_missed_};
   }
 
   // Continues from a saved state (the model's weights restored separately).
@@ -274,8 +278,8 @@ class Trainer {
       const double t2 = clock();
       auto& loss = m_.loss_node();
       if (!std::isfinite(loss.loss()))  // before any update: the weights stay those of the last good step
-        throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped",
-                                        loss.loss(), step_ + 1, epoch + 1));
+        throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped", loss.loss(),
+                                        step_ + 1, epoch + 1));
       m_.graph->backward([&](int node) {
         const auto& ks = topology.nodes[std::size_t(node)].params;
         if (o_.type == TrainType::prunetrain)
@@ -290,7 +294,8 @@ class Trainer {
       const double t4 = clock();
       if (control_ && open_) {
         ++selections_.back().steps;
-        if (const auto meas = control_->observe(selections_.back().unit_mask, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))) {
+        if (const auto meas =
+                control_->observe(selections_.back().unit_mask, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))) {
           measured(*meas, epoch);
           measured_ms += meas->measured_ms;
           full_ms += meas->full_ms;
@@ -309,13 +314,13 @@ class Trainer {
     // The selection's interval ends with this epoch (or training does): log it.
     if (open_ && ((epoch + 1) % o_.interval == 0 || epoch + 1 == o_.num_epochs)) close_selection();
     if (log)
-      log(fmt::format("epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%, "
-                      "waited {:.2f} s for data{}",
-                      epoch + 1, rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000),
-                      rec.train.loss(), 100 * rec.train.accuracy(), rec.data_wait_ms / 1000,
-                      rec.measured_share >= 0 ? fmt::format(", measured share {:.3f} (rho {:.3f})",
-                                                            rec.measured_share, rho_)
-                                              : ""));
+      log(fmt::format(
+          "epoch {}: {} steps in {:.1f} s ({:.0f} img/s), train loss {:.4f}, accuracy {:.2f}%, "
+          "waited {:.2f} s for data{}",
+          epoch + 1, rec.steps, rec.train_ms / 1000, double(rec.train.count) / (rec.train_ms / 1000), rec.train.loss(),
+          100 * rec.train.accuracy(), rec.data_wait_ms / 1000,
+          rec.measured_share >= 0 ? fmt::format(", measured share {:.3f} (rho {:.3f})", rec.measured_share, rho_)
+                                  : ""));
     return rec;
   }
 
@@ -344,24 +349,26 @@ class Trainer {
   void reselect(Source& train, int epoch) {
     const double start = clock();
     train.load(m_, 0);  // the probe batch: the epoch's first
-    const auto metric = o_.type == TrainType::elastic_training ? ImportanceMetric::loss_drop
+    const auto metric = o_.type == TrainType::elastic_training                    ? ImportanceMetric::loss_drop
                         : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
-                                                                                   : ImportanceMetric::grad_magnitude;
+                                                                                  : ImportanceMetric::grad_magnitude;
     const float lr = learning_rate();
     auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
     for (std::size_t u = 0; u < importance.size(); ++u)
       if (!std::isfinite(importance[u]))
-        throw NonFiniteLoss(fmt::format("the importance of '{}' is {} at step {} (epoch {}): the loss on the probe "
-                                        "batch is not finite; training stopped",
-                                        units_[u].name, importance[u], step_ + 1, epoch + 1));
+        throw NonFiniteLoss(
+            fmt::format("the importance of '{}' is {} at step {} (epoch {}): the loss on the probe "
+                        "batch is not finite; training stopped",
+                        units_[u].name, importance[u], step_ + 1, epoch + 1));
     importance_ = std::move(importance);
     control_->new_interval();
     floor_rho_ = control_->smallest_rho(importance_);
     const Profile& p = *profile_;
     if (!o_.deadline_s && o_.rho < floor_rho_)
-      usage_fail("--rho {} is too small for {} at this batch and input size: the cheapest useful selection "
-                 "needs rho >= {:.3f} (the forward pass alone is {:.3f} of a full step)",
-                 o_.rho, m_.name, floor_rho_, p.t_fwd / p.full_step_ms());
+      usage_fail(
+          "--rho {} is too small for {} at this batch and input size: the cheapest useful selection "
+          "needs rho >= {:.3f} (the forward pass alone is {:.3f} of a full step)",
+          o_.rho, m_.name, floor_rho_, p.t_fwd / p.full_step_ms());
     if (o_.deadline_s) {
       if (step_ == 0) check_deadline_feasible();
       rho_ = planned_rho(epoch);
@@ -397,10 +404,11 @@ class Trainer {
     if (log) {
       std::string bits;
       for (bool b : s.mask) bits += b ? '1' : '0';
-      log(fmt::format("selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
+      log(
+          fmt::format("selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
                       "(rho {:.3f}), selected in {:.0f} ms, mask {}",
-                      epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance,
-                      rec.predicted_share, rho_, rec.selection_ms, bits));
+                      epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share,
+                      rho_, rec.selection_ms, bits));
     }
   }
 
@@ -409,7 +417,8 @@ class Trainer {
     const SelectionRecord& r = selections_.back();
     if (on_selection) on_selection(r);
     if (log && r.measured_share >= 0)
-      log(fmt::format("selection of epoch {} ({}) ran {} steps: measured share {:.3f}, predicted {:.3f} (full step "
+      log(
+          fmt::format("selection of epoch {} ({}) ran {} steps: measured share {:.3f}, predicted {:.3f} (full step "
                       "{:.1f} ms)",
                       r.epoch + 1, r.reason, r.steps, r.measured_share, r.predicted_share, r.full_step_ms));
   }
@@ -423,7 +432,8 @@ class Trainer {
     r.measured_share = r.measured_step_ms / r.full_step_ms;
     if (!meas.resolve) return;
     if (log)
-      log(fmt::format("time model corrected at step {}: the step took {:.1f} ms, {:.1f} predicted ({:+.1f}% of a "
+      log(
+          fmt::format("time model corrected at step {}: the step took {:.1f} ms, {:.1f} predicted ({:+.1f}% of a "
                       "full step); forward x{:.3f}, backward x{:.3f} of the profile",
                       step_, meas.measured_ms, meas.predicted_ms, 100 * meas.error, control_->state().fwd_scale,
                       control_->state().bwd_scale));
@@ -452,11 +462,11 @@ class Trainer {
     const int probes_left = (o_.num_epochs - 1) / o_.interval - epoch / o_.interval;
     const double probe_ms = selections_.empty() ? 0 : selections_.back().selection_ms;
     const TimeController& c = *control_;
-    const double rho =
-        deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
+    const double rho = deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
     if (rho < floor_rho_) {
       if (!deadline_missed_ && log)
-        log(fmt::format("at the speed measured now the deadline of {:.1f} s cannot be met from step {}: it would need "
+        log(
+            fmt::format("at the speed measured now the deadline of {:.1f} s cannot be met from step {}: it would need "
                         "rho {:.3f}, below the smallest useful {:.3f}; training on at that rho (said once; rho rises "
                         "again if the machine speeds up)",
                         *o_.deadline_s, step_, rho, floor_rho_));
@@ -472,9 +482,10 @@ class Trainer {
     const double per_step = floor_rho_ * c.full_ms() + c.state().other_ms;
     const double needed_s = (double(schedule_.total_steps) * per_step + elapsed_ms()) / 1000;
     if (needed_s > *o_.deadline_s)
-      usage_fail("--deadline {:.1f} s cannot be met: {} steps at the smallest useful rho {:.3f} take about {:.1f} s "
-                 "here; the shortest feasible deadline is about {:.1f} s",
-                 *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, needed_s * 1.05);
+      usage_fail(
+          "--deadline {:.1f} s cannot be met: {} steps at the smallest useful rho {:.3f} take about {:.1f} s "
+          "here; the shortest feasible deadline is about {:.1f} s",
+          *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, needed_s * 1.05);
   }
 
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
