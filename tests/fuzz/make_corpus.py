@@ -90,6 +90,7 @@ put("checkpoint_state", "state.json", json.dumps({
                     "steps": 12, "selected_units": ["a", "c"], "selection_ms": 3.5}],
     "optimizer_steps": {"conv.weight": 12, "fc.bias": 3},
     "control": {"fwd_scale": 1.1, "bwd_scale": 0.9, "other_ms": 0.2, "resolves": 1, "since_install": 12,
-                "window": 7, "fwd_sum": 7.0, "bwd_sum": 21.0, "other_sum": 1.4},
+                "window": 7, "fwd_sum": 7.0, "bwd_sum": 21.0, "other_sum": 1.4, "threads": 1, "windows_on": 3,
+                "lost_trials": 1, "trial_from": 0, "trial_full": 12.5, "trial_fwd_scale": 1.2, "trial_bwd_scale": 1.1},
     "importance": [0.5, -0.1, 1.0], "rho": 0.5, "train_ms": 1234.5, "open_selection": True, "deadline_missed": False,
     "run": {"epoch": 0, "best_test_accuracy": 50.0, "metrics_bytes": 100}}))

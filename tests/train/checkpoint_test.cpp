@@ -1,13 +1,14 @@
 // Checkpoints: a round trip restores weights, buffers, optimizer and trainer
 // state exactly; a torn temporary file never replaces the last checkpoint;
 // a checkpoint of another model or with broken state is an error naming it.
+#include "elastic/train/checkpoint.hpp"
+
 #include <doctest/doctest.h>
 #include <unistd.h>
 
 #include <fstream>
 
 #include "elastic/models/small_cnn.hpp"
-#include "elastic/train/checkpoint.hpp"
 
 using namespace elastic;
 namespace fs = std::filesystem;
@@ -44,7 +45,9 @@ struct Run {
   }
 };
 
-fs::path temp(const char* name) { return fs::temp_directory_path() / fmt::format("elastic_ckpt_{}_{}", name, ::getpid()); }
+fs::path temp(const char* name) {
+  return fs::temp_directory_path() / fmt::format("elastic_ckpt_{}_{}", name, ::getpid());
+}
 
 // A run trained for one epoch and checkpointed, as at an epoch's end.
 struct Saved {
@@ -63,10 +66,29 @@ TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state e
   Run a;
   a.trainer.train_epoch(a.batches, 0);
   const auto path = temp("roundtrip");
-  SelectionRecord sel{.epoch = 0, .unit_mask = {true, false, true}, .importance = 1.5, .predicted_share = 0.4,
+  SelectionRecord sel{.epoch = 0,
+                      .unit_mask = {true, false, true},
+                      .importance = 1.5,
+                      .predicted_share = 0.4,
                       .selected_units = {"conv1", "fc"}};
   TrainerState st = a.trainer.state();
   st.selections.push_back(sel);
+  st.control = {.fwd_scale = 1.25,
+                .bwd_scale = 0.75,
+                .other_ms = 0.5,
+                .resolves = 2,
+                .since_install = 9,
+                .window = 3,
+                .fwd_sum = 1.5,
+                .bwd_sum = 2.5,
+                .other_sum = 0.25,
+                .threads = 1,
+                .windows_on = 4,
+                .lost_trials = 2,
+                .trial_from = 2,
+                .trial_full = 33.5,
+                .trial_fwd_scale = 1.5,
+                .trial_bwd_scale = 0.5};
   save_checkpoint(path, a.model.params(), st, {{"epoch", 0}, {"note", "kept"}});
 
   Run b;  // a fresh process's view: other weights, no optimizer state
@@ -80,6 +102,7 @@ TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state e
   CHECK(c.trainer.selections[0].unit_mask == sel.unit_mask);
   CHECK(c.trainer.selections[0].selected_units == sel.selected_units);
   CHECK(c.trainer.selections[0].predicted_share == 0.4);
+  CHECK(c.trainer.control == st.control);  // every field of the time controller, thread adaptation included
   CHECK(c.run["note"] == "kept");
   b.trainer.restore(c.trainer);
   CHECK(b.trainer.mask() == a.trainer.mask());

@@ -256,12 +256,15 @@ namespace {
 // backward (with updates) and after the step's bookkeeping. A load arms those
 // four reads; the second advances the time by the installed plan's forward on
 // this machine, the third by its backward: the profile's times scaled by
-// fwd_x and bwd_x. (A probe's load arms them too, so a probe costs one step.)
+// fwd_x and bwd_x, and by one_thread_x while the context runs one thread.
+// (A probe's load arms them too, so a probe costs one step.)
 struct FakeMachine {
   const Profile& p;
   std::vector<Unit> units;
   const Trainer* trainer = nullptr;
   double fwd_x = 1, bwd_x = 1;
+  const Context* ctx = nullptr;
+  double one_thread_x = 1;
   double now = 0;
   int phase = 4;
 
@@ -276,8 +279,9 @@ struct FakeMachine {
     if (phase < 4) {
       ++phase;
       const auto um = unit_mask(trainer->mask());
-      if (phase == 2) now += fwd_x * p.t_forward(um);
-      if (phase == 3) now += bwd_x * p.t_bwd(um);
+      const double x = ctx && ctx->threads() == 1 ? one_thread_x : 1;
+      if (phase == 2) now += x * fwd_x * p.t_forward(um);
+      if (phase == 3) now += x * bwd_x * p.t_bwd(um);
     }
     return now;
   }
@@ -407,6 +411,100 @@ TEST_CASE("with the same machine times, reruns and a run resumed from a checkpoi
     CHECK(s1[i].step == s3[i].step);
     CHECK(s1[i].measured_share == s3[i].measured_share);
   }
+}
+
+TEST_CASE("a busy core: the kernels move to one thread while that is faster and back when the core frees up") {
+  Setup s;
+  const Profile p = s.fixed_profile(0.5, 2, 1);
+  REQUIRE(p.key.threads == 2);
+  FakeMachine machine{p, selection_units(*s.model.graph)};
+  machine.ctx = &s.ctx;
+  // Steps 40-99: another process takes a core; two threads then run 3x slower
+  // and one thread 1.6x slower than two on an idle machine. Outside, one thread is 1.6x slower.
+  FakeBatches source{s.batches, machine};
+  const auto busy = [](std::uint64_t step) { return step >= 40 && step < 100; };
+  source.before_step = [&](std::uint64_t step) {
+    machine.fwd_x = machine.bwd_x = busy(step) ? 3.0 : 1.0;
+    machine.one_thread_x = busy(step) ? 1.6 / 3.0 : 1.6;
+  };
+  TimeControlOptions control = quick_control();
+  control.retry_windows = 3;
+  const TrainerOptions o{.type = TrainType::elastic_training,
+                         .num_epochs = 12,
+                         .interval = 12,
+                         .rho = 0.7,
+                         .learning_rate = 0.05f,
+                         .control = control};
+  Trainer tr(s.model, o, 12, p);
+  machine.trainer = &tr;
+  tr.clock = [&] { return machine.read(); };
+  std::vector<std::string> lines;
+  tr.log = [&](const std::string& l) { lines.push_back(l); };
+  std::vector<int> threads;  // per step
+  tr.on_step = [&](std::uint64_t, double, std::int64_t, std::int64_t) { threads.push_back(s.ctx.threads()); };
+  std::optional<TrainerState> mid_busy;
+  for (int e = 0; e < 12; ++e) {
+    tr.train_epoch(source, e);
+    if (tr.step() == 84) mid_busy = tr.state();
+  }
+  REQUIRE(threads.size() == 144);
+  const auto count = [&](std::size_t from, std::size_t to, int n) {
+    return std::count(threads.begin() + std::ptrdiff_t(from), threads.begin() + std::ptrdiff_t(to), n);
+  };
+  CHECK(count(0, 40, 2) == 40);     // an idle machine is never tried on fewer threads
+  CHECK(count(70, 100, 1) >= 20);   // the busy stretch runs mostly on one thread, once found
+  CHECK(count(120, 144, 2) == 24);  // and the free core is taken back
+  const auto switches =
+      std::count_if(lines.begin(), lines.end(), [](const std::string& l) { return l.find("threads ") == 0; });
+  CHECK(switches >= 3);  // to one thread, at least one lost trial of two while busy, back to two
+  CHECK(switches <= 8);
+  CHECK(std::any_of(lines.begin(), lines.end(),
+                    [](const std::string& l) { return l.find("threads 2 -> 1 at step") == 0; }));
+  CHECK(s.ctx.threads() == 2);
+  // The count is part of the state: a run resumed mid-busy continues on one thread.
+  REQUIRE(mid_busy);
+  CHECK(mid_busy->control.threads == 1);
+  Setup resumed;
+  Trainer tr2(resumed.model, o, 12, p);
+  tr2.restore(*mid_busy);
+  CHECK(resumed.ctx.threads() == 1);
+}
+
+TEST_CASE("a machine slow on any thread count pays for few trials: each lost one doubles the wait") {
+  Setup s;
+  const Profile p = s.fixed_profile(0.5, 2, 1);
+  FakeMachine machine{p, selection_units(*s.model.graph)};
+  machine.ctx = &s.ctx;
+  machine.fwd_x = machine.bwd_x = 2.0;  // slow throughout, and one thread slower still
+  machine.one_thread_x = 1.6;
+  FakeBatches source{s.batches, machine};
+  TimeControlOptions control = quick_control();
+  control.retry_windows = 2;
+  Trainer tr(s.model,
+             {.type = TrainType::elastic_training,
+              .num_epochs = 20,
+              .interval = 20,
+              .rho = 0.7,
+              .learning_rate = 0.05f,
+              .control = control},
+             12, p);
+  machine.trainer = &tr;
+  tr.clock = [&] { return machine.read(); };
+  std::vector<std::string> lines;
+  tr.log = [&](const std::string& l) { lines.push_back(l); };
+  std::vector<std::uint64_t> trials;  // steps at which one thread was tried
+  tr.on_step = [&, last = 2](std::uint64_t step, double, std::int64_t, std::int64_t) mutable {
+    if (s.ctx.threads() == 1 && last == 2) trials.push_back(step);
+    last = s.ctx.threads();
+  };
+  for (int e = 0; e < 20; ++e) tr.train_epoch(source, e);
+  // 240 steps, windows of 4 after 2 settling steps: trying every other window
+  // would make about 20 trials; doubling waits of 2, 4, 8, 16 windows leave 4 or 5.
+  CHECK(trials.size() >= 3);
+  CHECK(trials.size() <= 5);
+  for (std::size_t i = 2; i < trials.size(); ++i) CHECK(trials[i] - trials[i - 1] > trials[i - 1] - trials[i - 2]);
+  CHECK(s.ctx.threads() == 2);
+  CHECK(tr.controller()->state().lost_trials == std::int64_t(trials.size()));
 }
 
 TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and says once when it cannot be met") {

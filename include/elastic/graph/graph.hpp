@@ -81,36 +81,7 @@ class Graph {
   void finalize(std::uint64_t seed = 0) {
     if (finalized_) fail("graph is already finalized");
     params_.allocate(seed);
-    std::vector<int> consumers(nodes_.size(), 0);
-    for (const auto& info : info_)
-      for (int v : info.inputs) ++consumers[v];
-    for (std::size_t i = 0; i < nodes_.size(); ++i) {
-      auto& node = *nodes_[i];
-      std::vector<dnnl::memory::desc> in;
-      for (int v : info_[i].inputs) in.push_back(nodes_[v]->output_desc());
-      node.create_inputs(in, ctx_.engine());
-      node.setup(in, ctx_, params_);
-      if (!node.has_output()) fail("layer '{}' ({}) set no output in setup", node.name(), node.type());
-      info_[i].bytes = static_cast<std::int64_t>(node.output_desc().get_size());
-      const Reads d = node.data_reads(), w = node.weights_reads();
-      info_[i].data_reads_inputs = d.inputs;
-      info_[i].data_reads_output = d.output;
-      info_[i].weights_reads_inputs = w.inputs;
-      info_[i].weights_reads_output = w.output;
-      if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
-    }
-    std::vector<std::size_t> transient_bytes;  // per slot, the largest request
-    for (auto& node : nodes_)
-      for (auto& t : node->transients()) {
-        if (t.slot < 0) fail("layer '{}' asked for transient slot {}", node->name(), t.slot);
-        if (transient_bytes.size() <= std::size_t(t.slot)) transient_bytes.resize(std::size_t(t.slot) + 1, 0);
-        transient_bytes[std::size_t(t.slot)] =
-            std::max(transient_bytes[std::size_t(t.slot)], t.memory.get_desc().get_size());
-      }
-    for (std::size_t bytes : transient_bytes)
-      transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
-    for (auto& node : nodes_)
-      for (auto& t : node->transients()) t.memory.set_data_handle(transients_[std::size_t(t.slot)].get());
+    setup_nodes();
     topo_.nodes = info_;
     topo_.num_params = static_cast<int>(params_.size());
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
@@ -237,6 +208,22 @@ class Graph {
     ++reuse_epoch_;
   }
 
+  // Runs every kernel on `threads` threads from the next pass on (0 = all
+  // cores): the context's count changes and every node is set up again, so
+  // that kernels whose work split is fixed when they are created split it
+  // anew. Between steps only; params, gradients, optimizer state, inputs and
+  // labels are kept, frozen weights are re-laid-out once. Results differ from
+  // the old count's only by the order of floating-point sums.
+  void set_threads(int threads) {
+    require_finalized();
+    const int before = ctx_.threads();
+    ctx_.set_threads(threads);
+    if (ctx_.threads() == before) return;
+    setup_nodes();
+    ++reuse_epoch_;
+    bind();
+  }
+
   // Dropout masks depend on this counter; the trainer advances it every step.
   void set_step(std::uint64_t step) { step_ = step; }
   std::uint64_t step() const { return step_; }
@@ -260,6 +247,46 @@ class Graph {
     BackwardPlan plan;
     MemoryPlan memory;
   };
+
+  // Sets every node up for its input shapes and the context's thread count,
+  // and gives the transient slots their (shared) buffers. Run by finalize()
+  // and again by set_threads(): a node's setup is repeatable.
+  void setup_nodes() {
+    std::vector<int> consumers(nodes_.size(), 0);
+    for (const auto& info : info_)
+      for (int v : info.inputs) ++consumers[v];
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      auto& node = *nodes_[i];
+      std::vector<dnnl::memory::desc> in;
+      for (int v : info_[i].inputs) in.push_back(nodes_[v]->output_desc());
+      const dnnl::memory::desc before = node.has_output() ? node.output_desc() : dnnl::memory::desc();
+      node.create_inputs(in, ctx_.engine());
+      node.setup(in, ctx_, params_);
+      if (!node.has_output()) fail("layer '{}' ({}) set no output in setup", node.name(), node.type());
+      if (finalized_ && node.output_desc() != before)
+        fail("layer '{}' ({}) changed its output layout when set up again", node.name(), node.type());
+      info_[i].bytes = static_cast<std::int64_t>(node.output_desc().get_size());
+      const Reads d = node.data_reads(), w = node.weights_reads();
+      info_[i].data_reads_inputs = d.inputs;
+      info_[i].data_reads_output = d.output;
+      info_[i].weights_reads_inputs = w.inputs;
+      info_[i].weights_reads_output = w.output;
+      if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
+    }
+    transients_.clear();
+    std::vector<std::size_t> transient_bytes;  // per slot, the largest request
+    for (auto& node : nodes_)
+      for (auto& t : node->transients()) {
+        if (t.slot < 0) fail("layer '{}' asked for transient slot {}", node->name(), t.slot);
+        if (transient_bytes.size() <= std::size_t(t.slot)) transient_bytes.resize(std::size_t(t.slot) + 1, 0);
+        transient_bytes[std::size_t(t.slot)] =
+            std::max(transient_bytes[std::size_t(t.slot)], t.memory.get_desc().get_size());
+      }
+    for (std::size_t bytes : transient_bytes)
+      transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
+    for (auto& node : nodes_)
+      for (auto& t : node->transients()) t.memory.set_data_handle(transients_[std::size_t(t.slot)].get());
+  }
 
   void require_finalized() const {
     if (!finalized_) fail("graph is not finalized; call finalize() first");

@@ -14,13 +14,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <oneapi/dnnl/dnnl.hpp>
 
 #include "elastic/core/context.hpp"
 #include "elastic/core/error.hpp"
@@ -68,9 +67,9 @@ class Call {
   }
   explicit operator bool() const { return static_cast<bool>(primitive_); }
   void operator()(dnnl::stream& stream) const {
-    dnnl::error::wrap_c_api(dnnl_primitive_execute(primitive_.get(), stream.get(),
-                                                   static_cast<int>(c_args_.size()), c_args_.data()),
-                            "could not execute a primitive");
+    dnnl::error::wrap_c_api(
+        dnnl_primitive_execute(primitive_.get(), stream.get(), static_cast<int>(c_args_.size()), c_args_.data()),
+        "could not execute a primitive");
   }
 
  private:
@@ -81,7 +80,8 @@ class Call {
     const dnnl_memory_desc_t* md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     if (!md || dnnl_memory_desc_get_size(md) == 0 || keep_.empty()) return;
     scratch_ = detail::shared_scratchpad(dnnl_memory_desc_get_size(md));
-    keep_[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(*md), keep_.begin()->second.get_engine(), scratch_.get());
+    keep_[DNNL_ARG_SCRATCHPAD] =
+        dnnl::memory(dnnl::memory::desc(*md), keep_.begin()->second.get_engine(), scratch_.get());
   }
 
   dnnl::primitive primitive_;
@@ -169,10 +169,14 @@ class Node {
   std::size_t num_inputs() const { return src_.size(); }
 
   // --- used by the graph ---
+  // Starts a (re)setup: input memories for these descriptors; the transients
+  // and gradient memories of an earlier setup are dropped.
   void create_inputs(std::span<const dnnl::memory::desc> inputs, const dnnl::engine& engine) {
     engine_ = engine;
     src_.clear();
     diff_src_.clear();
+    transients_.clear();
+    grad_memories_.clear();
     for (const auto& md : inputs) {
       src_.emplace_back(md, engine, static_cast<void*>(nullptr));
       diff_src_.emplace_back(md, engine, static_cast<void*>(nullptr));

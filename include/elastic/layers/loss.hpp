@@ -24,7 +24,8 @@ class SoftmaxCrossEntropy final : public Node {
     n_ = in[0].dims()[0];
     c_ = in[0].dims()[1];
     set_output(plain_desc({1}));
-    labels_.assign(static_cast<std::size_t>(n_), kIgnore);
+    if (labels_.size() != static_cast<std::size_t>(n_))
+      labels_.assign(static_cast<std::size_t>(n_), kIgnore);  // a re-setup keeps the batch's labels
     logp_.assign(static_cast<std::size_t>(n_ * c_), 0.0f);
     const memory logp(in[0], ctx.engine(), logp_.data());
     // Log-softmax keeps tiny probabilities representable: the loss of a row is exactly -logp[label].

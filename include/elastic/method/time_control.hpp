@@ -34,6 +34,16 @@ struct TimeControlOptions {
   int window_steps = 20;    // steps per measurement window
   double tolerance = 0.03;  // re-solve when |measured - predicted| exceeds this share of a full step
   int max_resolves = 3;     // corrections that re-solve the DP, per interval (between probes)
+  // Thread adaptation: when a window's full step is `slow_factor` times the
+  // profile's or slower and the run uses more than one thread, the next window
+  // runs on one thread fewer (a trial); the count whose window gave the faster
+  // full step stays. While on fewer threads, the full count is tried again
+  // after `retry_windows` windows, so a busy core that frees up is noticed.
+  // A lost trial doubles the wait before the next (retry_windows, 2x, 4x, ...
+  // up to 64x), so a machine that is slow on any count pays little for trying.
+  bool adapt_threads = true;
+  double slow_factor = 1.4;
+  int retry_windows = 10;
 };
 
 // Everything the controller has learned and is measuring; saved in checkpoints
@@ -45,6 +55,14 @@ struct ControlState {
   std::int64_t since_install = 0;       // steps since the selection was installed
   std::int64_t window = 0;              // steps summed so far in the current window
   double fwd_sum = 0, bwd_sum = 0, other_sum = 0;
+  // Thread adaptation: the count in force, the windows completed on it since
+  // it was chosen, consecutive lost trials (each doubles the wait before the
+  // next), and during a trial window the count it left with that count's full
+  // step and scales (restored if the trial loses).
+  int threads = 0;
+  std::int64_t windows_on = 0, lost_trials = 0;
+  int trial_from = 0;  // 0: no trial running
+  double trial_full = 0, trial_fwd_scale = 1, trial_bwd_scale = 1;
   bool operator==(const ControlState&) const = default;
 };
 
@@ -55,17 +73,32 @@ struct Measurement {
   double full_ms = 0;       // a full step under the corrected model
   double error = 0;         // (measured - predicted) / full step before the correction
   bool resolve = false;     // the error exceeds the tolerance and re-solves remain
+  int threads = 0;          // run on this many kernel threads from the next step (0: no change)
 };
 
 class TimeController {
  public:
   TimeController(const Profile& p, TimeControlOptions o = {}) : p_(p), o_(o) {
-    if (o.settle_steps < 0 || o.window_steps < 1 || !(o.tolerance > 0) || o.max_resolves < 0)
-      usage_fail("time control: settle_steps >= 0, window_steps >= 1, tolerance > 0 and max_resolves >= 0");
+    if (o.settle_steps < 0 || o.window_steps < 1 || !(o.tolerance > 0) || o.max_resolves < 0 || !(o.slow_factor > 1) ||
+        o.retry_windows < 1)
+      usage_fail(
+          "time control: settle_steps >= 0, window_steps >= 1, tolerance > 0, max_resolves >= 0, slow_factor > 1 "
+          "and retry_windows >= 1");
+    s_.threads = p.key.threads;
   }
+  // Kernel threads in force.
+  int threads() const { return s_.threads; }
 
   const ControlState& state() const { return s_; }
-  void restore(const ControlState& s) { s_ = s; }
+  // A state without a thread count (a checkpoint from before thread
+  // adaptation) runs on the profile's.
+  void restore(const ControlState& s) {
+    if (s.threads > p_.key.threads || s.trial_from > p_.key.threads)
+      fail("time control state: {} threads, but the profile was measured on {}", std::max(s.threads, s.trial_from),
+           p_.key.threads);
+    s_ = s;
+    if (s_.threads <= 0) s_.threads = p_.key.threads;
+  }
   const TimeControlOptions& options() const { return o_; }
 
   // Corrected times, ms.
@@ -132,6 +165,8 @@ class TimeController {
     s_.other_ms = s_.other_sum / n;
     clear_window();
     if (!o_.correct) return out;
+    ++s_.windows_on;
+    if (o_.adapt_threads && adapt_threads(out, a, b)) return out;
     s_.fwd_scale = a;
     s_.bwd_scale = b;
     if (std::abs(out.error) > o_.tolerance && s_.resolves < o_.max_resolves) {
@@ -142,6 +177,49 @@ class TimeController {
   }
 
  private:
+  // Decides the thread count after a window measured scales (a, b) and full
+  // step out.full_ms on s_.threads. Returns true when the count changes: then
+  // out.threads is the new count and nothing is re-solved yet (a trial's
+  // window measures the new count's scales; a lost trial restores the old).
+  bool adapt_threads(Measurement& out, double a, double b) {
+    const int full_count = p_.key.threads;
+    if (s_.trial_from != 0) {  // this window was a trial of s_.threads
+      const int from = s_.trial_from;
+      s_.trial_from = 0;
+      if (out.full_ms < s_.trial_full) {  // the trial wins: its scales stand, re-solve as usual
+        s_.lost_trials = 0;
+        return false;
+      }
+      // Lost: back, and wait twice as long as after the last lost trial.
+      s_.lost_trials = std::min<std::int64_t>(s_.lost_trials + 1, 7);
+      out.threads = from;
+      s_.fwd_scale = s_.trial_fwd_scale;
+      s_.bwd_scale = s_.trial_bwd_scale;
+      switch_to(from);
+      return true;
+    }
+    const std::int64_t wait = s_.lost_trials == 0 ? 0 : std::int64_t(o_.retry_windows) << (s_.lost_trials - 1);
+    int to = 0;
+    if (s_.threads < full_count && s_.windows_on >= std::max<std::int64_t>(o_.retry_windows, wait))
+      to = full_count;  // try the full count again
+    else if (s_.threads == full_count && full_count > 1 && s_.windows_on >= std::max<std::int64_t>(1, wait) &&
+             out.full_ms >= o_.slow_factor * p_.full_step_ms())
+      to = full_count - 1;
+    if (to == 0) return false;
+    s_.trial_from = s_.threads;
+    s_.trial_full = out.full_ms;
+    s_.trial_fwd_scale = s_.fwd_scale = a;
+    s_.trial_bwd_scale = s_.bwd_scale = b;
+    out.threads = to;
+    switch_to(to);
+    return true;
+  }
+  void switch_to(int threads) {
+    s_.threads = threads;
+    s_.windows_on = 0;
+    s_.since_install = 0;  // frozen weights are re-laid-out for the new kernels: settle again
+  }
+
   void clear_window() {
     s_.window = 0;
     s_.fwd_sum = s_.bwd_sum = s_.other_sum = 0;

@@ -50,7 +50,14 @@ inline nlohmann::json to_json(const ControlState& c) {
           {"window", c.window},
           {"fwd_sum", c.fwd_sum},
           {"bwd_sum", c.bwd_sum},
-          {"other_sum", c.other_sum}};
+          {"other_sum", c.other_sum},
+          {"threads", c.threads},
+          {"windows_on", c.windows_on},
+          {"lost_trials", c.lost_trials},
+          {"trial_from", c.trial_from},
+          {"trial_full", c.trial_full},
+          {"trial_fwd_scale", c.trial_fwd_scale},
+          {"trial_bwd_scale", c.trial_bwd_scale}};
 }
 
 inline ControlState control_from_json(const nlohmann::json& j) {
@@ -64,6 +71,18 @@ inline ControlState control_from_json(const nlohmann::json& j) {
   c.fwd_sum = json_number(j.at("fwd_sum"), "control fwd_sum");
   c.bwd_sum = json_number(j.at("bwd_sum"), "control bwd_sum");
   c.other_sum = json_number(j.at("other_sum"), "control other_sum");
+  if (j.contains("threads")) {  // thread adaptation (absent from checkpoints written before it)
+    c.threads = json_integer<int>(j.at("threads"), "control threads");
+    c.windows_on = json_integer<std::int64_t>(j.at("windows_on"), "control windows_on");
+    c.lost_trials = json_integer<std::int64_t>(j.at("lost_trials"), "control lost_trials");
+    c.trial_from = json_integer<int>(j.at("trial_from"), "control trial_from");
+    c.trial_full = json_number(j.at("trial_full"), "control trial_full");
+    c.trial_fwd_scale = json_number(j.at("trial_fwd_scale"), "control trial_fwd_scale");
+    c.trial_bwd_scale = json_number(j.at("trial_bwd_scale"), "control trial_bwd_scale");
+    if (c.threads < 0 || c.trial_from < 0 || c.lost_trials < 0 || c.lost_trials > 7)  // threads 0: the profile's
+      fail("control threads and trial_from must be >= 0 and lost_trials in [0, 7]");
+    if (!(c.trial_fwd_scale > 0 && c.trial_bwd_scale > 0)) fail("control trial scales must be positive");
+  }
   if (!(c.fwd_scale > 0 && c.bwd_scale > 0)) fail("control scales must be positive");
   return c;
 }

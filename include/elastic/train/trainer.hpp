@@ -228,7 +228,10 @@ class Trainer {
       opt_->attach(m_.params());
       opt_->load_state(s.optimizer);
     }
-    if (control_) control_->restore(s.control);
+    if (control_) {
+      control_->restore(s.control);
+      m_.graph->set_threads(control_->threads());  // the count the run had moved to
+    }
     importance_ = s.importance;
     if (s.rho > 0) rho_ = s.rho;
     train_ms_ = s.train_ms;
@@ -296,6 +299,7 @@ class Trainer {
         ++selections_.back().steps;
         if (const auto meas =
                 control_->observe(selections_.back().unit_mask, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))) {
+          if (meas->threads != 0) switch_threads(*meas);
           measured(*meas, epoch);
           measured_ms += meas->measured_ms;
           full_ms += meas->full_ms;
@@ -440,6 +444,17 @@ class Trainer {
     floor_rho_ = control_->smallest_rho(importance_);
     if (o_.deadline_s) rho_ = planned_rho(epoch);
     install(epoch, "correction");
+  }
+
+  // The controller moved the kernels to another thread count (time_control.hpp).
+  void switch_threads(const Measurement& meas) {
+    const int from = m_.graph->context().threads();
+    m_.graph->set_threads(meas.threads);
+    if (log)
+      log(fmt::format(
+          "threads {} -> {} at step {}: a full step measured {:.1f} ms on {} thread{} ({:.1f} profiled on {})", from,
+          meas.threads, step_, meas.full_ms, from, from == 1 ? "" : "s", profile_->full_step_ms(),
+          profile_->key.threads));
   }
 
   // Deadline mode, every 100 steps: plan rho again and re-solve if it moved.
