@@ -6,7 +6,9 @@
 // after 15 minutes in any case). Prints one JSON line per selection (predicted
 // and measured share, rho, why it was solved) and one for the run: training
 // time against the deadline.
-// Usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog]
+// Usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog] [adapt|noadapt]
+// (noadapt: the time controller keeps 2 kernel threads throughout; adapt, the
+// default, lets it move to 1 while that is faster: thread switches go to stderr.)
 #include <fmt/format.h>
 #include <sched.h>
 #include <signal.h>
@@ -54,7 +56,8 @@ void stop_hog(pid_t& pid) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog]\n");
+    std::fprintf(stderr,
+                 "usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog] [adapt|noadapt]\n");
     return 2;
   }
   const std::string weights = argv[1], mode = argv[2];
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   const int epochs = argc > 4 ? std::atoi(argv[4]) : 6;
   const std::int64_t cap = argc > 5 && std::atoll(argv[5]) > 0 ? std::atoll(argv[5]) : INT64_MAX;
   const bool hog = argc <= 6 || std::string(argv[6]) == "hog";
+  const bool adapt = argc <= 7 || std::string(argv[7]) != "noadapt";
   pid_t hog_pid = -1;
   try {
     if (mode != "rho" && mode != "deadline") usage_fail("mode '{}' is not rho or deadline", mode);
@@ -79,6 +83,7 @@ int main(int argc, char** argv) {
     const auto opt = make_optimizer("sgd", m.name, std::nullopt);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
     TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1, .learning_rate = 0.003f};
+    o.control.adapt_threads = adapt;
     if (mode == "rho")
       o.rho = value;
     else
@@ -86,8 +91,11 @@ int main(int argc, char** argv) {
     Trainer t(m, o, steps, p);
     const std::int64_t total = steps * epochs;
     std::int64_t hog_from = hog ? total / 3 : -1, hog_to = hog ? 2 * total / 3 : -1;
-    t.log = [](const std::string& line) {
-      if (line.find("cannot be met") != std::string::npos || line.find("corrected") != std::string::npos)
+    int thread_switches = 0;
+    t.log = [&](const std::string& line) {
+      if (line.starts_with("threads ")) ++thread_switches;
+      if (line.find("cannot be met") != std::string::npos || line.find("corrected") != std::string::npos ||
+          line.starts_with("threads "))
         fmt::print(stderr, "{}\n", line);
     };
     t.on_step = [&](std::uint64_t step, double, std::int64_t, std::int64_t) {
@@ -96,20 +104,20 @@ int main(int argc, char** argv) {
     };
     t.on_selection = [&](const SelectionRecord& r) {
       fmt::print(R"({{"selection_step": {}, "epoch": {}, "reason": "{}", "rho": {:.4f}, "predicted_share": {:.4f}, )"
-                 R"("measured_share": {:.4f}, "full_step_ms": {:.2f}, "steps": {}, "hog": {}}})"
+                 R"("measured_share": {:.4f}, "full_step_ms": {:.2f}, "steps": {}, "hog": {}, "threads_at_end": {}}})"
                  "\n",
                  r.step, r.epoch + 1, r.reason, r.rho, r.predicted_share, r.measured_share, r.full_step_ms, r.steps,
-                 std::int64_t(r.step) >= hog_from && std::int64_t(r.step) < hog_to);
+                 std::int64_t(r.step) >= hog_from && std::int64_t(r.step) < hog_to, ctx.threads());
       std::fflush(stdout);
     };
     double train_s = 0;
     for (int e = 0; e < epochs; ++e) train_s += t.train_epoch(source, e).train_ms / 1000;
     stop_hog(hog_pid);
     fmt::print(R"({{"mode": "{}", "value": {}, "epochs": {}, "steps": {}, "hog_steps": [{}, {}], "train_s": {:.2f}, )"
-               R"("of_deadline": {}}})"
+               R"("of_deadline": {}, "adapt_threads": {}, "thread_switches": {}}})"
                "\n",
                mode, value, epochs, total, hog_from, hog_to, train_s,
-               mode == "deadline" ? fmt::format("{:.3f}", train_s / value) : "null");
+               mode == "deadline" ? fmt::format("{:.3f}", train_s / value) : "null", adapt, thread_switches);
   } catch (const std::exception& e) {
     stop_hog(hog_pid);
     std::fprintf(stderr, "error: %s\n", e.what());

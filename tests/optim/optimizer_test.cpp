@@ -156,3 +156,30 @@ TEST_CASE("loading a state with wrong names or sizes is an error naming the tens
   CHECK_THROWS_WITH_AS(opt.load_state(resized), doctest::Contains("'a.weight.momentum' has 4 values"), Error);
   CHECK_THROWS_AS(opt.step(s, {true}, 0.1f), Error);
 }
+
+TEST_CASE("preview writes the weights a step would, bit for bit, and leaves the optimizer's state as it was") {
+  for (int which = 0; which < 2; ++which) {
+    CAPTURE(which);
+    // Param a has been updated twice (slots and a step count of its own), b never.
+    ParamStore stepped = two_params(), previewed = two_params();
+    auto opt_s = make(which), opt_p = make(which);
+    for (int t = 0; t < 2; ++t) {
+      set_grads(stepped, 1.0f + float(t));
+      set_grads(previewed, 1.0f + float(t));
+      opt_s->step(stepped, std::vector<bool>{true, false}, 0.1f);
+      opt_p->step(previewed, std::vector<bool>{true, false}, 0.1f);
+    }
+    const OptimizerState before = opt_p->state();
+    set_grads(stepped, -0.7f);
+    set_grads(previewed, -0.7f);
+    opt_s->step(stepped, std::vector<bool>{true, true}, 0.05f);
+    opt_p->preview(previewed, std::vector<bool>{true, true}, 0.05f);
+    for (int k = 0; k < 2; ++k) {
+      const auto a = stepped[std::size_t(k)].values(), b = previewed[std::size_t(k)].values();
+      CHECK(std::equal(a.begin(), a.end(), b.begin()));
+    }
+    CHECK(opt_p->state() == before);
+    CHECK(opt_p->state() != opt_s->state());                                // a real step did change them
+    CHECK(opt_p->slot_bytes() == 3 * opt_p->slot_count() * sizeof(float));  // b got no slots
+  }
+}

@@ -8,6 +8,7 @@
 // alternatives, weight magnitude and gradient magnitude, are here too.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -36,11 +37,11 @@ class ImportanceEvaluator {
       return normalize(per_unit(units, per_param));
     }
     const auto values = ps.value_arena();
-    w0_.assign(values.begin(), values.end());
+    const auto n = static_cast<std::int64_t>(values.size());
+    w0_.resize(values.size());
+    copy(values.data(), w0_.data(), n);
     buffers0_.clear();
     for (const auto& b : ps.buffers()) buffers0_.insert(buffers0_.end(), b.values().begin(), b.values().end());
-    opt.attach(ps);
-    const OptimizerState state0 = opt.state();
     const std::vector<bool> all(ps.size(), true);
 
     g.select(all);
@@ -50,29 +51,50 @@ class ImportanceEvaluator {
     if (metric == ImportanceMetric::grad_magnitude) {
       for (std::size_t k = 0; k < ps.size(); ++k) per_param[k] = abs_sum(ps[k].grads());
     } else {
-      opt.step(ps, all, lr);
-      // dw0 = w1 - w0, kept in w1's place of a copy so the arena can be reused for g1.
+      opt.preview(ps, all, lr);  // w1: the step training would take, the optimizer's state untouched
+      // dw0 = w1 - w0, kept in a copy so the gradients of the second pass can be taken at w1.
       dw_.resize(values.size());
-      for (std::size_t i = 0; i < values.size(); ++i) dw_[i] = values[i] - w0_[i];
+      {
+        const float* w1 = values.data();
+        const float* w0 = w0_.data();
+        float* dw = dw_.data();
+#pragma omp parallel for simd schedule(static)
+        for (std::int64_t i = 0; i < n; ++i) dw[i] = w1[i] - w0[i];
+      }
       restore_buffers(ps);  // the second pass sees the same batch-norm statistics
       g.forward(true);
       g.backward();
-      for (std::size_t k = 0; k < ps.size(); ++k) {
-        const auto grads = ps[k].grads();
-        const float* dw = dw_.data() + ps[k].offset;
-        double s = 0;
-        for (std::size_t i = 0; i < grads.size(); ++i) s -= double(grads[i]) * double(dw[i]);
-        per_param[k] = s;
-      }
+      for (std::size_t k = 0; k < ps.size(); ++k)
+        per_param[k] = -dot(ps[k].grad, dw_.data() + ps[k].offset, ps[k].size());
     }
-    std::copy(w0_.begin(), w0_.end(), values.begin());
+    copy(w0_.data(), values.data(), n);
     restore_buffers(ps);
-    opt.load_state(state0);
     g.select(current_mask);
     return normalize(per_unit(units, per_param));
   }
 
  private:
+  // sum a[i] * b[i] in double, over 64 fixed chunks summed in order: the same
+  // result on any thread count (reruns and resumed runs select identically).
+  static double dot(const float* a, const float* b, std::int64_t n) {
+    constexpr int kChunks = 64;
+    std::array<double, kChunks> part{};
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int c = 0; c < kChunks; ++c) {
+      double s = 0;
+      for (std::int64_t i = n * c / kChunks; i < n * (c + 1) / kChunks; ++i) s += double(a[i]) * double(b[i]);
+      part[std::size_t(c)] = s;
+    }
+    double s = 0;
+    for (double p : part) s += p;
+    return s;
+  }
+
+  static void copy(const float* from, float* to, std::int64_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) to[i] = from[i];
+  }
+
   static double abs_sum(std::span<const float> v) {
     double s = 0;
     for (float x : v) s += std::abs(double(x));

@@ -55,6 +55,36 @@ class Optimizer {
     }
   }
 
+  // The weights that step(params, selected, lr) would leave, written into the
+  // params, while the optimizer's own state (slots, update counts) stays as it
+  // is: each param's slots are copied to scratch (zeros if it has none yet) and
+  // updated there. The same arithmetic as step(), so the same weights, bit for
+  // bit. The importance probe's trial step: nothing to save and restore.
+  void preview(ParamStore& params, const std::vector<bool>& selected, float lr) {
+    attach(params);
+    if (selected.size() != params.size())
+      fail("{}: selection has {} entries for {} params", name(), selected.size(), params.size());
+    std::size_t largest = 0;
+    for (std::size_t k = 0; k < params.size(); ++k)
+      if (selected[k]) largest = std::max(largest, sizes_[k]);
+    scratch_.resize(slot_count());
+    for (auto& b : scratch_)
+      if (b.size() < largest) b.resize(largest);
+    std::array<float*, 4> s{};
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      if (!selected[k]) continue;
+      const auto n = static_cast<std::int64_t>(sizes_[k]);
+      for (std::size_t i = 0; i < slot_count(); ++i) {
+        float* out = scratch_[i].data();
+        const float* in = slots_[i][k].empty() ? nullptr : slots_[i][k].data();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+        for (std::int64_t e = 0; e < n; ++e) out[e] = in ? in[e] : 0.0f;
+        s[i] = out;
+      }
+      apply(params[k].value, params[k].grad, std::span<float* const>(s.data(), slot_count()), n, lr, steps_[k] + 1);
+    }
+  }
+
   // The update arithmetic alone, on raw buffers of n elements: weights,
   // gradients and one buffer per slot (slot_count() of them), as a param's t-th
   // update (t >= 1). step() runs it on the params; the timing profiler runs it
@@ -150,6 +180,7 @@ class Optimizer {
  private:
   std::vector<std::size_t> sizes_;                      // elements of each param
   std::vector<std::vector<std::vector<float>>> slots_;  // [slot][param][element]; empty = all zero
+  std::vector<std::vector<float>> scratch_;             // preview(): one param's slots
 };
 
 struct SGDWOptions {
