@@ -48,8 +48,9 @@ int main(int argc, char** argv) {
   // The engine's own path: one Conv2d node, passes called as the trainer calls them.
   Graph g(ctx);
   const auto x = g.input("x", {N, C, H, W}, true);
-  const auto y = g.add<Conv2d>({x}, "conv", Conv2dOptions{.in_channels = C, .out_channels = K, .kernel_h = 3,
-                                                          .kernel_w = 3, .padding = 1, .bias = false});
+  const auto y = g.add<Conv2d>(
+      {x}, "conv",
+      Conv2dOptions{.in_channels = C, .out_channels = K, .kernel_h = 3, .kernel_w = 3, .padding = 1, .bias = false});
   g.finalize(1);
   g.select_all();
   g.forward(true);
@@ -82,11 +83,14 @@ int main(int argc, char** argv) {
   convolution_backward_weights bwd_w(bwd_w_pd);
   Summary best[3] = {
       time_ms(reps, ctx,
-              [&] { fwd.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}}); }),
+              [&] {
+                fwd.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+              }),
       time_ms(reps, ctx,
               [&] {
-                bwd_d.execute(stream,
-                              {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, bwd_wei}, {DNNL_ARG_DIFF_SRC, diff_src}});
+                bwd_d.execute(
+                    stream,
+                    {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, bwd_wei}, {DNNL_ARG_DIFF_SRC, diff_src}});
               }),
       time_ms(reps, ctx, [&] {
         bwd_w.execute(stream,
@@ -95,20 +99,21 @@ int main(int argc, char** argv) {
 
   // oneDNN's matmul (sgemm) on square 1536 matrices: the machine's practical rate.
   const std::int64_t M = 1536;
-  matmul::primitive_desc mm_pd({memory::desc({M, M}, f32, tag::ab), memory::desc({M, M}, f32, tag::ab),
-                                memory::desc({M, M}, f32, tag::ab)},
-                               eng);
+  matmul::primitive_desc mm_pd(
+      {memory::desc({M, M}, f32, tag::ab), memory::desc({M, M}, f32, tag::ab), memory::desc({M, M}, f32, tag::ab)},
+      eng);
   auto a = filled(mm_pd.src_desc(), eng, 0.01f), b = filled(mm_pd.weights_desc(), eng, 0.01f),
        c = filled(mm_pd.dst_desc(), eng, 0.f);
   matmul mm(mm_pd);
-  const Summary mm_t =
-      time_ms(reps, ctx, [&] { mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}}); });
+  const Summary mm_t = time_ms(reps, ctx, [&] {
+    mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  });
   const double mm_gflops = 2.0 * M * M * M * 1e-9 / (mm_t.median * 1e-3);
 
   std::printf("conv 3x3, N=%lld, %lld->%lld channels, %lldx%lld, pad 1: %.3f GFLOP per pass; %d threads, %d reps\n",
               (long long)N, (long long)C, (long long)K, (long long)H, (long long)W, gflop, threads, reps);
-  std::printf("%-17s %24s %24s %9s %12s\n", "pass", "elastic ms (min-max)", "oneDNN best ms (min-max)",
-              "elastic", "elastic/best");
+  std::printf("%-17s %24s %24s %9s %12s\n", "pass", "elastic ms (min-max)", "oneDNN best ms (min-max)", "elastic",
+              "elastic/best");
   const char* names[3] = {"forward", "backward_data", "backward_weights"};
   for (int i = 0; i < 3; ++i)
     std::printf("%-17s %8.3f (%6.3f-%6.3f) %8.3f (%6.3f-%6.3f) %5.0f GF/s %11.0f%%\n", names[i], ours[i].median,

@@ -33,8 +33,8 @@ void write_jpeg(const fs::path& path, std::uint64_t seed) {
   for (int y = 0; y < H; ++y)
     for (int x = 0; x < W; ++x)
       for (int c = 0; c < 3; ++c) {
-        const float v = 128 + 90 * std::sin(fx * float(x) * float(c + 1) + ph) * std::cos(fy * float(y) - ph) +
-                        12 * rng.normal();
+        const float v =
+            128 + 90 * std::sin(fx * float(x) * float(c + 1) + ph) * std::cos(fy * float(y) - ph) + 12 * rng.normal();
         rgb[std::size_t((y * W + x) * 3 + c)] = std::uint8_t(std::clamp(v, 0.0f, 255.0f));
       }
   jpeg_compress_struct cinfo;
@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
     } cleanup{dir};
     for (const char* split : {"train", "test"})
       for (int c = 0; c < 4; ++c) fs::create_directories(dir / split / fmt::format("class{}", c));
-    for (int i = 0; i < images; ++i) write_jpeg(dir / "train" / fmt::format("class{}", i % 4) / fmt::format("{}.jpg", i), i);
+    for (int i = 0; i < images; ++i)
+      write_jpeg(dir / "train" / fmt::format("class{}", i % 4) / fmt::format("{}.jpg", i), i);
     for (int c = 0; c < 4; ++c) write_jpeg(dir / "test" / fmt::format("class{}", c) / "0.jpg", 1000 + c);
     const Dataset d = open_dataset("image_folder", dir);
     std::uintmax_t bytes = 0;
@@ -112,13 +113,20 @@ int main(int argc, char** argv) {
     // The loader alone, consumer never busy.
     fmt::print("loader alone (batch 4, 224x224, augmented)   images/s\n");
     for (int workers : {0, 1, 2}) {
-      Loader l(d.train, {.batch = 4, .height = 224, .width = 224, .normalize = norm, .augment = true,
-                         .drop_last = true, .seed = 1, .workers = workers, .prefetch = 4});
+      Loader l(d.train, {.batch = 4,
+                         .height = 224,
+                         .width = 224,
+                         .normalize = norm,
+                         .augment = true,
+                         .drop_last = true,
+                         .seed = 1,
+                         .workers = workers,
+                         .prefetch = 4});
       l.start_epoch(0, true);
       Stopwatch sw;
       for (std::int64_t b = 0; b < l.batches(); ++b) l.get(b);
-      const std::string who = workers == 0 ? "the caller's thread" : fmt::format("{} decoding thread{}", workers,
-                                                                                  workers == 1 ? "" : "s");
+      const std::string who =
+          workers == 0 ? "the caller's thread" : fmt::format("{} decoding thread{}", workers, workers == 1 ? "" : "s");
       fmt::print("  {:<40} {:8.0f}\n", who, double(l.batches() * 4) / (sw.elapsed_ms() / 1000));
     }
 
@@ -153,8 +161,8 @@ int main(int argc, char** argv) {
       } source{l, train_steps};
       const EpochRecord r = t.train_epoch(source, 0);
       fmt::print("  {:<22} {:9.1f}   {:8.1f}   {:19.2f}   {:13.1f}%\n",
-                 workers == 0 ? "on the trainer's thread" : fmt::format("{} background thread{}", workers,
-                                                                          workers == 1 ? "" : "s"),
+                 workers == 0 ? "on the trainer's thread"
+                              : fmt::format("{} background thread{}", workers, workers == 1 ? "" : "s"),
                  r.train_ms / double(r.steps), double(r.train.count) / (r.train_ms / 1000), r.data_wait_ms / 1000,
                  100 * r.data_wait_ms / r.train_ms);
     }

@@ -19,11 +19,11 @@
 //        denormals update [N] [REPS]
 #include "elastic/core/denormals.hpp"
 
-#include <fmt/format.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#include <fmt/format.h>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/data.hpp"

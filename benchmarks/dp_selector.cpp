@@ -1,9 +1,10 @@
 // Google Benchmark of the DP selector over the unit counts of the paper's
 // models and beyond (N = 52, 158, 214, 1000) at time resolutions 1000 and 10000.
+#include "elastic/method/dp_selector.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include "elastic/core/random.hpp"
-#include "elastic/method/dp_selector.hpp"
 
 namespace {
 void BM_DPSelect(benchmark::State& state) {

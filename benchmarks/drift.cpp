@@ -9,16 +9,17 @@
 // Usage: drift WEIGHTS|- rho|deadline VALUE [epochs] [steps_per_epoch] [hog|nohog] [adapt|noadapt]
 // (noadapt: the time controller keeps 2 kernel threads throughout; adapt, the
 // default, lets it move to 1 while that is faster: thread switches go to stderr.)
-#include <fmt/format.h>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
+#include <fmt/format.h>
 
 #include "elastic/data.hpp"
 #include "elastic/io/weights.hpp"

@@ -8,14 +8,17 @@
 // memory is the elastic step's. `kernels` times full training steps (and the
 // optimizer's share of them), then runs one more step with oneDNN's verbose
 // log on, between marker lines, for benchmarks/kernel_report to attribute.
+// `probe` times the importance probe `steps` times in a row with the model's
+// default optimizer, and a full forward and backward.
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
-//                   [full | select RHO FILE | train FILE | kernels]
-#include <fmt/format.h>
-
+//                   [full | select RHO FILE | train FILE | kernels | probe]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
@@ -84,7 +87,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
-                 "[full | select RHO FILE | train FILE | kernels]\n");
+                 "[full | select RHO FILE | train FILE | kernels | probe]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -168,7 +171,29 @@ int main(int argc, char** argv) {
                  name, json(train), summarize(update_ms).median, gemm);
       return 0;
     }
-    if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE or kernels", mode);
+    if (mode == "probe") {  // the importance probe, `steps` times in a row (the first pays for first touches)
+      auto run_opt = make_optimizer("", name, std::nullopt);
+      std::vector<bool> some(m.params().size(), false);
+      for (std::size_t k = 0; k < some.size(); k += 3) some[k] = true;
+      m.graph->select(some);
+      ImportanceEvaluator<> evaluator;
+      std::vector<std::string> ms;
+      for (int i = 0; i < steps; ++i) {
+        Stopwatch sw;
+        evaluator.evaluate(m, *run_opt, 1e-4f, ImportanceMetric::loss_drop, 0, some);
+        ms.push_back(fmt::format("{:.0f}", sw.elapsed_ms()));
+      }
+      m.graph->select(all);
+      const Summary pass = measure(1, 2, [&] {
+        m.graph->forward(true);
+        m.graph->backward();
+      });
+      fmt::print(R"({{"model": "{}", "optimizer": "{}", "probe_ms": [{}], "full_pass_ms": {:.0f}}})"
+                 "\n",
+                 name, run_opt->name(), fmt::join(ms, ", "), pass.median);
+      return 0;
+    }
+    if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE, kernels or probe", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     const Summary train = measure(warmup, steps, [&] { train_step(m, opt, all, step++); });
     const double gemm = sgemm_gflops(ctx);

@@ -11,11 +11,11 @@
 // measured share as elastic training time over full training time of a pair
 // (median over the pairs), with the probes and selections and without them.
 // Usage: rho_claim [model] [threads] [steps] [input_size] [batch] [pairs] [rho,rho,...]
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+
+#include <fmt/format.h>
 
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/models/zoo.hpp"

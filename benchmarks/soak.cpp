@@ -3,12 +3,13 @@
 // resident memory every 100 steps. The claim: memory after step 200 and after
 // step 2000 differ by less than 2% (nothing grows per step or per selection).
 // Usage: soak [steps] [threads]
-#include <fmt/format.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+
+#include <unistd.h>
+
+#include <fmt/format.h>
 
 #include "elastic/data.hpp"
 #include "elastic/method/timing_profiler.hpp"

@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 
 #include "commands/data.hpp"
-#include "driver/driver.hpp"
 #include "commands/step.hpp"
+#include "driver/driver.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"ElasticTrainer: fine-tune pretrained networks by training only the tensors that matter"};
@@ -29,7 +29,10 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("step")) return elastic::cli::run_step(step);
     if (app.got_subcommand("data")) return elastic::cli::run_data(data);
-    if (app.got_subcommand("train")) return elastic::cli::run_train(train);
+    if (app.got_subcommand("train")) {
+      train.command = elastic::cli::quote_command(argc, argv);
+      return elastic::cli::run_train(train);
+    }
     if (app.got_subcommand("profile")) return elastic::cli::run_profile(profile);
   } catch (const elastic::UsageError& e) {
     fmt::print(stderr, "error: {}\n", e.what());

@@ -2,10 +2,10 @@
 // schedule: the first end-to-end run of the engine on a real dataset.
 // Prints one line per epoch (train loss/accuracy, test loss/accuracy, epoch
 // time without evaluation) and exits non-zero if --min_accuracy is not reached.
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include <CLI/CLI.hpp>
-
+#include "driver/driver.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/data/idx.hpp"
 #include "elastic/models/small_cnn.hpp"
@@ -23,21 +23,21 @@ int main(int argc, char** argv) {
   std::uint64_t seed = 1;
   app.add_option("--data_dir", data_dir, "directory with the Fashion-MNIST IDX files (raw or .gz)")
       ->capture_default_str();
-  app.add_option("--num_epochs", epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch_size", batch, "training batch size")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--num_epochs", epochs, "epochs")->capture_default_str()->check(elastic::cli::positive);
+  app.add_option("--batch_size", batch, "training batch size")->capture_default_str()->check(elastic::cli::positive);
   app.add_option("--learning_rate", lr, "initial learning rate (cosine-decayed to 0)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(elastic::cli::positive);
   app.add_option("--weight_decay", weight_decay, "decoupled weight decay")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(elastic::cli::non_negative);
   app.add_option("--threads", threads, "kernel threads (0 = all cores)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(elastic::cli::non_negative);
   app.add_option("--seed", seed, "seed of initialization, shuffling and dropout")->capture_default_str();
   app.add_option("--train_limit", train_limit, "use only the first N training images (0 = all)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(elastic::cli::non_negative);
   app.add_option("--min_accuracy", min_accuracy, "exit with status 1 if the final test accuracy (%) is lower")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

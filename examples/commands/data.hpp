@@ -3,10 +3,10 @@
 // is usable, 1 with a message naming the missing or malformed file otherwise.
 #pragma once
 
+#include <atomic>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-
-#include <atomic>
 
 #include "elastic/data/datasets.hpp"
 
@@ -32,8 +32,8 @@ inline int run_data(const DataArgs& a) {
   data::DatasetOptions options;
   if (!a.classes.empty()) options.classes = data::parse_class_list(a.classes);
   const data::Dataset d = data::open_dataset(a.dataset_name, a.data_dir, options);
-  nlohmann::json out{{"dataset", d.name}, {"classes", d.num_classes()}, {"train", d.train.size()},
-                     {"test", d.test.size()}};
+  nlohmann::json out{
+      {"dataset", d.name}, {"classes", d.num_classes()}, {"train", d.train.size()}, {"test", d.test.size()}};
   std::vector<std::string> failed, reasons;
   if (a.verify) {
     std::int64_t ok = 0;

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "driver/driver.hpp"
 #include "elastic/io/weights.hpp"
 #include "elastic/models/zoo.hpp"
 
@@ -17,17 +18,18 @@ struct StepArgs {
 };
 
 inline void add_step_command(CLI::App& app, StepArgs& a) {
-  auto* c = app.add_subcommand("step", "one forward and backward pass on given inputs; writes logits, loss and "
-                                       "every param gradient");
+  auto* c = app.add_subcommand("step",
+                               "one forward and backward pass on given inputs; writes logits, loss and "
+                               "every param gradient");
   c->add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->required();
-  c->add_option("--num_classes", a.num_classes, "classes of the head")->required()->check(CLI::PositiveNumber);
-  c->add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(
-      CLI::PositiveNumber);
+  c->add_option("--num_classes", a.num_classes, "classes of the head")->required()->check(cli::positive);
+  c->add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(cli::positive);
   c->add_option("--weights", a.weights, "safetensors file with every param and buffer")->required();
   c->add_option("--inputs", a.inputs, "safetensors file with images (B,3,S,S) f32 and labels (B) int")->required();
   c->add_option("--out", a.out, "safetensors file to write: logits, loss, grad/<param>")->required();
-  c->add_option("--threads", a.threads, "kernel threads (0 = all cores)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+  c->add_option("--threads", a.threads, "kernel threads (0 = all cores)")
+      ->capture_default_str()
+      ->check(cli::non_negative);
 }
 
 inline int run_step(const StepArgs& a) {
@@ -41,8 +43,8 @@ inline int run_step(const StepArgs& a) {
   if (static_cast<std::int64_t>(labels.size()) != images.dim(0))
     fail("'{}': {} labels for {} images", a.inputs, labels.size(), images.dim(0));
   Context ctx(a.threads);
-  Model m = build_model(a.model_name, ctx, {.num_classes = a.num_classes, .input_size = a.input_size,
-                                            .batch = images.dim(0)});
+  Model m = build_model(a.model_name, ctx,
+                        {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0)});
   io::load_weights(m.params(), a.weights);
   std::vector<std::int32_t> y;
   for (auto l : labels) {

@@ -4,12 +4,34 @@
 // main is a few lines and builds in a second.
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
 
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
 namespace elastic::cli {
+
+// Checks of numeric flags whose messages give the bounds as plain numbers
+// ("--batch_size: 0 is not > 0"), which CLI11's own ranges do not.
+inline CLI::Validator numeric_bound(std::string what, double lo, double hi, bool lo_open) {
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return fmt::format("'{}' is not a number", text);
+        if (lo_open ? !(v > lo) : !(v >= lo)) return fmt::format("{} is not {} {}", text, lo_open ? ">" : ">=", lo);
+        if (!(v <= hi)) return fmt::format("{} is not <= {}", text, hi);
+        return {};
+      },
+      std::move(what));
+}
+inline const CLI::Validator positive = numeric_bound("> 0", 0, HUGE_VAL, true);
+inline const CLI::Validator non_negative = numeric_bound(">= 0", 0, HUGE_VAL, false);
+inline CLI::Validator in_range(double lo, double hi) {
+  return numeric_bound(fmt::format("in [{}, {}]", lo, hi), lo, hi, false);
+}
 
 struct TrainArgs {
   // The reference's flags, with its defaults.
@@ -37,6 +59,10 @@ struct TrainArgs {
   bool no_augment = false;           // batch norm on batch statistics (training from scratch)
   std::int64_t steps_per_epoch = 0;  // 0: the whole training split
   std::optional<float> dropout;      // unset: the model's default (0.2, vit 0)
+  // Mid-epoch checkpoints: every N steps ("500") or every so much training
+  // time ("10m", "90s"); "0": at epoch ends only.
+  std::string checkpoint_every = "10m";
+  std::string command;  // the command line as typed, for the resume hint after a signal
 };
 
 struct ProfileArgs {
@@ -53,6 +79,10 @@ void add_profile_options(CLI::App& c, ProfileArgs& a);
 // (elastic::UsageError for wrong flags).
 int run_train(const TrainArgs& a);
 int run_profile(const ProfileArgs& a);
+
+// The command line as one shell-quotable string (words with anything but
+// [A-Za-z0-9_./=:,+-] single-quoted).
+std::string quote_command(int argc, char** argv);
 
 // Runs `f` and maps errors to exit codes: 2 for usage errors, 1 otherwise,
 // with a one-line message on stderr.

@@ -13,21 +13,21 @@ void add_profile_options(CLI::App& c, ProfileArgs& a) {
   c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
   c.add_option("--input_size", a.input_size, "image side in pixels")
       ->capture_default_str()
-      ->check(CLI::Range(std::int64_t{16}, std::int64_t{4096}));
-  c.add_option("--batch_size", a.batch_size, "training batch")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(cli::in_range(16, 4096));
+  c.add_option("--batch_size", a.batch_size, "training batch")->capture_default_str()->check(cli::positive);
   c.add_option("--num_classes", a.num_classes, "classes of the head (as the training run will have)")
       ->required()
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   c.add_option("--threads", a.threads, "kernel threads (0: all cores); training must use the same")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   c.add_option("--optimizer", a.optimizer,
                "sgd or adam: the training run's optimizer, whose update each unit's time includes "
                "[default: adam for vit, else sgd]");
-  c.add_option("--warmup", a.warmup, "unmeasured repeats first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  c.add_option("--warmup", a.warmup, "unmeasured repeats first")->capture_default_str()->check(cli::non_negative);
   c.add_option("--repeats", a.repeats, "measured repeats (medians are kept)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   c.add_option("--out", a.out, "profile file to write (JSON)")->required();
 }
 

@@ -3,12 +3,12 @@
 // prints plain lines, about ten per epoch, so logs stay readable.
 #pragma once
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+
+#include <unistd.h>
 
 #include <fmt/format.h>
 

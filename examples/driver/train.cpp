@@ -1,13 +1,15 @@
 // `elastic train`: a whole fine-tuning run as the reference's main does it,
 // with metrics files, atomic checkpoints and exact resumption.
-#include <fcntl.h>
-#include <fmt/format.h>
-#include <unistd.h>
-
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "driver/driver.hpp"
@@ -23,6 +25,21 @@
 namespace elastic::cli {
 
 namespace fs = std::filesystem;
+
+namespace {
+// --checkpoint_every: a whole number of steps, or a duration of training time.
+struct CheckpointEvery {
+  std::int64_t steps = 0;  // 0: not by steps
+  double seconds = 0;      // 0: not by time
+};
+CheckpointEvery parse_checkpoint_every(const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    if (text.size() > 12) usage_fail("--checkpoint_every '{}' is too many steps", text);
+    return {.steps = std::stoll(text)};
+  }
+  return {.seconds = parse_duration_s(text, "--checkpoint_every")};
+}
+}  // namespace
 using nlohmann::json;
 
 void add_train_options(CLI::App& c, TrainArgs& a) {
@@ -37,32 +54,47 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
       ->capture_default_str();
   c.add_option("--input_size", a.input_size, "image side in pixels")
       ->capture_default_str()
-      ->check(CLI::Range(std::int64_t{16}, std::int64_t{4096}));
+      ->check(cli::in_range(16, 4096));
   c.add_option("--batch_size", a.batch_size, "training batch (tests use twice this)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   c.add_option("--num_classes", a.num_classes, "classes of the new head (0: the dataset's)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   c.add_option("--optimizer", a.optimizer, "sgd (SGDW, momentum 0.9) or adam; empty: adam for vit, else sgd")
       ->capture_default_str();
   c.add_option("--learning_rate", a.learning_rate, "initial learning rate, cosine-decayed to 0")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   c.add_option_function<float>(
        "--weight_decay", [&a](const float& wd) { a.weight_decay = wd; },
        "decoupled weight decay: each step shrinks the trained weights by weight_decay * learning rate "
        "[default: 5e-4 with sgd, none with adam; given with adam it makes AdamW]")
-      ->check(CLI::NonNegativeNumber);
-  c.add_option("--num_epochs", a.num_epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(cli::non_negative);
+  c.add_option("--num_epochs", a.num_epochs, "epochs")->capture_default_str()->check(cli::positive);
   c.add_option("--run_name", a.run_name, "name of the run: its files go to <log_dir>/<run_name>/")
       ->capture_default_str();
-  c.add_flag("--save_model", a.save_model,
-             "write a checkpoint (weights and trainer state) at each epoch end and the final weights");
+  c.add_flag("--save_model", a.save_model, "write the final weights to <log_dir>/<run_name>/model.safetensors");
+  c.add_option("--checkpoint_every", a.checkpoint_every,
+               "also checkpoint within epochs: every N steps (500), or every so much training time with a suffix "
+               "s, m or h (10m), counted from the last checkpoint; 0: at epoch ends only (a checkpoint is always "
+               "written at every epoch end, and on "
+               "SIGINT or SIGTERM after the step in progress)")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            try {
+              parse_checkpoint_every(text);
+              return std::string();
+            } catch (const UsageError& e) {
+              return std::string(e.what());
+            }
+          },
+          "STEPS|DURATION"));
   c.add_flag("--save_txt", a.save_txt, "also write every log line to <log_dir>/<run_name>/log.txt");
   c.add_option("--interval", a.interval, "epochs between re-selections (elastic types)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   c.add_option_function<double>(
       "--rho",
       [&a](const double& rho) {
@@ -94,10 +126,10 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
   c.add_option("--threads", a.threads, "kernel threads (0: all cores)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   c.add_option("--workers", a.workers, "image decoding threads (0: decode on the training thread)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   c.add_option("--seed", a.seed, "seed of initialization, shuffling, augmentation and dropout")->capture_default_str();
   c.add_option("--log_dir", a.log_dir, "directory of run directories")->capture_default_str();
   c.add_flag("--resume", a.resume, "continue the run <log_dir>/<run_name> from its last checkpoint");
@@ -106,14 +138,14 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_flag("--skip_bad", a.skip_bad, "leave out images that fail to decode (with a warning) instead of stopping");
   c.add_option("--steps_per_epoch", a.steps_per_epoch, "cap on steps per epoch (0: the whole training split)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   c.add_flag("--bn_batch_stats", a.bn_batch_stats,
              "batch norm normalizes with batch statistics and updates its running ones (training from scratch); "
              "by default they stay frozen, as when fine-tuning a pretrained backbone");
   c.add_flag("--no_augment", a.no_augment, "train without the random flip and rotation");
   c.add_option_function<float>(
        "--dropout", [&a](const float& p) { a.dropout = p; }, "dropout rate of the new head [default: 0.2, for vit 0]")
-      ->check(CLI::Range(0.0f, 0.95f));
+      ->check(cli::in_range(0, 0.95));
 }
 
 namespace {
@@ -192,19 +224,36 @@ class MetricsFile {
   std::FILE* file_ = nullptr;
 };
 
-// Writes `text` to `path` through a temporary file, fsync and rename.
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) fail("cannot create '{}'", tmp.string());
-    const bool ok =
-        std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-    std::fclose(f);
-    if (!ok) fail("cannot write '{}'", tmp.string());
-  }
-  fs::rename(tmp, path);
+json to_json(const Metrics& m) { return {{"loss_sum", m.loss_sum}, {"correct", m.correct}, {"count", m.count}}; }
+Metrics metrics_from_json(const json& j) {
+  return {json_number(j.at("loss_sum"), "loss_sum"), json_integer<std::int64_t>(j.at("correct"), "correct"),
+          json_integer<std::int64_t>(j.at("count"), "count")};
 }
+
+// A stop request from SIGINT or SIGTERM: the signal's number, 0 for none.
+// The handlers are one-shot, so a second Ctrl-C ends the process at once.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int signo) { g_stop_signal = signo; }
+
+struct StopSignals {
+  struct sigaction old_int {
+  }, old_term{};
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    ::sigaction(SIGINT, &sa, &old_int);
+    ::sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_int, nullptr);
+    ::sigaction(SIGTERM, &old_term, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+};
 
 }  // namespace
 
@@ -220,12 +269,15 @@ int run_train(const TrainArgs& a) {
     usage_fail("--optimizer '{}' is not one of sgd, adam", a.optimizer);
   if (a.run_name.empty() || a.run_name.find('/') != std::string::npos)
     usage_fail("--run_name '{}' must be a non-empty name without '/'", a.run_name);
+  const CheckpointEvery checkpoint_every = parse_checkpoint_every(a.checkpoint_every);
+  const StopSignals stop_signals;
   const Stopwatch wall;
   Progress progress;
   const fs::path run_dir = fs::path(a.log_dir) / a.run_name;
   const fs::path checkpoint_path = run_dir / "checkpoint.safetensors", metrics_path = run_dir / "metrics.jsonl";
   if (a.resume && !fs::exists(checkpoint_path))
-    usage_fail("--resume: no checkpoint '{}' (a run writes checkpoints with --save_model)", checkpoint_path.string());
+    usage_fail("--resume: no checkpoint '{}' (the run ended or was killed before its first one)",
+               checkpoint_path.string());
   if (!a.resume && fs::exists(metrics_path))
     usage_fail("run directory '{}' already holds a run: pass --resume to continue it or choose another --run_name",
                run_dir.string());
@@ -259,6 +311,12 @@ int run_train(const TrainArgs& a) {
                          .dropout = a.dropout,
                          .seed = a.seed});
   m.set_batch_stats(a.bn_batch_stats);
+  if (a.weights.empty())  // fine-tuning settings on an untrained model learn little: say so before any time is spent
+    log(fmt::format(
+        "warning: no --weights: {} starts from random initialization{}; give --weights FILE to "
+        "fine-tune a pretrained model{}",
+        m.name, a.bn_batch_stats ? "" : " with its batch-norm statistics frozen at 0 mean and unit variance",
+        a.bn_batch_stats ? "" : ", or --bn_batch_stats (and a larger --learning_rate) to train from scratch"));
   if (!a.weights.empty()) {
     const auto report = io::load_weights(m.params(), a.weights, {.skip_prefixes = m.head_prefixes});
     log(fmt::format("loaded {} tensors from '{}' (head {} left as initialized)", report.loaded, a.weights,
@@ -318,13 +376,15 @@ int run_train(const TrainArgs& a) {
                       .optimizer = a.optimizer,
                       .learning_rate = a.learning_rate,
                       .weight_decay = a.weight_decay,
-                      .seed = a.seed,
                       .deadline_s = a.deadline_s};
   topt.control.correct = a.time_control == "on";
   Trainer trainer(m, topt, steps_per_epoch, profile);
 
   int first_epoch = 0;
   double best = 0, train_ms = 0, wall_before_ms = 0;
+  // Every 200 steps: the mean train loss and accuracy over those steps; and over the epoch so far.
+  Metrics window, running;
+  std::string last_checkpoint;  // the newest checkpoint of this run, for messages
   json epochs = json::array();
   std::optional<std::uintmax_t> metrics_bytes;
   if (a.resume) {
@@ -336,12 +396,24 @@ int run_train(const TrainArgs& a) {
       wall_before_ms = json_number(c.run.at("wall_ms"), "wall_ms");
       epochs = c.run.at("epochs");
       metrics_bytes = json_integer<std::uintmax_t>(c.run.at("metrics_bytes"), "metrics_bytes");
+      if (c.run.contains("window")) {  // a checkpoint within an epoch: the partial metrics windows
+        window = metrics_from_json(c.run.at("window"));
+        running = metrics_from_json(c.run.at("running"));
+      }
       if (!epochs.is_array()) fail("epochs malformed");
     } catch (const std::exception& e) {
       fail("'{}': malformed run record: {}", checkpoint_path.string(), e.what());
     }
     trainer.restore(c.trainer);
-    log(fmt::format("resuming '{}' after epoch {} (step {})", run_dir.string(), first_epoch, c.trainer.step));
+    last_checkpoint = fmt::format(
+        "'{}' ({})", checkpoint_path.string(),
+        c.trainer.epoch.epoch >= 0 ? fmt::format("step {}, within epoch {}", c.trainer.step, c.trainer.epoch.epoch + 1)
+                                   : fmt::format("end of epoch {}", first_epoch));
+    log(fmt::format("resuming '{}' after epoch {}{} (step {})", run_dir.string(), first_epoch,
+                    c.trainer.epoch.epoch >= 0
+                        ? fmt::format(" and {} steps of epoch {}", c.trainer.epoch.batches, c.trainer.epoch.epoch + 1)
+                        : "",
+                    c.trainer.step));
   }
   MetricsFile metrics(metrics_path, metrics_bytes);
   const auto wall_s = [&] { return (wall_before_ms + wall.elapsed_ms()) / 1000; };
@@ -355,8 +427,6 @@ int run_train(const TrainArgs& a) {
                   : a.deadline_s    ? fmt::format(", deadline {:.0f} s", *a.deadline_s)
                                     : fmt::format(", rho {}", a.rho)));
 
-  // Every 200 steps: the mean train loss and accuracy over those steps.
-  Metrics window, running;
   Stopwatch epoch_clock;
   int current_epoch = 0;
   trainer.log = log;
@@ -393,18 +463,65 @@ int run_train(const TrainArgs& a) {
                               format_duration(eta)));
   };
 
+  // A checkpoint of everything up to the last step: weights, trainer state (with
+  // the epoch in progress, if any), the run record, and metrics.jsonl synced.
+  const auto write_checkpoint = [&](int completed_epochs, const std::string& when) {
+    const std::uintmax_t bytes = metrics.sync();
+    json run{{"epoch", completed_epochs - 1},
+             {"best_test_accuracy", best},
+             {"train_ms", train_ms},
+             {"wall_ms", wall_before_ms + wall.elapsed_ms()},
+             {"epochs", epochs},
+             {"metrics_bytes", bytes},
+             {"config", config},
+             {"profile_key", profile ? profile->to_json()["key"] : json()}};
+    const TrainerState state = trainer.state();
+    if (state.epoch.epoch >= 0) {
+      run["window"] = to_json(window);
+      run["running"] = to_json(running);
+    }
+    save_checkpoint(checkpoint_path, m.params(), state, run);
+    last_checkpoint = fmt::format("'{}' ({})", checkpoint_path.string(), when);
+  };
+  // Periodic checkpoints within epochs (--checkpoint_every), at step boundaries.
+  std::uint64_t checkpoint_step = trainer.step();
+  double checkpoint_ms = trainer.training_ms();
+  trainer.after_step = [&] {
+    const bool due =
+        checkpoint_every.steps > 0
+            ? trainer.step() - checkpoint_step >= std::uint64_t(checkpoint_every.steps)
+            : checkpoint_every.seconds > 0 && trainer.training_ms() - checkpoint_ms >= 1000 * checkpoint_every.seconds;
+    if (!due) return;
+    write_checkpoint(current_epoch, fmt::format("step {}, within epoch {}", trainer.step(), current_epoch + 1));
+    checkpoint_step = trainer.step();
+    checkpoint_ms = trainer.training_ms();
+  };
+  trainer.stop = [] { return g_stop_signal != 0; };
+  // After a stop request: the checkpoint is written, the way back printed.
+  const auto stopped = [&] {
+    const int signo = g_stop_signal;
+    progress.finish();
+    log(fmt::format("stopped by {} after step {}: checkpoint {} written; continue with:\n  {}{}",
+                    signo == SIGINT ? "SIGINT" : "SIGTERM", trainer.step(), checkpoint_path.string(),
+                    a.command.empty() ? "the same command" : a.command, a.resume ? "" : " --resume"));
+    return 128 + signo;
+  };
+
   for (int epoch = first_epoch; epoch < a.num_epochs; ++epoch) {
     current_epoch = epoch;
-    window = running = {};
+    if (trainer.epoch_in_progress() != epoch) window = running = {};  // (a resumed epoch keeps its partial windows)
     epoch_clock.reset();
     EpochRecord r;
     try {
       r = trainer.train_epoch(train, epoch);
     } catch (const NonFiniteLoss& e) {
       progress.finish();
-      if (a.save_model && fs::exists(checkpoint_path) && epoch > 0)
-        fail("{}; the last good checkpoint is '{}' (end of epoch {})", e.what(), checkpoint_path.string(), epoch);
-      fail("{}; no checkpoint was written{}", e.what(), a.save_model ? " yet" : " (run with --save_model)");
+      if (last_checkpoint.empty()) fail("{}; no checkpoint was written yet", e.what());
+      fail("{}; the last good checkpoint is {}", e.what(), last_checkpoint);
+    }
+    if (!r.complete) {  // a stop request between two steps
+      write_checkpoint(epoch, fmt::format("step {}, within epoch {}", trainer.step(), epoch + 1));
+      return stopped();
     }
     progress.finish();
     train_ms += r.train_ms;
@@ -436,18 +553,10 @@ int run_train(const TrainArgs& a) {
                       {"epoch_time", r.train_ms / 1000}});
     log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a.num_epochs, t.loss(),
                     acc, best));
-    if (a.save_model) {
-      const std::uintmax_t bytes = metrics.sync();
-      save_checkpoint(checkpoint_path, m.params(), trainer.state(),
-                      {{"epoch", epoch},
-                       {"best_test_accuracy", best},
-                       {"train_ms", train_ms},
-                       {"wall_ms", wall_before_ms + wall.elapsed_ms()},
-                       {"epochs", epochs},
-                       {"metrics_bytes", bytes},
-                       {"config", config},
-                       {"profile_key", profile ? profile->to_json()["key"] : json()}});
-    }
+    write_checkpoint(epoch + 1, fmt::format("end of epoch {}", epoch + 1));
+    checkpoint_step = trainer.step();
+    checkpoint_ms = trainer.training_ms();
+    if (g_stop_signal) return stopped();  // it came during the evaluation or the checkpoint
   }
   if (a.save_model) io::save_weights(m.params(), run_dir / "model.safetensors");
 
@@ -464,7 +573,7 @@ int run_train(const TrainArgs& a) {
                      {"epochs", epochs},
                      {"selections", trainer.selections().size()},
                      {"config", config}};
-  write_atomically(run_dir / "summary.json", summary.dump(1) + "\n");
+  io::write_durably(run_dir / "summary.json", summary.dump(1) + "\n");
   log(fmt::format("Best test accuracy: {:.2f}%", best));
   log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms / 3.6e6, train_ms / 1000));
   log(fmt::format("metrics: {}, summary: {}", metrics_path.string(), (run_dir / "summary.json").string()));
@@ -497,7 +606,27 @@ int example_main(int argc, char** argv, const std::string& model, const std::str
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
+  a.command = quote_command(argc, argv);
   return guarded([&] { return run_train(a); });
+}
+
+std::string quote_command(int argc, char** argv) {
+  std::string out;
+  for (int i = 0; i < argc; ++i) {
+    const std::string w = argv[i];
+    const bool plain = !w.empty() && w.find_first_not_of(
+                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                         "0123456789_./=:,+-") == std::string::npos;
+    if (i) out += ' ';
+    if (plain) {
+      out += w;
+    } else {
+      out += '\'';
+      for (char c : w) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      out += '\'';
+    }
+  }
+  return out;
 }
 
 }  // namespace elastic::cli

@@ -10,6 +10,8 @@ Usage: resume_test.py ELASTIC_BINARY
 """
 import json
 import os
+import re
+import struct
 import signal
 import subprocess
 import sys
@@ -19,6 +21,13 @@ import time
 from runs import check, elastic_setup, failures, records, strip
 
 ELASTIC = sys.argv[1]
+
+
+def checkpoint_state(path):
+    """The trainer state in a checkpoint's metadata."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(json.loads(raw[8:8 + n])["__metadata__"]["elastic_state"])
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +75,57 @@ with tempfile.TemporaryDirectory() as tmp:
     check(sa["best_test_accuracy"] == sb["best_test_accuracy"], "best test accuracy")
     check([strip(e) for e in sa["epochs"]] == [strip(e) for e in sb["epochs"]], "per-epoch summaries")
     check(sa["best_test_accuracy"] > 50, f"the run learns ({sa['best_test_accuracy']}%)")
+
+    def same_as_straight(name, what):
+        a, b = records(os.path.join(logs, "straight")), records(os.path.join(logs, name))
+        check(a == b, f"{what}: the metrics differ from the uninterrupted run's ({len(a)} and {len(b)} records)")
+        sb = json.load(open(os.path.join(logs, name, "summary.json")))
+        check(sa["best_test_accuracy"] == sb["best_test_accuracy"], f"{what}: best test accuracy")
+
+    def signal_at(cmd, pattern, signo):
+        """Sends `signo` when a stdout line matches `pattern`; returns (exit code, stdout after it)."""
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        for line in p.stdout:
+            if re.match(pattern, line):
+                p.send_signal(signo)
+                break
+        out, err = p.communicate(timeout=300)
+        return p.returncode, out, err
+
+    # SIGINT mid-epoch: the step in progress ends, a checkpoint is written, exit 130 with the way back;
+    # SIGTERM during an evaluation: the evaluation and its epoch-end checkpoint finish, exit 143.
+    run = base + ["--run_name", "sigint"]
+    code, out, err = signal_at(run, r"epoch 2/5 step", signal.SIGINT)
+    check(code == 130 and "stopped by SIGINT after step" in out and "--resume" in out,
+          f"SIGINT: exit {code}, {out[-400:]!r} {err[-400:]!r}")
+    check(os.path.exists(os.path.join(logs, "sigint", "checkpoint.safetensors")), "SIGINT: a checkpoint")
+    code, out, err = signal_at(run + ["--resume"], r"epoch 3/5 step 200/200", signal.SIGTERM)
+    check(code == 143 and "stopped by SIGTERM" in out, f"SIGTERM at the end of epoch 3: exit {code}, {err[-400:]!r}")
+    meta = checkpoint_state(os.path.join(logs, "sigint", "checkpoint.safetensors"))
+    check(meta["run"]["epoch"] == 2 and meta["epoch"]["epoch"] == -1,
+          f"SIGTERM in the evaluation: the epoch-end checkpoint of epoch 3 ({meta['run']['epoch']}, {meta['epoch']})")
+    r = subprocess.run(run + ["--resume"], capture_output=True, text=True)
+    check(r.returncode == 0, f"resume after the signals: {r.stderr}")
+    same_as_straight("sigint", "stopped by SIGINT and SIGTERM, resumed")
+
+    # Periodic checkpoints within epochs: killed with SIGKILL between two of them, a resume continues
+    # from the last one exactly.
+    run = base + ["--run_name", "periodic", "--checkpoint_every", "23"]
+    p = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    for line in p.stdout:
+        if re.match(r"epoch 2/5 step", line):
+            time.sleep(1.0)
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait()
+    meta = checkpoint_state(os.path.join(logs, "periodic", "checkpoint.safetensors"))
+    # Counted from the last checkpoint, which is epoch 1's end here.
+    check(meta["epoch"]["epoch"] == 1 and meta["epoch"]["batches"] % 23 == 0 and meta["epoch"]["batches"] > 0,
+          f"the last checkpoint is a periodic one within epoch 2: step {meta['step']}, {meta['epoch']}")
+    r = subprocess.run(run + ["--resume"], capture_output=True, text=True)
+    check(r.returncode == 0 and f"steps of epoch 2 (step {meta['step']})" in r.stdout,
+          f"resume from a periodic checkpoint: {r.stderr[-400:]!r}")
+    same_as_straight("periodic", "killed between periodic checkpoints, resumed")
 
     # Resuming with a different setting is refused, naming it.
     r = subprocess.run(run + ["--resume", "--learning_rate", "0.02"], capture_output=True, text=True)

@@ -69,7 +69,8 @@ with tempfile.TemporaryDirectory() as tmp:
               "--input_size", "32", "--batch_size", "16", "--log_dir", os.path.join(tmp, "logs"), "--threads", "2"]
     for args, needle in [(["--rho", "1.5"], "--rho"), (["--rho", "0"], "--rho"),
                          (["--train_type", "foo"], "--train_type 'foo'"), (["--model_name", "foo"], "foo"),
-                         (["--optimizer", "rmsprop"], "--optimizer"), (["--batch_size", "0"], "--batch_size"),
+                         (["--optimizer", "rmsprop"], "--optimizer"), (["--batch_size", "0"], "0 is not > 0"),
+                         (["--input_size", "8"], "8 is not >= 16"), (["--workers", "-1"], "-1 is not >= 0"),
                          (["--bogus"], "--bogus"), (["--num_classes", "3"], "--num_classes 3"),
                          (["--classes", "3-1"], "3-1"), (["--dataset_name", "cifar"], "cifar"),
                          (["--rho", "0.5", "--deadline", "60"], "--rho and --deadline"),
@@ -78,6 +79,7 @@ with tempfile.TemporaryDirectory() as tmp:
         r = run(*common, *args)
         lines = r.stderr.strip().splitlines()
         check(r.returncode == 2 and lines and needle in lines[0], f"{args}: exit {r.returncode}, {r.stderr!r}")
+        check(len(lines[0]) < 200 if lines else False, f"{args}: a message of {len(lines[0])} characters")
 
     # A profile from another configuration is refused, naming what differs.
     profile = os.path.join(tmp, "p.json")
@@ -92,6 +94,9 @@ with tempfile.TemporaryDirectory() as tmp:
             "--run_name", "r", "--save_model", "--save_txt", "--learning_rate", "0.01")
     check(r.returncode == 0, f"train run: {r.stderr}")
     out = r.stdout.splitlines()
+    warning = [l for l in out if l.startswith("warning: no --weights")]
+    check(len(warning) == 1 and "--bn_batch_stats" in warning[0] and out.index(warning[0]) < 3,
+          f"one warning line up front naming --weights and --bn_batch_stats: {out[:3]}")
     progress = [l for l in out if l.startswith("epoch 1/2 step")]
     check(len(progress) in (10, 11), f"about ten plain progress lines per epoch, got {len(progress)}")
     check(all("img/s" in l and "loss" in l and "acc" in l and "ETA" in l for l in progress), "progress fields")

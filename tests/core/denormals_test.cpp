@@ -1,10 +1,11 @@
 #include "elastic/core/denormals.hpp"
 
-#include <doctest/doctest.h>
-#include <omp.h>
-
 #include <limits>
 #include <vector>
+
+#include <omp.h>
+
+#include <doctest/doctest.h>
 
 #include "elastic/core/context.hpp"
 

@@ -1,7 +1,7 @@
 // Typed JSON reads: integers only when they are integers and fit.
-#include <doctest/doctest.h>
-
 #include "elastic/core/json.hpp"
+
+#include <doctest/doctest.h>
 
 using namespace elastic;
 using nlohmann::json;
@@ -13,9 +13,9 @@ TEST_CASE("json_integer accepts integers that fit and names the field otherwise"
   CHECK_THROWS_WITH_AS(json_integer<int>(json::parse("3.5"), "threads"),
                        doctest::Contains("threads must be an integer, got 3.5"), Error);
   // Too large for any integer type: parsed as a double, refused without converting it.
-  CHECK_THROWS_WITH_AS(json_integer<std::int64_t>(json::parse("377777777777777777777777777777777777777777772"),
-                                                  "input_size"),
-                       doctest::Contains("input_size must be an integer"), Error);
+  CHECK_THROWS_WITH_AS(
+      json_integer<std::int64_t>(json::parse("377777777777777777777777777777777777777777772"), "input_size"),
+      doctest::Contains("input_size must be an integer"), Error);
   CHECK_THROWS_WITH_AS(json_integer<int>(json::parse("4294967296"), "epoch"),
                        doctest::Contains("epoch = 4294967296 is out of range"), Error);
   CHECK_THROWS_WITH_AS(json_integer<std::uint64_t>(json::parse("-1"), "step"),
@@ -27,6 +27,6 @@ TEST_CASE("json_integer accepts integers that fit and names the field otherwise"
 TEST_CASE("json_number accepts any number and nothing else") {
   CHECK(json_number(json::parse("2"), "x") == 2.0);
   CHECK(json_number(json::parse("-0.25"), "x") == -0.25);
-  CHECK_THROWS_WITH_AS(json_number(json::parse("null"), "importance"),
-                       doctest::Contains("importance must be a number"), Error);
+  CHECK_THROWS_WITH_AS(json_number(json::parse("null"), "importance"), doctest::Contains("importance must be a number"),
+                       Error);
 }

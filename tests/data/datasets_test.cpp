@@ -1,8 +1,9 @@
 // The dataset readers against what the fixture generator wrote, and every
 // malformed index file giving an error that names file and line.
+#include "elastic/data/datasets.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/data/datasets.hpp"
 #include "support/dataset_fixtures.hpp"
 
 using namespace elastic;

@@ -1,9 +1,10 @@
-#include <doctest/doctest.h>
-#include <zlib.h>
+#include "elastic/data/idx.hpp"
 
 #include <fstream>
 
-#include "elastic/data/idx.hpp"
+#include <zlib.h>
+
+#include <doctest/doctest.h>
 
 using namespace elastic;
 namespace fs = std::filesystem;
@@ -30,7 +31,8 @@ void write_gz(const fs::path& p, const std::vector<std::uint8_t>& b) {
 
 struct TempDir {
   fs::path path;
-  explicit TempDir(const char* name) : path(fs::temp_directory_path() / fmt::format("elastic_idx_{}_{}", name, ::getpid())) {
+  explicit TempDir(const char* name)
+      : path(fs::temp_directory_path() / fmt::format("elastic_idx_{}_{}", name, ::getpid())) {
     fs::remove_all(path);
     fs::create_directories(path);
   }

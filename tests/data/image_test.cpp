@@ -1,9 +1,11 @@
 // Decoding against Pillow's decoding of the same files (the generator's
 // expected/*.rgb), and every way a file can fail to be an image.
-#include <doctest/doctest.h>
+#include "elastic/data/image.hpp"
+
 #include <zlib.h>
 
-#include "elastic/data/image.hpp"
+#include <doctest/doctest.h>
+
 #include "support/dataset_fixtures.hpp"
 
 using namespace elastic;

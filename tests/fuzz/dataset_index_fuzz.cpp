@@ -17,8 +17,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   const auto root = fuzz::scratch_dir() / "ds";
   static const bool images = [&] {
-    for (const char* f : {"cub/images/001.a/a_1.jpg", "cub/images/002.b/b_2.jpg", "pet/images/Cat_1.jpg",
-                          "pet/images/dog_2.jpg"})
+    for (const char* f :
+         {"cub/images/001.a/a_1.jpg", "cub/images/002.b/b_2.jpg", "pet/images/Cat_1.jpg", "pet/images/dog_2.jpg"})
       fuzz::write_file(root / f, nullptr, 0);
     return true;
   }();

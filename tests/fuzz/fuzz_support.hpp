@@ -3,13 +3,13 @@
 // other exception, crash, leak or sanitizer report is a finding).
 #pragma once
 
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+
+#include <unistd.h>
 
 #include "elastic/core/error.hpp"
 

@@ -1,7 +1,8 @@
+#include "elastic/graph/backward_plan.hpp"
+
 #include <doctest/doctest.h>
 
 #include "elastic/core/random.hpp"
-#include "elastic/graph/backward_plan.hpp"
 
 using namespace elastic;
 

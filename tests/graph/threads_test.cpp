@@ -1,10 +1,11 @@
 // Graph::set_threads: the kernels' thread count changes between steps without
 // changing what a step computes (beyond the order of floating-point sums).
-#include <doctest/doctest.h>
-#include <omp.h>
-
 #include <cmath>
 #include <vector>
+
+#include <omp.h>
+
+#include <doctest/doctest.h>
 
 #include "elastic/core/random.hpp"
 #include "elastic/models/zoo.hpp"

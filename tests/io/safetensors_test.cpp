@@ -1,8 +1,8 @@
-#include <doctest/doctest.h>
+#include "elastic/io/safetensors.hpp"
 
 #include <fstream>
 
-#include "elastic/io/safetensors.hpp"
+#include <doctest/doctest.h>
 
 using namespace elastic;
 namespace fs = std::filesystem;
@@ -107,15 +107,19 @@ TEST_CASE("malformed safetensors files are refused with the file and tensor name
     const char* message;
   };
   const Bad cases[] = {
-      {"offsets past the end", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}})", four, "'w' has data_offsets"},
+      {"offsets past the end", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}})", four,
+       "'w' has data_offsets"},
       {"shape disagrees with span", R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", four, "needs 12"},
       {"unknown dtype", R"({"w":{"dtype":"F8","shape":[4],"data_offsets":[0,16]}})", four, "unknown dtype 'F8'"},
       {"negative dim", R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", four, "not a non-negative"},
-      {"overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", four, "overlap or hole"},
+      {"overlap",
+       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       four, "overlap or hole"},
       {"trailing bytes", R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", four, "cover 8 bytes"},
       {"not json", R"({"w": oops)", four, "not valid JSON"},
       {"no offsets", R"({"w":{"dtype":"F32","shape":[4]}})", four, "no data_offsets"},
-      {"huge shape", R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,16]}})", four, "too large"},
+      {"huge shape", R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,16]}})", four,
+       "too large"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.label);
@@ -132,8 +136,7 @@ TEST_CASE("malformed safetensors files are refused with the file and tensor name
   }
   CHECK_THROWS_WITH_AS(io::SafetensorsFile(t.path / "trunc.safetensors"), doctest::Contains("truncated"), Error);
   std::ofstream(t.path / "tiny.safetensors") << "abc";
-  CHECK_THROWS_WITH_AS(io::SafetensorsFile(t.path / "tiny.safetensors"), doctest::Contains("not a safetensors"),
-                       Error);
+  CHECK_THROWS_WITH_AS(io::SafetensorsFile(t.path / "tiny.safetensors"), doctest::Contains("not a safetensors"), Error);
   CHECK_THROWS_WITH_AS(io::SafetensorsFile(t.path / "absent.safetensors"), doctest::Contains("absent.safetensors"),
                        Error);
 }

@@ -1,6 +1,6 @@
-#include <doctest/doctest.h>
-
 #include "elastic/io/weights.hpp"
+
+#include <doctest/doctest.h>
 
 using namespace elastic;
 namespace fs = std::filesystem;
@@ -57,12 +57,12 @@ TEST_CASE("missing, unexpected and mis-shaped tensors are reported together") {
   io::SafetensorsWriter w;
   const std::vector<float> z(108, 0.0f);
   w.add_f32("conv1.weight", {4, 3, 3, 3}, z);
-  w.add_f32("bn1.weight", {5}, std::span(z).first(5));          // wrong shape
+  w.add_f32("bn1.weight", {5}, std::span(z).first(5));  // wrong shape
   w.add_f32("bn1.running_mean", {4}, std::span(z).first(4));
   w.add_f32("bn1.running_var", {4}, std::span(z).first(4));
   w.add_f32("fc.weight", {10, 4}, std::span(z).first(40));
   w.add_f32("fc.bias", {10}, std::span(z).first(10));
-  w.add_f32("layer9.weight", {2}, std::span(z).first(2));       // unexpected
+  w.add_f32("layer9.weight", {2}, std::span(z).first(2));                  // unexpected
   w.add_i64("bn1.num_batches_tracked", {}, std::vector<std::int64_t>{7});  // ignored, as torch writes it
   const auto path = temp("bad");
   w.write(path);

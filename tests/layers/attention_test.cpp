@@ -1,6 +1,7 @@
+#include "elastic/layers/attention.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/attention.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -10,7 +11,9 @@ namespace {
 std::vector<double> reference(const Tensor& x, std::int64_t heads) {
   const auto N = x.dim(0), T = x.dim(1), E = x.dim(2) / 3, D = E / heads;
   std::vector<double> out(static_cast<std::size_t>(N * T * E));
-  const auto at = [&](std::int64_t n, std::int64_t t, std::int64_t col) { return double(x[(n * T + t) * 3 * E + col]); };
+  const auto at = [&](std::int64_t n, std::int64_t t, std::int64_t col) {
+    return double(x[(n * T + t) * 3 * E + col]);
+  };
   for (std::int64_t n = 0; n < N; ++n)
     for (std::int64_t h = 0; h < heads; ++h)
       for (std::int64_t i = 0; i < T; ++i) {

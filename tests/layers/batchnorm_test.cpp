@@ -1,6 +1,7 @@
+#include "elastic/layers/batchnorm.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/batchnorm.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -35,8 +36,8 @@ std::vector<double> reference(const Tensor& x, const std::vector<double>& mean, 
     for (std::int64_t c = 0; c < C; ++c)
       for (std::int64_t p = 0; p < P; ++p) {
         const auto i = (n * C + c) * P + p;
-        y[std::size_t(i)] = gamma.value[c] * (x[i] - mean[std::size_t(c)]) / std::sqrt(var[std::size_t(c)] + 1e-5) +
-                            beta.value[c];
+        y[std::size_t(i)] =
+            gamma.value[c] * (x[i] - mean[std::size_t(c)]) / std::sqrt(var[std::size_t(c)] + 1e-5) + beta.value[c];
       }
   return y;
 }

@@ -1,6 +1,7 @@
+#include "elastic/layers/conv.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/conv.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -42,13 +43,32 @@ struct Case {
 
 TEST_CASE("conv2d forward matches a direct convolution and gradients match finite differences") {
   const Case cases[] = {
-      {"3x3 pad 1 with bias", {3, 5, 7, 6}, {.in_channels = 5, .out_channels = 6, .kernel_h = 3, .kernel_w = 3, .padding = 1}},
-      {"stride 2 no bias", {3, 4, 9, 7}, {.in_channels = 4, .out_channels = 10, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1, .bias = false}},
+      {"3x3 pad 1 with bias",
+       {3, 5, 7, 6},
+       {.in_channels = 5, .out_channels = 6, .kernel_h = 3, .kernel_w = 3, .padding = 1}},
+      {"stride 2 no bias",
+       {3, 4, 9, 7},
+       {.in_channels = 4, .out_channels = 10, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1, .bias = false}},
       {"1x1", {3, 7, 5, 4}, {.in_channels = 7, .out_channels = 3, .kernel_h = 1, .kernel_w = 1}},
-      {"dilation 2", {3, 3, 9, 8}, {.in_channels = 3, .out_channels = 5, .kernel_h = 3, .kernel_w = 3, .padding = 2, .dilation = 2}},
-      {"groups 3", {3, 6, 6, 5}, {.in_channels = 6, .out_channels = 9, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 3}},
-      {"depthwise stride 2", {3, 12, 8, 9}, {.in_channels = 12, .out_channels = 12, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1, .groups = 12, .bias = false}},
-      {"non-square kernel", {3, 5, 6, 7}, {.in_channels = 5, .out_channels = 4, .kernel_h = 1, .kernel_w = 3, .padding = 1}},
+      {"dilation 2",
+       {3, 3, 9, 8},
+       {.in_channels = 3, .out_channels = 5, .kernel_h = 3, .kernel_w = 3, .padding = 2, .dilation = 2}},
+      {"groups 3",
+       {3, 6, 6, 5},
+       {.in_channels = 6, .out_channels = 9, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 3}},
+      {"depthwise stride 2",
+       {3, 12, 8, 9},
+       {.in_channels = 12,
+        .out_channels = 12,
+        .kernel_h = 3,
+        .kernel_w = 3,
+        .stride = 2,
+        .padding = 1,
+        .groups = 12,
+        .bias = false}},
+      {"non-square kernel",
+       {3, 5, 6, 7},
+       {.in_channels = 5, .out_channels = 4, .kernel_h = 1, .kernel_w = 3, .padding = 1}},
   };
   for (const auto& c : cases) {
     CAPTURE(c.label);
@@ -84,7 +104,8 @@ TEST_CASE("conv2d params use torchvision names and shapes") {
   Context ctx(1);
   Graph g(ctx);
   auto x = g.input("x", {1, 6, 5, 5});
-  g.add<Conv2d>({x}, "layer1.0.conv1", Conv2dOptions{.in_channels = 6, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .groups = 2});
+  g.add<Conv2d>({x}, "layer1.0.conv1",
+                Conv2dOptions{.in_channels = 6, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .groups = 2});
   g.finalize();
   REQUIRE(g.params().size() == 2);
   CHECK(g.params()[0].name == "layer1.0.conv1.weight");

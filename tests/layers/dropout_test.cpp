@@ -1,9 +1,9 @@
 #include "elastic/layers/dropout.hpp"
 
-#include <doctest/doctest.h>
-
 #include <cmath>
 #include <limits>
+
+#include <doctest/doctest.h>
 
 #include "elastic/testing/gradcheck.hpp"
 

@@ -1,6 +1,7 @@
+#include "elastic/layers/layernorm.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/layernorm.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -32,7 +33,8 @@ TEST_CASE("layer norm normalizes each row over the last dim; gradients by finite
       for (std::int64_t e = 0; e < E; ++e) var += (in[r * E + e] - mean) * (in[r * E + e] - mean);
       var /= double(E);
       for (std::int64_t e = 0; e < E; ++e) {
-        const double ref = g.params()[0].value[e] * (in[r * E + e] - mean) / std::sqrt(var + c.eps) + g.params()[1].value[e];
+        const double ref =
+            g.params()[0].value[e] * (in[r * E + e] - mean) / std::sqrt(var + c.eps) + g.params()[1].value[e];
         worst = std::max(worst, std::abs(ref - out[r * E + e]));
       }
     }

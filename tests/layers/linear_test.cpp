@@ -1,6 +1,7 @@
+#include "elastic/layers/linear.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/linear.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;
@@ -47,8 +48,10 @@ TEST_CASE("linear params take custom names and torch shapes; a feature mismatch 
   Context ctx(1);
   Graph g(ctx);
   const auto x = g.input("x", {2, 4, 8});
-  g.add<Linear>({x}, "attn", LinearOptions{.in_features = 8, .out_features = 24, .weight_name = "in_proj_weight",
-                                           .bias_name = "in_proj_bias"});
+  g.add<Linear>(
+      {x}, "attn",
+      LinearOptions{
+          .in_features = 8, .out_features = 24, .weight_name = "in_proj_weight", .bias_name = "in_proj_bias"});
   g.finalize();
   CHECK(g.params()[0].name == "attn.in_proj_weight");
   CHECK(g.params()[0].shape == Shape{24, 8});

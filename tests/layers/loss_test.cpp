@@ -1,6 +1,7 @@
+#include "elastic/layers/loss.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/loss.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;

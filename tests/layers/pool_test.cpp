@@ -1,12 +1,12 @@
 #include "elastic/layers/pool.hpp"
 
-#include <doctest/doctest.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
 #include <vector>
+
+#include <doctest/doctest.h>
 
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/linear.hpp"

@@ -1,10 +1,10 @@
 #include "elastic/layers/relayout.hpp"
 
-#include <doctest/doctest.h>
-
 #include <algorithm>
 #include <functional>
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "elastic/layers/activation.hpp"
 #include "elastic/layers/conv.hpp"
@@ -72,15 +72,23 @@ TEST_CASE("relayout keeps values and passes gradients through, both ways") {
 TEST_CASE("on blocked values, convolution, relu and pools compute what they compute on channels-last ones") {
   const Shape shape{3, 16, 9, 10};
   const std::vector<std::pair<std::string, Body>> bodies{
-      {"conv with blocked output, relu", [](Graph& g, ValueId v, bool blocked) {
-         v = g.add<Conv2d>({v}, "conv", Conv2dOptions{.in_channels = 16, .out_channels = 32, .kernel_h = 3, .kernel_w = 3,
-                                                      .padding = 1, .blocked_output = blocked});
+      {"conv with blocked output, relu",
+       [](Graph& g, ValueId v, bool blocked) {
+         v = g.add<Conv2d>({v}, "conv",
+                           Conv2dOptions{.in_channels = 16,
+                                         .out_channels = 32,
+                                         .kernel_h = 3,
+                                         .kernel_w = 3,
+                                         .padding = 1,
+                                         .blocked_output = blocked});
          return g.add<Eltwise>({v}, "relu", Activation::relu);
        }},
-      {"max pool", [](Graph& g, ValueId v, bool) {
+      {"max pool",
+       [](Graph& g, ValueId v, bool) {
          return g.add<MaxPool2d>({v}, "pool", PoolOptions{.kernel_h = 3, .kernel_w = 2, .stride_h = 2, .stride_w = 2});
        }},
-      {"average pool", [](Graph& g, ValueId v, bool) {
+      {"average pool",
+       [](Graph& g, ValueId v, bool) {
          return g.add<AvgPool2d>({v}, "pool", PoolOptions{.kernel_h = 2, .kernel_w = 3, .padding_w = 1});
        }},
       {"global average pool", [](Graph& g, ValueId v, bool) { return g.add<GlobalAvgPool>({v}, "gap"); }},
@@ -93,15 +101,20 @@ TEST_CASE("on blocked values, convolution, relu and pools compute what they comp
   }
 }
 
-TEST_CASE("a convolution's blocked output matches finite differences; channel counts off the block stay channels-last") {
+TEST_CASE(
+    "a convolution's blocked output matches finite differences; channel counts off the block stay channels-last") {
   Context ctx(2);
   Graph g(ctx);
   const ValueId x = g.input("x", {3, 16, 7, 6}, true);
   const ValueId b = g.add<Relayout>({x}, "to_blocked", true);
-  const ValueId c1 = g.add<Conv2d>({b}, "c1", Conv2dOptions{.in_channels = 16, .out_channels = 16, .kernel_h = 3,
-                                                            .kernel_w = 3, .padding = 1, .blocked_output = true});
-  const ValueId c2 = g.add<Conv2d>({c1}, "c2", Conv2dOptions{.in_channels = 16, .out_channels = 13, .kernel_h = 3,
-                                                             .kernel_w = 3, .padding = 1, .blocked_output = true});
+  const ValueId c1 = g.add<Conv2d>(
+      {b}, "c1",
+      Conv2dOptions{
+          .in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .blocked_output = true});
+  const ValueId c2 = g.add<Conv2d>(
+      {c1}, "c2",
+      Conv2dOptions{
+          .in_channels = 16, .out_channels = 13, .kernel_h = 3, .kernel_w = 3, .padding = 1, .blocked_output = true});
   g.finalize(4);
   CHECK(is_blocked_image(g.desc(c1)));
   CHECK_FALSE(is_blocked_image(g.desc(c2)));  // 13 channels: no blocked layout without padding

@@ -1,6 +1,7 @@
+#include "elastic/layers/tokens.hpp"
+
 #include <doctest/doctest.h>
 
-#include "elastic/layers/tokens.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 using namespace elastic;

@@ -1,9 +1,10 @@
-#include <doctest/doctest.h>
+#include "elastic/method/dp_selector.hpp"
 
 #include <cmath>
 
+#include <doctest/doctest.h>
+
 #include "elastic/core/random.hpp"
-#include "elastic/method/dp_selector.hpp"
 
 using namespace elastic;
 
@@ -52,12 +53,11 @@ Instance random_instance(Rng& rng, std::size_t n) {
 TEST_CASE("DP selection is optimal against brute force, exact for the quantized problem, never over budget") {
   Rng rng(2024);
   DPSelector<> dp(1000);
-  int instances = 0;
+  int empty = 0, reaches_optimum = 0;  // the instances cover both ends, not only trivial ones
   for (int trial = 0; trial < 3000; ++trial) {
     const std::size_t n = trial < 2800 ? 1 + rng.below(12) : 13 + rng.below(4);
     const Instance p = random_instance(rng, n);
     const Selection s = dp.select(p.dw, p.dy, p.imp, p.budget);
-    ++instances;
     REQUIRE(s.mask.size() == n);
     std::uint32_t subset = 0;
     double imp = 0;
@@ -74,6 +74,8 @@ TEST_CASE("DP selection is optimal against brute force, exact for the quantized 
     // Never better than the true optimum...
     const double real_opt = brute_force(p, p.budget, [&](std::uint32_t m) { return backward_time(p, m); });
     CHECK(s.importance <= real_opt + 1e-9);
+    empty += subset == 0;
+    reaches_optimum += subset != 0 && s.importance >= real_opt - 1e-9;
     // ...and at least the optimum of the quantized problem (ceil costs, floor budget).
     double total = 0;
     for (std::size_t k = 0; k < n; ++k) total += p.dw[k] + p.dy[k];
@@ -91,11 +93,12 @@ TEST_CASE("DP selection is optimal against brute force, exact for the quantized 
     });
     CHECK(s.importance >= quant_opt - 1e-9);
     // The quantization bound: within what (n + 1) rounded-up units can cost.
-    const double shrunk = brute_force(p, p.budget - double(n + 1) / scale,
-                                      [&](std::uint32_t m) { return backward_time(p, m); });
+    const double shrunk =
+        brute_force(p, p.budget - double(n + 1) / scale, [&](std::uint32_t m) { return backward_time(p, m); });
     CHECK(s.importance >= shrunk - 1e-9);
   }
-  CHECK(instances == 3000);
+  CHECK(empty > 30);              // budgets too small for any useful unit
+  CHECK(reaches_optimum > 2000);  // quantization rarely costs the true optimum
 }
 
 TEST_CASE("DP selection edge cases") {

@@ -1,6 +1,6 @@
-#include <doctest/doctest.h>
-
 #include "elastic/optim/schedule.hpp"
+
+#include <doctest/doctest.h>
 
 using namespace elastic;
 

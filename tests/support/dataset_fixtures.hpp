@@ -3,16 +3,16 @@
 // exit, and its manifest.
 #pragma once
 
-#include <doctest/doctest.h>
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 
+#include <unistd.h>
+
+#include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace fixtures {
 

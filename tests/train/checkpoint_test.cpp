@@ -3,10 +3,11 @@
 // a checkpoint of another model or with broken state is an error naming it.
 #include "elastic/train/checkpoint.hpp"
 
-#include <doctest/doctest.h>
+#include <fstream>
+
 #include <unistd.h>
 
-#include <fstream>
+#include <doctest/doctest.h>
 
 #include "elastic/models/small_cnn.hpp"
 

@@ -1,9 +1,11 @@
 #include "elastic/train/trainer.hpp"
 
-#include <doctest/doctest.h>
+#include <cstring>
+#include <filesystem>
+
 #include <unistd.h>
 
-#include <filesystem>
+#include <doctest/doctest.h>
 
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/train/checkpoint.hpp"
@@ -55,6 +57,13 @@ struct Setup {
 };
 }  // namespace
 
+// A seed here would be one nobody reads (the trainer draws nothing at random).
+template <class O>
+concept has_seed = requires(O o) {
+  o.seed;
+};
+static_assert(!has_seed<TrainerOptions>, "TrainerOptions has no seed: seeds live where numbers are drawn");
+
 TEST_CASE("static training types select the head, the norms and biases, or everything") {
   Setup s;
   const auto& ps = s.model.params();
@@ -102,10 +111,12 @@ TEST_CASE("elastic training selects within the budget every interval and logs ea
   tr.on_selection = [&](const SelectionRecord&) { ++logged; };
   tr.log = [&](const std::string& line) { lines.push_back(line); };
   Metrics first, last;
+  double train_ms = 0;
   for (int e = 0; e < 3; ++e) {
     const auto rec = tr.train_epoch(s.batches, e);
     CHECK(rec.steps == 12);
-    CHECK(rec.train_ms > 0);
+    train_ms += rec.train_ms;
+    CHECK(tr.train_ms() == doctest::Approx(train_ms));  // the run's training time is the sum of its epochs
     (e == 0 ? first : last) = rec.train;
   }
   REQUIRE(tr.selections().size() == 2);  // epochs 0 and 2
@@ -177,8 +188,7 @@ TEST_CASE("a non-finite loss stops training with the step number, before any upd
   std::vector<float> after;
   for (const auto& p : s.model.params().params()) after.insert(after.end(), p.values().begin(), p.values().end());
   REQUIRE(after.size() == before.size());
-  for (std::size_t i = 1; i < after.size(); ++i)
-    REQUIRE(((after[i] == before[i]) || (std::isnan(after[i]) && std::isnan(before[i]))));
+  CHECK(std::memcmp(after.data(), before.data(), after.size() * sizeof(float)) == 0);  // every bit, the NaN's too
   CHECK(tr.step() == 12);
 }
 
@@ -359,9 +369,15 @@ TEST_CASE("measured steps correct the time model, and the re-solved selection ho
 
 namespace {
 // Trains `epochs` epochs of the small CNN on the fake machine, resuming from a
-// checkpoint file after epoch `resume_after` (-1: never); returns the final
-// weights and the selections.
-std::pair<std::vector<float>, std::vector<SelectionRecord>> fake_run(int epochs, int resume_after) {
+// checkpoint file after epoch `resume_after` (-1: never), or after step
+// `stop_at` (a stop request between two steps of an epoch; -1: never), as a new
+// process would; returns the final weights, the selections and the epoch records.
+struct FakeRun {
+  std::vector<float> weights;
+  std::vector<SelectionRecord> selections;
+  std::vector<EpochRecord> epochs;
+};
+FakeRun fake_run(int epochs, int resume_after, std::int64_t stop_at = -1) {
   const auto path = std::filesystem::temp_directory_path() / fmt::format("elastic_trainer_{}.safetensors", ::getpid());
   std::optional<Setup> s(std::in_place);
   const Profile p = s->fixed_profile(0.5, 2, 1);
@@ -375,41 +391,70 @@ std::pair<std::vector<float>, std::vector<SelectionRecord>> fake_run(int epochs,
   machine.fwd_x = 1.7;
   machine.bwd_x = 0.8;
   auto tr = std::make_unique<Trainer>(s->model, o, 12, p);
+  const auto restart = [&] {  // a new process: fresh model and trainer from the checkpoint alone
+    save_checkpoint(path, s->model.params(), tr->state(), nlohmann::json::object());
+    tr.reset();
+    s.emplace();
+    const Checkpoint c = load_checkpoint(path, s->model.params());
+    tr = std::make_unique<Trainer>(s->model, o, 12, p);
+    tr->restore(c.trainer);
+    std::filesystem::remove(path);
+  };
+  FakeRun out;
   for (int e = 0; e < epochs; ++e) {
     machine.trainer = tr.get();
     tr->clock = [&] { return machine.read(); };
     tr->log = nullptr;
+    tr->stop = [&] { return std::int64_t(tr->step()) == stop_at; };
     FakeBatches source{s->batches, machine};
-    tr->train_epoch(source, e);
-    if (e == resume_after) {  // a new process: fresh model and trainer from the checkpoint alone
-      save_checkpoint(path, s->model.params(), tr->state(), nlohmann::json::object());
-      tr.reset();
-      s.emplace();
-      const Checkpoint c = load_checkpoint(path, s->model.params());
-      tr = std::make_unique<Trainer>(s->model, o, 12, p);
-      tr->restore(c.trainer);
-      std::filesystem::remove(path);
+    EpochRecord rec = tr->train_epoch(source, e);
+    if (!rec.complete) {
+      CHECK(rec.steps == stop_at % 12);
+      restart();
+      machine.trainer = tr.get();
+      tr->clock = [&] { return machine.read(); };
+      tr->log = nullptr;
+      FakeBatches resumed{s->batches, machine};
+      rec = tr->train_epoch(resumed, e);
+      CHECK(rec.complete);
     }
+    out.epochs.push_back(rec);
+    if (e == resume_after) restart();
   }
   const auto v = s->model.params().value_arena();
-  return {std::vector<float>(v.begin(), v.end()), tr->selections()};
+  out.weights.assign(v.begin(), v.end());
+  out.selections = tr->selections();
+  return out;
 }
 }  // namespace
 
-TEST_CASE("with the same machine times, reruns and a run resumed from a checkpoint mid-interval are identical") {
-  const auto [w1, s1] = fake_run(3, -1);
-  const auto [w2, s2] = fake_run(3, -1);
-  const auto [w3, s3] = fake_run(3, 0);  // the checkpoint falls inside the first interval
-  REQUIRE(s1.size() >= 3);
-  CHECK(w1 == w2);
-  CHECK(w1 == w3);
-  REQUIRE(s1.size() == s3.size());
-  for (std::size_t i = 0; i < s1.size(); ++i) {
-    CAPTURE(i);
-    CHECK(s1[i].unit_mask == s3[i].unit_mask);
-    CHECK(s1[i].reason == s3[i].reason);
-    CHECK(s1[i].step == s3[i].step);
-    CHECK(s1[i].measured_share == s3[i].measured_share);
+TEST_CASE(
+    "with the same machine times, reruns and runs resumed from a checkpoint, mid-interval or mid-epoch, are "
+    "identical") {
+  const FakeRun a = fake_run(3, -1), b = fake_run(3, -1);
+  const FakeRun c = fake_run(3, 0);       // the checkpoint falls inside the first interval
+  const FakeRun d = fake_run(3, -1, 17);  // stopped after step 17, 5 steps into epoch 2, mid-window
+  REQUIRE(a.selections.size() >= 3);
+  CHECK(a.weights == b.weights);
+  for (const FakeRun* r : {&c, &d}) {
+    CHECK(a.weights == r->weights);
+    REQUIRE(a.selections.size() == r->selections.size());
+    for (std::size_t i = 0; i < a.selections.size(); ++i) {
+      CAPTURE(i);
+      CHECK(a.selections[i].unit_mask == r->selections[i].unit_mask);
+      CHECK(a.selections[i].reason == r->selections[i].reason);
+      CHECK(a.selections[i].step == r->selections[i].step);
+      CHECK(a.selections[i].measured_share == r->selections[i].measured_share);
+    }
+    REQUIRE(r->epochs.size() == 3);
+    for (std::size_t e = 0; e < 3; ++e) {  // epoch records too, the interrupted one included
+      CAPTURE(e);
+      CHECK(r->epochs[e].steps == 12);
+      CHECK(r->epochs[e].train.loss_sum == a.epochs[e].train.loss_sum);
+      CHECK(r->epochs[e].train.correct == a.epochs[e].train.correct);
+      CHECK(r->epochs[e].train_ms == doctest::Approx(a.epochs[e].train_ms));
+      CHECK(r->epochs[e].measured_share == a.epochs[e].measured_share);
+    }
   }
 }
 

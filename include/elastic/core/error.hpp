@@ -2,11 +2,11 @@
 // elastic::Error whose message names the file, flag, layer or shape at fault.
 #pragma once
 
-#include <fmt/format.h>
-
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include <fmt/format.h>
 
 namespace elastic {
 

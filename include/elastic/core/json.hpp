@@ -3,11 +3,11 @@
 // the range first and throw elastic::Error naming the field.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <string_view>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "elastic/core/error.hpp"
 

@@ -18,9 +18,7 @@ constexpr std::uint64_t mix64(std::uint64_t x) {
 }
 
 // Uniform float in [0, 1) from the top 24 bits of a 64-bit value.
-constexpr float to_unit_float(std::uint64_t bits) {
-  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
-}
+constexpr float to_unit_float(std::uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
 
 // xoshiro256** seeded through SplitMix64. State is four words, so it can be
 // saved and restored exactly (checkpoints).
@@ -54,8 +52,7 @@ class Rng {
   float normal() {
     const double u1 = (static_cast<double>(next() >> 11) + 1.0) * 0x1.0p-53;
     const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) *
-                              std::cos(2.0 * std::numbers::pi * u2));
+    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2));
   }
 
   // Uniform integer in [0, n), n > 0 (Lemire's multiply-shift, tiny bias is irrelevant here).

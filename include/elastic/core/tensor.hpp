@@ -3,6 +3,8 @@
 // graph, values may live in other oneDNN layouts and are converted on access.
 #pragma once
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -14,9 +16,6 @@
 
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -38,13 +37,20 @@ inline std::string to_string(const Shape& shape) { return fmt::format("({})", fm
 inline dnnl::memory::format_tag plain_tag(std::size_t rank) {
   using tag = dnnl::memory::format_tag;
   switch (rank) {
-    case 1: return tag::a;
-    case 2: return tag::ab;
-    case 3: return tag::abc;
-    case 4: return tag::abcd;
-    case 5: return tag::abcde;
-    case 6: return tag::abcdef;
-    default: fail("tensors of rank {} are not supported (1 to 6)", rank);
+    case 1:
+      return tag::a;
+    case 2:
+      return tag::ab;
+    case 3:
+      return tag::abc;
+    case 4:
+      return tag::abcd;
+    case 5:
+      return tag::abcde;
+    case 6:
+      return tag::abcdef;
+    default:
+      fail("tensors of rank {} are not supported (1 to 6)", rank);
   }
 }
 
@@ -132,8 +138,7 @@ class Tensor {
 
   // Same data, new shape with the same element count.
   Tensor reshaped(Shape shape) const {
-    if (elastic::numel(shape) != numel())
-      fail("cannot reshape {} to {}", to_string(shape_), to_string(shape));
+    if (elastic::numel(shape) != numel()) fail("cannot reshape {} to {}", to_string(shape_), to_string(shape));
     Tensor t = *this;
     t.shape_ = std::move(shape);
     return t;
@@ -184,8 +189,7 @@ inline Tensor to_plain(const dnnl::memory& mem, dnnl::stream& stream) {
 inline void from_plain(const Tensor& src, const dnnl::memory& mem, dnnl::stream& stream) {
   const auto md = mem.get_desc();
   if (md.dims() != src.shape())
-    fail("cannot write a tensor of shape {} into a value of shape {}", to_string(src.shape()),
-         to_string(md.dims()));
+    fail("cannot write a tensor of shape {} into a value of shape {}", to_string(src.shape()), to_string(md.dims()));
   if (is_plain(md)) {
     std::memcpy(mem.get_data_handle(), src.data(), md.get_size());
   } else {

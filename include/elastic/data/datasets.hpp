@@ -12,13 +12,10 @@
 //   fashion_mnist      the four IDX files, raw or .gz
 #pragma once
 
-#include <matio.h>
-#include <zlib.h>
-
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -28,6 +25,9 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <matio.h>
+#include <zlib.h>
 
 #include "elastic/data/idx.hpp"
 #include "elastic/data/image.hpp"
@@ -71,8 +71,8 @@ struct Dataset {
 };
 
 inline const std::vector<std::string>& dataset_names() {
-  static const std::vector<std::string> names{"caltech_birds2011", "oxford_iiit_pet", "stanford_dogs",
-                                              "image_folder", "fashion_mnist"};
+  static const std::vector<std::string> names{"caltech_birds2011", "oxford_iiit_pet", "stanford_dogs", "image_folder",
+                                              "fashion_mnist"};
   return names;
 }
 
@@ -242,8 +242,7 @@ inline Dataset open_oxford_pet(const std::filesystem::path& data_dir) {
     const auto it = names.find(c);
     if (it == names.end())
       fail("oxford_iiit_pet: class id {} never appears in '{}' or '{}' (ids go up to {})", c,
-           (d.root / "annotations" / "trainval.txt").string(), (d.root / "annotations" / "test.txt").string(),
-           classes);
+           (d.root / "annotations" / "trainval.txt").string(), (d.root / "annotations" / "test.txt").string(), classes);
     d.class_names.push_back(it->second);
   }
   return d;
@@ -290,7 +289,8 @@ class MatChecker {
 
   template <class... Args>
   [[noreturn]] void bad(fmt::format_string<Args...> format, Args&&... args) const {
-    fail("'{}' is not a valid MATLAB 5 list file: {}", path_.string(), fmt::format(format, std::forward<Args>(args)...));
+    fail("'{}' is not a valid MATLAB 5 list file: {}", path_.string(),
+         fmt::format(format, std::forward<Args>(args)...));
   }
 
   std::uint32_t u32(const std::uint8_t* p) const {
@@ -323,11 +323,25 @@ class MatChecker {
 
   static std::size_t type_size(std::uint32_t type) {
     switch (type) {
-      case 1: case 2: case 16: return 1;    // int8, uint8, utf8
-      case 3: case 4: case 17: return 2;    // int16, uint16, utf16
-      case 5: case 6: case 7: case 18: return 4;  // int32, uint32, single, utf32
-      case 9: case 12: case 13: return 8;  // double, int64, uint64
-      default: return 0;
+      case 1:
+      case 2:
+      case 16:
+        return 1;  // int8, uint8, utf8
+      case 3:
+      case 4:
+      case 17:
+        return 2;  // int16, uint16, utf16
+      case 5:
+      case 6:
+      case 7:
+      case 18:
+        return 4;  // int32, uint32, single, utf32
+      case 9:
+      case 12:
+      case 13:
+        return 8;  // double, int64, uint64
+      default:
+        return 0;
     }
   }
 
@@ -340,7 +354,8 @@ class MatChecker {
     const std::uint32_t cls = word & 0xFF;
     const bool complex = (word >> 11) & 1;
     const Element dims = element(p, n, flags.next, true);
-    if (dims.type != 5 || dims.size % 4 != 0 || dims.size < 8) bad("dimensions of type {} and {} bytes", dims.type, dims.size);
+    if (dims.type != 5 || dims.size % 4 != 0 || dims.size < 8)
+      bad("dimensions of type {} and {} bytes", dims.type, dims.size);
     std::uint64_t count = 1;
     for (std::size_t k = 0; k < dims.size / 4; ++k) {
       const auto d = static_cast<std::int32_t>(u32(p + dims.data + 4 * k));
@@ -367,7 +382,8 @@ class MatChecker {
       const Element data = element(p, n, at, true);
       const std::size_t size = type_size(data.type);
       if (size == 0) bad("array data of type {}", data.type);
-      if (data.size / size < count) bad("an array claims {} elements but holds {} bytes of type {}", count, data.size, data.type);
+      if (data.size / size < count)
+        bad("an array claims {} elements but holds {} bytes of type {}", count, data.size, data.type);
       at = data.next;
     }
   }
@@ -479,14 +495,22 @@ inline MatList read_mat_list(const std::filesystem::path& path) {
     fail("'{}': 'labels' has {} entries but 'file_list' has {}", path.string(), elements(labels.get()), n);
   const auto get = [&](std::size_t i) -> double {
     switch (labels->class_type) {
-      case MAT_C_DOUBLE: return static_cast<const double*>(labels->data)[i];
-      case MAT_C_SINGLE: return static_cast<const float*>(labels->data)[i];
-      case MAT_C_UINT8: return static_cast<const std::uint8_t*>(labels->data)[i];
-      case MAT_C_INT16: return static_cast<const std::int16_t*>(labels->data)[i];
-      case MAT_C_UINT16: return static_cast<const std::uint16_t*>(labels->data)[i];
-      case MAT_C_INT32: return static_cast<const std::int32_t*>(labels->data)[i];
-      case MAT_C_INT64: return static_cast<double>(static_cast<const std::int64_t*>(labels->data)[i]);
-      default: fail("'{}': 'labels' is not a numeric array", path.string());
+      case MAT_C_DOUBLE:
+        return static_cast<const double*>(labels->data)[i];
+      case MAT_C_SINGLE:
+        return static_cast<const float*>(labels->data)[i];
+      case MAT_C_UINT8:
+        return static_cast<const std::uint8_t*>(labels->data)[i];
+      case MAT_C_INT16:
+        return static_cast<const std::int16_t*>(labels->data)[i];
+      case MAT_C_UINT16:
+        return static_cast<const std::uint16_t*>(labels->data)[i];
+      case MAT_C_INT32:
+        return static_cast<const std::int32_t*>(labels->data)[i];
+      case MAT_C_INT64:
+        return static_cast<double>(static_cast<const std::int64_t*>(labels->data)[i]);
+      default:
+        fail("'{}': 'labels' is not a numeric array", path.string());
     }
   };
   if (!labels->data && n > 0) fail("'{}': 'labels' holds no data", path.string());

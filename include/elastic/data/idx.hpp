@@ -4,8 +4,6 @@
 // overlong file is an error naming the file, never a silently truncated dataset.
 #pragma once
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -14,6 +12,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <zlib.h>
 
 #include "elastic/core/error.hpp"
 
@@ -70,8 +70,7 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
   const auto bytes = detail::read_maybe_gzip(path);
   if (bytes.size() < 4) fail("'{}' is not an IDX file: {} bytes", path.string(), bytes.size());
   if (bytes[0] != 0 || bytes[1] != 0)
-    fail("'{}' is not an IDX file: magic starts with {:#04x} {:#04x}, expected 0 0", path.string(), bytes[0],
-         bytes[1]);
+    fail("'{}' is not an IDX file: magic starts with {:#04x} {:#04x}, expected 0 0", path.string(), bytes[0], bytes[1]);
   if (bytes[2] != 0x08) fail("'{}': IDX element type {:#04x} is not unsigned byte (0x08)", path.string(), bytes[2]);
   const int rank = bytes[3];
   if (rank < 1 || rank > 4) fail("'{}': IDX rank {} is not in 1..4", path.string(), rank);
@@ -85,8 +84,7 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
     count *= d;
   }
   if (count != bytes.size() - header)
-    fail("'{}': header declares {} bytes of data but the file holds {}", path.string(), count,
-         bytes.size() - header);
+    fail("'{}': header declares {} bytes of data but the file holds {}", path.string(), count, bytes.size() - header);
   a.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end());
   return a;
 }

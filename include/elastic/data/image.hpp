@@ -9,10 +9,6 @@
 // to the image it holds or throws an error naming it.
 #pragma once
 
-#include <fmt/ranges.h>
-#include <png.h>
-#include <setjmp.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
@@ -23,6 +19,11 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <png.h>
+#include <setjmp.h>
+
+#include <fmt/ranges.h>
 
 // jpeglib.h needs size_t and FILE declared first.
 #include <jpeglib.h>
@@ -36,9 +37,7 @@ struct Image {
   std::int64_t height = 0, width = 0;
   std::vector<std::uint8_t> rgb;
 
-  const std::uint8_t* pixel(std::int64_t y, std::int64_t x) const {
-    return rgb.data() + (y * width + x) * 3;
-  }
+  const std::uint8_t* pixel(std::int64_t y, std::int64_t x) const { return rgb.data() + (y * width + x) * 3; }
 };
 
 // Limits checked from the header, before decoding: sides below kMinSide are
@@ -206,9 +205,12 @@ inline Image decode_png(const std::uint8_t* data, std::size_t size, const std::s
 // Decodes JPEG or PNG bytes; `name` is used in error messages.
 inline Image decode_image(const std::uint8_t* data, std::size_t size, const std::string& name) {
   switch (sniff_format(data, size)) {
-    case ImageFormat::jpeg: return detail::decode_jpeg(data, size, name);
-    case ImageFormat::png: return detail::decode_png(data, size, name);
-    default: break;
+    case ImageFormat::jpeg:
+      return detail::decode_jpeg(data, size, name);
+    case ImageFormat::png:
+      return detail::decode_png(data, size, name);
+    default:
+      break;
   }
   if (size == 0) throw DecodeError(fmt::format("'{}' is empty", name));
   throw DecodeError(fmt::format("'{}' is neither JPEG nor PNG (first bytes {:02x})", name,

@@ -17,24 +17,24 @@ namespace elastic {
 // produce them (node i produces value i); nodes are in topological order.
 struct Topology {
   struct NodeInfo {
-    std::vector<int> inputs;      // value ids
-    std::vector<int> params;      // param ids
+    std::vector<int> inputs;  // value ids
+    std::vector<int> params;  // param ids
     bool data_reads_inputs = false, data_reads_output = false;
     bool weights_reads_inputs = false, weights_reads_output = false;
-    bool is_input = false;        // a graph input (buffer pinned, written by the user)
-    bool requires_grad = false;   // graph input whose gradient is wanted
-    bool is_output = false;       // value (and its gradient) pinned, readable after the step
-    std::int64_t bytes = 0;       // size of the value (and of its gradient)
+    bool is_input = false;       // a graph input (buffer pinned, written by the user)
+    bool requires_grad = false;  // graph input whose gradient is wanted
+    bool is_output = false;      // value (and its gradient) pinned, readable after the step
+    std::int64_t bytes = 0;      // size of the value (and of its gradient)
   };
   std::vector<NodeInfo> nodes;
   int num_params = 0;
 };
 
 struct BackwardPlan {
-  std::vector<bool> selected;     // per param: gets a gradient and an optimizer update
-  std::vector<bool> active;       // per node: its output needs a gradient
-  std::vector<bool> run_data;     // per node: backward_data runs
-  std::vector<bool> run_weights;  // per node: backward_weights runs
+  std::vector<bool> selected;                    // per param: gets a gradient and an optimizer update
+  std::vector<bool> active;                      // per node: its output needs a gradient
+  std::vector<bool> run_data;                    // per node: backward_data runs
+  std::vector<bool> run_weights;                 // per node: backward_weights runs
   std::vector<std::vector<bool>> need_diff_src;  // per node, per input
 
   int num_selected() const { return static_cast<int>(std::count(selected.begin(), selected.end(), true)); }
@@ -125,10 +125,10 @@ inline MemoryPlan plan_memory(const Topology& topo, const BackwardPlan& plan) {
   for (int i = 0; i < n; ++i) act_end[i] = fwd(i);
   for (int i = 0; i < n; ++i) {
     const auto& node = topo.nodes[i];
-    const bool reads_in = (plan.run_data[i] && node.data_reads_inputs) ||
-                          (plan.run_weights[i] && node.weights_reads_inputs);
-    const bool reads_out = (plan.run_data[i] && node.data_reads_output) ||
-                           (plan.run_weights[i] && node.weights_reads_output);
+    const bool reads_in =
+        (plan.run_data[i] && node.data_reads_inputs) || (plan.run_weights[i] && node.weights_reads_inputs);
+    const bool reads_out =
+        (plan.run_data[i] && node.data_reads_output) || (plan.run_weights[i] && node.weights_reads_output);
     if (reads_out) act_end[i] = std::max(act_end[i], bwd(i));
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       const int v = node.inputs[j];

@@ -14,12 +14,13 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <oneapi/dnnl/dnnl.hpp>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "elastic/core/context.hpp"
 #include "elastic/core/error.hpp"

@@ -38,8 +38,8 @@ struct Init {
 };
 
 struct Param {
-  std::string name;   // torchvision naming, e.g. "layer1.0.conv1.weight"
-  Shape shape;        // torchvision shape, e.g. (out, in, kh, kw)
+  std::string name;  // torchvision naming, e.g. "layer1.0.conv1.weight"
+  Shape shape;       // torchvision shape, e.g. (out, in, kh, kw)
   ParamRole role = ParamRole::weight;
   Init init;
   std::int64_t offset = 0;  // into the value and gradient arenas, in floats
@@ -199,9 +199,15 @@ class ParamStore {
   static void initialize(Param& p, Rng& rng) {
     auto v = p.values();
     switch (p.init.kind) {
-      case Init::zeros: std::fill(v.begin(), v.end(), 0.0f); break;
-      case Init::ones: std::fill(v.begin(), v.end(), 1.0f); break;
-      case Init::constant: std::fill(v.begin(), v.end(), p.init.scale); break;
+      case Init::zeros:
+        std::fill(v.begin(), v.end(), 0.0f);
+        break;
+      case Init::ones:
+        std::fill(v.begin(), v.end(), 1.0f);
+        break;
+      case Init::constant:
+        std::fill(v.begin(), v.end(), p.init.scale);
+        break;
       case Init::uniform:
         for (auto& x : v) x = rng.uniform(-p.init.scale, p.init.scale);
         break;
@@ -216,7 +222,7 @@ class ParamStore {
   std::map<std::string, int, std::less<>> names_;
   std::shared_ptr<float[]> values_, grads_, buffer_values_;
   std::int64_t arena_size_ = 0;
-  std::shared_ptr<float[]> stream_;         // streamed gradients (stream_grads)
+  std::shared_ptr<float[]> stream_;          // streamed gradients (stream_grads)
   std::vector<std::int64_t> stream_offset_;  // per param, within its node's stretch of stream_
   std::int64_t stream_size_ = 0;
   bool streaming_ = false;

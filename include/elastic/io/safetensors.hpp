@@ -4,11 +4,6 @@
 // I64 and I32 as int64 (labels).
 #pragma once
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -20,10 +15,16 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "elastic/core/error.hpp"
 #include "elastic/core/tensor.hpp"
+#include "elastic/io/durable.hpp"
 
 namespace elastic::io {
 
@@ -32,13 +33,17 @@ enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
 inline std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::F64:
-    case DType::I64: return 8;
+    case DType::I64:
+      return 8;
     case DType::F32:
-    case DType::I32: return 4;
+    case DType::I32:
+      return 4;
     case DType::F16:
     case DType::BF16:
-    case DType::I16: return 2;
-    default: return 1;
+    case DType::I16:
+      return 2;
+    default:
+      return 1;
   }
 }
 
@@ -101,8 +106,7 @@ class SafetensorsFile {
     size_ = static_cast<std::size_t>(st.st_size);
     if (size_ < 8) {
       ::close(fd);
-      fail("'{}' is not a safetensors file: {} bytes, shorter than the 8-byte header length", path_.string(),
-           size_);
+      fail("'{}' is not a safetensors file: {} bytes, shorter than the 8-byte header length", path_.string(), size_);
     }
     void* map = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
@@ -142,7 +146,9 @@ class SafetensorsFile {
     const std::uint8_t* p = data_ + t.begin;
     const std::size_t n = out.size();
     switch (t.dtype) {
-      case DType::F32: std::memcpy(out.data(), p, n * 4); break;
+      case DType::F32:
+        std::memcpy(out.data(), p, n * 4);
+        break;
       case DType::F64:
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(load<double>(p + 8 * i));
         break;
@@ -172,11 +178,21 @@ class SafetensorsFile {
     std::vector<std::int64_t> out(static_cast<std::size_t>(t.numel()));
     for (std::size_t i = 0; i < out.size(); ++i) {
       switch (t.dtype) {
-        case DType::I64: out[i] = load<std::int64_t>(p + 8 * i); break;
-        case DType::I32: out[i] = load<std::int32_t>(p + 4 * i); break;
-        case DType::I16: out[i] = load<std::int16_t>(p + 2 * i); break;
-        case DType::I8: out[i] = static_cast<std::int8_t>(p[i]); break;
-        case DType::U8: out[i] = p[i]; break;
+        case DType::I64:
+          out[i] = load<std::int64_t>(p + 8 * i);
+          break;
+        case DType::I32:
+          out[i] = load<std::int32_t>(p + 4 * i);
+          break;
+        case DType::I16:
+          out[i] = load<std::int16_t>(p + 2 * i);
+          break;
+        case DType::I8:
+          out[i] = static_cast<std::int8_t>(p[i]);
+          break;
+        case DType::U8:
+          out[i] = p[i];
+          break;
         default:
           fail("'{}': tensor '{}' has dtype {}, expected an integer type (I64 or I32)", path_.string(), t.name,
                dtype_name(t.dtype));
@@ -224,8 +240,8 @@ class SafetensorsFile {
     std::size_t expect = 0;
     for (const auto* t : by_offset) {
       if (t->begin != expect)
-        fail("'{}': tensor '{}' starts at byte {} of the data, expected {} (overlap or hole)", path_.string(),
-             t->name, t->begin, expect);
+        fail("'{}': tensor '{}' starts at byte {} of the data, expected {} (overlap or hole)", path_.string(), t->name,
+             t->begin, expect);
       expect = t->end;
     }
     if (expect != data_size)
@@ -234,20 +250,20 @@ class SafetensorsFile {
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& e, std::size_t data_size) const {
-    const auto bad = [&](const std::string& what) {
-      fail("'{}': tensor '{}' {}", path_.string(), name, what);
-    };
+    const auto bad = [&](const std::string& what) { fail("'{}': tensor '{}' {}", path_.string(), name, what); };
     if (!e.is_object()) bad("is not described by an object");
     TensorInfo t;
     t.name = name;
     const auto dt = e.find("dtype");
     if (dt == e.end() || !dt->is_string()) bad("has no dtype");
-    if (!parse_dtype(dt->get<std::string>(), t.dtype)) bad(fmt::format("has unknown dtype '{}'", dt->get<std::string>()));
+    if (!parse_dtype(dt->get<std::string>(), t.dtype))
+      bad(fmt::format("has unknown dtype '{}'", dt->get<std::string>()));
     const auto shape = e.find("shape");
     if (shape == e.end() || !shape->is_array()) bad("has no shape");
     std::uint64_t count = 1;
     for (const auto& d : *shape) {
-      if (!d.is_number_unsigned()) bad(fmt::format("has a shape entry that is not a non-negative integer: {}", d.dump()));
+      if (!d.is_number_unsigned())
+        bad(fmt::format("has a shape entry that is not a non-negative integer: {}", d.dump()));
       const auto v = d.get<std::uint64_t>();
       if (v > (std::uint64_t{1} << 40) || (v != 0 && count > (std::uint64_t{1} << 40) / v))
         bad("has a shape too large to be real");
@@ -296,48 +312,18 @@ class SafetensorsWriter {
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::size_t offset = 0;
     for (const auto& e : entries_) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.bytes.size()}}};
+      header[e.name] = {
+          {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.bytes.size()}}};
       offset += e.bytes.size();
     }
     std::string h = header.dump();
     h.append((8 - h.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
-    const auto tmp = std::filesystem::path(path.string() + ".tmp");
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail("cannot create '{}': {}", tmp.string(), std::strerror(errno));
-    const auto put = [&](const void* p, std::size_t n) {
-      const auto* c = static_cast<const char*>(p);
-      while (n > 0) {
-        const ssize_t w = ::write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          const int err = errno;
-          ::close(fd);
-          std::filesystem::remove(tmp);
-          fail("cannot write '{}': {}", tmp.string(), std::strerror(err));
-        }
-        c += w;
-        n -= static_cast<std::size_t>(w);
-      }
-    };
-    const std::uint64_t len = h.size();
-    put(&len, 8);
-    put(h.data(), h.size());
-    for (const auto& e : entries_) put(e.bytes.data(), e.bytes.size());
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-      const int err = errno;
-      std::filesystem::remove(tmp);
-      fail("cannot write '{}': {}", tmp.string(), std::strerror(err));
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) fail("cannot rename '{}' to '{}': {}", tmp.string(), path.string(), ec.message());
-    // The rename itself is durable only once the directory is synced.
-    const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
+    write_durably(path, [&](const auto& put) {
+      const std::uint64_t len = h.size();
+      put(&len, 8);
+      put(h.data(), h.size());
+      for (const auto& e : entries_) put(e.bytes.data(), e.bytes.size());
+    });
   }
 
  private:

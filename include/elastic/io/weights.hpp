@@ -76,8 +76,7 @@ inline LoadReport load_weights(ParamStore& store, const SafetensorsFile& file, c
     if (!missing.empty()) msg += fmt::format(" missing {} tensor(s): {};", missing.size(), fmt::join(missing, ", "));
     if (!misshaped.empty())
       msg += fmt::format(" wrong shape for {}: {};", misshaped.size(), fmt::join(misshaped, ", "));
-    if (!wrong_type.empty())
-      msg += fmt::format(" not floating point: {};", fmt::join(wrong_type, ", "));
+    if (!wrong_type.empty()) msg += fmt::format(" not floating point: {};", fmt::join(wrong_type, ", "));
     if (!unexpected.empty())
       msg += fmt::format(" unexpected {} tensor(s): {};", unexpected.size(), fmt::join(unexpected, ", "));
     msg.pop_back();

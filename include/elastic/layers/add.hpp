@@ -14,8 +14,8 @@ class Add final : public Node {
 
   void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore&) override {
     expect(in.size() == 2, "expects two inputs");
-    expect(in[0].dims() == in[1].dims(), fmt::format("input shapes differ: {} and {}", to_string(in[0].dims()),
-                                                     to_string(in[1].dims())));
+    expect(in[0].dims() == in[1].dims(),
+           fmt::format("input shapes differ: {} and {}", to_string(in[0].dims()), to_string(in[1].dims())));
     expect(in[0] == in[1], "inputs have different memory layouts");
     set_output(in[0]);
     fwd_ = Call(dnnl::binary({{dnnl::algorithm::binary_add, in[0], in[1], in[0]}, user_scratchpad(), ctx.engine()}),

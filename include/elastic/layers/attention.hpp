@@ -63,13 +63,13 @@ class ScaledDotProductAttention final : public Node {
     scores_ = mm(q_, kt_, P, scaled);  // S = Q K^T / sqrt(d), into P, softmaxed in place
     softmax_forward::primitive_desc sm({prop_kind::forward_training, probs, 3}, user_scratchpad(), eng);
     softmax_ = Call(softmax_forward(sm), {{DNNL_ARG_SRC, P}, {DNNL_ARG_DST, P}});
-    context_ = mm(P, v_, o_, plain);         // O = P V
-    grad_v_ = mm(Pt, do_, dv_, plain);       // dV = P^T dO
-    grad_p_ = mm(do_, vt_, dP, plain);       // dP = dO V^T
+    context_ = mm(P, v_, o_, plain);    // O = P V
+    grad_v_ = mm(Pt, do_, dv_, plain);  // dV = P^T dO
+    grad_p_ = mm(do_, vt_, dP, plain);  // dP = dO V^T
     softmax_backward::primitive_desc smb({probs, probs, 3}, user_scratchpad(), eng, sm);
     grad_s_ = Call(softmax_backward(smb), {{DNNL_ARG_DST, P}, {DNNL_ARG_DIFF_DST, dP}, {DNNL_ARG_DIFF_SRC, dS}});
-    grad_q_ = mm(dS, k_, dq_, scaled);       // dQ = dS K / sqrt(d)
-    grad_k_ = mm(dSt, q_, dk_, scaled);      // dK = dS^T Q / sqrt(d)
+    grad_q_ = mm(dS, k_, dq_, scaled);   // dQ = dS K / sqrt(d)
+    grad_k_ = mm(dSt, q_, dk_, scaled);  // dK = dS^T Q / sqrt(d)
   }
 
   void forward(const RunCtx& run) override {

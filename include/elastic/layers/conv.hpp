@@ -24,13 +24,13 @@ struct Conv2dOptions {
 class Conv2d final : public Node {
  public:
   Conv2d(std::string name, Conv2dOptions o) : Node(std::move(name)), o_(o) {
-    if (o.in_channels <= 0 || o.out_channels <= 0 || o.kernel_h <= 0 || o.kernel_w <= 0 ||
-        o.stride <= 0 || o.padding < 0 || o.dilation <= 0 || o.groups <= 0)
+    if (o.in_channels <= 0 || o.out_channels <= 0 || o.kernel_h <= 0 || o.kernel_w <= 0 || o.stride <= 0 ||
+        o.padding < 0 || o.dilation <= 0 || o.groups <= 0)
       fail("layer '{}' (conv2d): channels, kernel, stride, dilation and groups must be positive, padding >= 0",
            this->name());
     if (o.in_channels % o.groups || o.out_channels % o.groups)
-      fail("layer '{}' (conv2d): in_channels {} and out_channels {} must be multiples of groups {}",
-           this->name(), o.in_channels, o.out_channels, o.groups);
+      fail("layer '{}' (conv2d): in_channels {} and out_channels {} must be multiples of groups {}", this->name(),
+           o.in_channels, o.out_channels, o.groups);
   }
 
   std::string_view type() const override { return "conv2d"; }
@@ -61,16 +61,15 @@ class Conv2d final : public Node {
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
         pad{o_.padding, o_.padding};
     // The user weight layout: torchvision's (out, in/g, kh, kw), as goihw when grouped.
-    const memory::desc user_w_md =
-        o_.groups == 1
-            ? memory::desc({o_.out_channels, o_.in_channels, o_.kernel_h, o_.kernel_w}, memory::data_type::f32,
-                           tag::oihw)
-            : memory::desc({o_.groups, o_.out_channels / o_.groups, o_.in_channels / o_.groups, o_.kernel_h,
-                            o_.kernel_w},
-                           memory::data_type::f32, tag::goihw);
+    const memory::desc user_w_md = o_.groups == 1
+                                       ? memory::desc({o_.out_channels, o_.in_channels, o_.kernel_h, o_.kernel_w},
+                                                      memory::data_type::f32, tag::oihw)
+                                       : memory::desc({o_.groups, o_.out_channels / o_.groups,
+                                                       o_.in_channels / o_.groups, o_.kernel_h, o_.kernel_w},
+                                                      memory::data_type::f32, tag::goihw);
     const memory::desc any_w(user_w_md.dims(), memory::data_type::f32, tag::any);
-    const memory::desc bias_md = o_.bias ? memory::desc({o_.out_channels}, memory::data_type::f32, tag::a)
-                                         : memory::desc();
+    const memory::desc bias_md =
+        o_.bias ? memory::desc({o_.out_channels}, memory::data_type::f32, tag::a) : memory::desc();
     const auto& src_md = in[0];
     const auto& dst_md = output_desc();
     if (o_.kernel_h == 1 && o_.kernel_w == 1 && o_.stride == 1 && o_.padding == 0 && o_.groups == 1 &&
@@ -79,14 +78,15 @@ class Conv2d final : public Node {
       return;
     }
 
-    convolution_forward::primitive_desc fwd_pd(
-        {prop_kind::forward_training, algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides,
-         dilates, pad, pad},
-        user_scratchpad(), eng);
+    convolution_forward::primitive_desc fwd_pd({prop_kind::forward_training, algorithm::convolution_direct, src_md,
+                                                any_w, bias_md, dst_md, strides, dilates, pad, pad},
+                                               user_scratchpad(), eng);
     convolution_backward_data::primitive_desc bwd_data_pd(
-        {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng, fwd_pd);
+        {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng,
+        fwd_pd);
     convolution_backward_weights::primitive_desc bwd_w_pd(
-        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng, fwd_pd);
+        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(),
+        eng, fwd_pd);
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = grad_memory(weight_, user_w_md);
@@ -172,14 +172,17 @@ class Conv2d final : public Node {
     const memory wt(Wt, eng, w.value), wv(W, eng, w.value);
     Args fwd_args{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, y_}};
     if (o_.bias) fwd_args[DNNL_ARG_BIAS] = memory(B, eng, store[bias_].value);
-    const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(), eng);
+    const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(),
+                                     eng);
     const matmul::primitive_desc bwd_data(matmul::desc(Y, W, X), user_scratchpad(), eng);
     const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, W), user_scratchpad(), eng);
     fwd_ = Call(matmul(fwd), fwd_args);
     bwd_data_ = Call(matmul(bwd_data), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, dx_}});
-    bwd_weights_ = Call(matmul(bwd_weights), {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, W)}});
+    bwd_weights_ = Call(matmul(bwd_weights),
+                        {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, W)}});
     if (o_.bias) {
-      const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, Y, B, 0.0f, 0.0f), user_scratchpad(), eng);
+      const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, Y, B, 0.0f, 0.0f),
+                                          user_scratchpad(), eng);
       db_ = Call(reduction(sum), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_DST, grad_memory(bias_, B)}});
     }
   }

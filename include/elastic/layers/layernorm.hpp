@@ -54,9 +54,10 @@ class LayerNorm final : public Node {
     const memory scale(feat, eng, store[weight_].value), shift(feat, eng, store[bias_].value);
     const memory dscale(feat, eng, scratch_.data()), dshift(feat, eng, scratch_.data() + E);
     const auto affine = flags::use_scale | flags::use_shift;
-    layer_normalization_forward::primitive_desc fwd({prop_kind::forward_training, data, stat, o_.eps, affine}, user_scratchpad(), eng);
-    layer_normalization_backward::primitive_desc bwd({prop_kind::backward, data, data, stat, o_.eps, affine}, user_scratchpad(), eng,
-                                                     fwd);
+    layer_normalization_forward::primitive_desc fwd({prop_kind::forward_training, data, stat, o_.eps, affine},
+                                                    user_scratchpad(), eng);
+    layer_normalization_backward::primitive_desc bwd({prop_kind::backward, data, data, stat, o_.eps, affine},
+                                                     user_scratchpad(), eng, fwd);
     fwd_ = Call(layer_normalization_forward(fwd), {{DNNL_ARG_SRC, x_},
                                                    {DNNL_ARG_DST, y_},
                                                    {DNNL_ARG_SCALE, scale},
@@ -87,10 +88,12 @@ class LayerNorm final : public Node {
     const std::int64_t E = o_.normalized_shape;
     const float* x = ptr(x_);
     const float* mean = mean_.data();
-    for (std::size_t r = 0; r < rstd_.size(); ++r) rstd_[r] = static_cast<float>(1.0 / std::sqrt(double(var_[r]) + o_.eps));
+    for (std::size_t r = 0; r < rstd_.size(); ++r)
+      rstd_[r] = static_cast<float>(1.0 / std::sqrt(double(var_[r]) + o_.eps));
     const float* rstd = rstd_.data();
-    grads_.run(rows_, ptr(dy_), [=](std::int64_t r, std::int64_t e) { return (x[r * E + e] - mean[r]) * rstd[r]; },
-               dgamma_, dbeta_);
+    grads_.run(
+        rows_, ptr(dy_), [=](std::int64_t r, std::int64_t e) { return (x[r * E + e] - mean[r]) * rstd[r]; }, dgamma_,
+        dbeta_);
   }
 
   Reads data_reads() const override { return {.inputs = true}; }

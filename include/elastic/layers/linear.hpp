@@ -30,7 +30,8 @@ class Linear final : public Node {
   void declare(ParamStore& store) override {
     weight_ = add_param(store, o_.weight_name, {o_.out_features, o_.in_features}, ParamRole::weight,
                         Init::fan_in(o_.in_features));
-    if (o_.bias) bias_ = add_param(store, o_.bias_name, {o_.out_features}, ParamRole::bias, Init::fan_in(o_.in_features));
+    if (o_.bias)
+      bias_ = add_param(store, o_.bias_name, {o_.out_features}, ParamRole::bias, Init::fan_in(o_.in_features));
   }
 
   void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore& store) override {

@@ -4,12 +4,12 @@
 // None has params, so only forward and backward_data run.
 #pragma once
 
-#include <fmt/format.h>
-
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
+
+#include <fmt/format.h>
 
 #include "elastic/graph/node.hpp"
 
@@ -137,8 +137,8 @@ class GlobalAvgPool final : public Node {
     set_output(activation_desc({x[0], x[1]}));
     // A blocked input gets a blocked view: with C a multiple of 16 and 1x1
     // planes it has the same bytes as the plain (N, C) output too.
-    const auto view = is_blocked_image(in[0]) ? blocked_activation_desc({x[0], x[1], 1, 1})
-                                              : activation_desc({x[0], x[1], 1, 1});
+    const auto view =
+        is_blocked_image(in[0]) ? blocked_activation_desc({x[0], x[1], 1, 1}) : activation_desc({x[0], x[1], 1, 1});
     y_view_ = dnnl::memory(view, engine(), static_cast<void*>(nullptr));
     dy_view_ = dnnl::memory(view, engine(), static_cast<void*>(nullptr));
     pool_ = detail::Pooling(dnnl::algorithm::pooling_avg_include_padding, {x[2], x[3]}, {x[2], x[3]}, {0, 0}, src(),

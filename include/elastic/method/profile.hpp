@@ -15,12 +15,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "elastic/core/error.hpp"
 #include "elastic/core/json.hpp"
+#include "elastic/io/durable.hpp"
 
 namespace elastic {
 
@@ -120,16 +122,7 @@ struct Profile {
             {"t_dy_spread_ms", t_dy_spread}};
   }
 
-  void save(const std::filesystem::path& path) const {
-    const auto tmp = std::filesystem::path(path.string() + ".tmp");
-    {
-      std::ofstream f(tmp);
-      if (!f) fail("cannot write profile '{}'", tmp.string());
-      f << to_json().dump(2) << "\n";
-      if (!f.flush()) fail("cannot write profile '{}'", tmp.string());
-    }
-    std::filesystem::rename(tmp, path);
-  }
+  void save(const std::filesystem::path& path) const { io::write_durably(path, to_json().dump(2) + "\n"); }
 
   static Profile load(const std::filesystem::path& path) {
     std::ifstream f(path);

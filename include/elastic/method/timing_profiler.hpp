@@ -13,9 +13,10 @@
 #include <array>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/method/profile.hpp"

@@ -24,7 +24,7 @@ inline Model mobilenetv2(Context& ctx, const ModelOptions& o) {
   struct Stage {
     int expand, channels, repeats, stride;
   };
-  const Stage stages[] = {{1, 16, 1, 1}, {6, 24, 2, 2}, {6, 32, 3, 2}, {6, 64, 4, 2},
+  const Stage stages[] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
                           {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
   std::int64_t in = 32;
   int index = 1;
@@ -50,8 +50,8 @@ inline Model mobilenetv2(Context& ctx, const ModelOptions& o) {
       in = out;
     }
   }
-  x = conv_bn(*g, x, fmt::format("features.{}.0", index), fmt::format("features.{}.1", index),
-              {.in = in, .out = 1280}, Activation::relu6);
+  x = conv_bn(*g, x, fmt::format("features.{}.0", index), fmt::format("features.{}.1", index), {.in = in, .out = 1280},
+              Activation::relu6);
   x = g->add<GlobalAvgPool>({x}, "avgpool");
   const ValueId logits = blocks::classifier(*g, x, "classifier.0", "classifier.1", 1280, o);
   Model m = finish_model("mobilenetv2", std::move(g), images, logits, o.seed);

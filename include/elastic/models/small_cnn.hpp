@@ -32,9 +32,10 @@ inline Model small_cnn(Context& ctx, const SmallCnnOptions& o) {
   int block = 0;
   const auto conv_bn_relu = [&](std::int64_t out) {
     const auto name = fmt::format("features.{}", block++);
-    h = g->add<Conv2d>({h}, name + ".conv",
-                       Conv2dOptions{.in_channels = in, .out_channels = out, .kernel_h = 3, .kernel_w = 3,
-                                     .padding = 1, .bias = false});
+    h = g->add<Conv2d>(
+        {h}, name + ".conv",
+        Conv2dOptions{
+            .in_channels = in, .out_channels = out, .kernel_h = 3, .kernel_w = 3, .padding = 1, .bias = false});
     h = g->add<BatchNorm2d>({h}, name + ".bn", BatchNorm2dOptions{.num_features = out});
     h = g->add<Eltwise>({h}, name + ".relu", Activation::relu);
     in = out;
@@ -46,8 +47,7 @@ inline Model small_cnn(Context& ctx, const SmallCnnOptions& o) {
   }
   h = g->add<GlobalAvgPool>({h}, "avgpool");
   h = g->add<Dropout>({h}, "dropout", o.dropout, o.seed);
-  const ValueId logits =
-      g->add<Linear>({h}, "fc", LinearOptions{.in_features = in, .out_features = o.num_classes});
+  const ValueId logits = g->add<Linear>({h}, "fc", LinearOptions{.in_features = in, .out_features = o.num_classes});
   Model m = finish_model("small_cnn", std::move(g), x, logits, o.seed);
   m.head_prefixes = {"fc."};
   m.set_batch_stats(true);

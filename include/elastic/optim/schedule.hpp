@@ -15,7 +15,8 @@ struct CosineDecay {
   float alpha = 0;  // floor, as a fraction of initial_lr
 
   float operator()(std::int64_t step) const {
-    const double t = double(std::clamp<std::int64_t>(step, 0, total_steps)) / double(std::max<std::int64_t>(total_steps, 1));
+    const double t =
+        double(std::clamp<std::int64_t>(step, 0, total_steps)) / double(std::max<std::int64_t>(total_steps, 1));
     const double cosine = 0.5 * (1 + std::cos(std::numbers::pi * t));
     return static_cast<float>(initial_lr * ((1 - alpha) * cosine + alpha));
   }

@@ -16,19 +16,19 @@
 namespace elastic::testing {
 
 struct GradCheckOptions {
-  double eps = 1e-2;    // perturbation (inputs should be O(1))
-  double rtol = 2e-2;   // relative tolerance
-  double atol = 2e-3;   // absolute tolerance, scaled by the largest gradient of the tensor when it exceeds 1
-  int max_checks = 48;  // checked elements per tensor (all if the tensor is smaller)
-  bool training = true; // forward mode
+  double eps = 1e-2;     // perturbation (inputs should be O(1))
+  double rtol = 2e-2;    // relative tolerance
+  double atol = 2e-3;    // absolute tolerance, scaled by the largest gradient of the tensor when it exceeds 1
+  int max_checks = 48;   // checked elements per tensor (all if the tensor is smaller)
+  bool training = true;  // forward mode
   std::uint64_t seed = 7;
 };
 
 struct GradCheckResult {
   bool ok = true;
   int checked = 0;
-  double worst = 0;      // largest |analytic - numeric| / tolerance seen (ok iff <= 1)
-  std::string report;    // one line per failure (at most 20)
+  double worst = 0;    // largest |analytic - numeric| / tolerance seen (ok iff <= 1)
+  std::string report;  // one line per failure (at most 20)
 };
 
 namespace detail {
@@ -50,8 +50,8 @@ inline std::vector<std::int64_t> sample_indices(std::int64_t n, int max_checks, 
   return idx;
 }
 
-inline void compare(GradCheckResult& res, const std::string& what, std::int64_t index, double analytic,
-                    double numeric, double scale, const GradCheckOptions& o) {
+inline void compare(GradCheckResult& res, const std::string& what, std::int64_t index, double analytic, double numeric,
+                    double scale, const GradCheckOptions& o) {
   const double tol = o.atol * std::max(1.0, scale) + o.rtol * std::abs(numeric);
   const double ratio = std::abs(analytic - numeric) / tol;
   ++res.checked;

@@ -11,8 +11,9 @@
 #pragma once
 
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "elastic/core/json.hpp"
 #include "elastic/io/weights.hpp"
@@ -87,6 +88,34 @@ inline ControlState control_from_json(const nlohmann::json& j) {
   return c;
 }
 
+inline nlohmann::json to_json(const EpochProgress& e) {
+  return {{"epoch", e.epoch},
+          {"batches", e.batches},
+          {"loss_sum", e.train.loss_sum},
+          {"correct", e.train.correct},
+          {"count", e.train.count},
+          {"train_ms", e.train_ms},
+          {"data_wait_ms", e.data_wait_ms},
+          {"measured_ms", e.measured_ms},
+          {"full_ms", e.full_ms}};
+}
+
+inline EpochProgress epoch_progress_from_json(const nlohmann::json& j) {
+  EpochProgress e;
+  e.epoch = json_integer<int>(j.at("epoch"), "epoch progress epoch");
+  e.batches = json_integer<std::int64_t>(j.at("batches"), "epoch progress batches");
+  e.train.loss_sum = json_number(j.at("loss_sum"), "epoch progress loss_sum");
+  e.train.correct = json_integer<std::int64_t>(j.at("correct"), "epoch progress correct");
+  e.train.count = json_integer<std::int64_t>(j.at("count"), "epoch progress count");
+  e.train_ms = json_number(j.at("train_ms"), "epoch progress train_ms");
+  e.data_wait_ms = json_number(j.at("data_wait_ms"), "epoch progress data_wait_ms");
+  e.measured_ms = json_number(j.at("measured_ms"), "epoch progress measured_ms");
+  e.full_ms = json_number(j.at("full_ms"), "epoch progress full_ms");
+  if (e.epoch < -1 || e.batches < 0 || e.train.correct < 0 || e.train.count < e.train.correct)
+    fail("epoch progress: epoch >= -1, batches >= 0 and 0 <= correct <= count");
+  return e;
+}
+
 inline std::vector<bool> parse_bits(const std::string& bits, const std::string& what) {
   std::vector<bool> out;
   for (char c : bits) {
@@ -138,6 +167,7 @@ inline void save_checkpoint(const std::filesystem::path& path, const ParamStore&
                             {"train_ms", state.train_ms},
                             {"open_selection", state.open_selection},
                             {"deadline_missed", state.deadline_missed},
+                            {"epoch", to_json(state.epoch)},
                             {"run", run}};
   w.set_metadata("elastic_state", meta.dump());
   w.write(path);
@@ -169,6 +199,7 @@ inline Checkpoint parse_checkpoint_state(const std::string& text, const std::fil
       c.trainer.open_selection = meta.at("open_selection").get<bool>();
       c.trainer.deadline_missed = meta.at("deadline_missed").get<bool>();
     }
+    if (meta.contains("epoch")) c.trainer.epoch = epoch_progress_from_json(meta.at("epoch"));
     c.run = meta.at("run");
     if (!c.run.is_object()) fail("run is not an object");
   } catch (const nlohmann::json::exception& e) {

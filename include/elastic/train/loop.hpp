@@ -94,8 +94,8 @@ class ImageBatcher {
 
 // One step on the batch already loaded: forward, backward under the installed
 // plan, and an optimizer update of the params in `selected`.
-inline void train_step(Model& m, Optimizer& opt, const std::vector<bool>& selected, float lr,
-                       std::uint64_t step, Metrics& metrics) {
+inline void train_step(Model& m, Optimizer& opt, const std::vector<bool>& selected, float lr, std::uint64_t step,
+                       Metrics& metrics) {
   m.graph->set_step(step);
   m.graph->forward(true);
   m.graph->backward();

@@ -14,9 +14,6 @@
 // remaining training time and steps. docs/method.md has the whole loop.
 #pragma once
 
-#include <fmt/format.h>
-#include <fmt/ranges.h>
-
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -24,6 +21,9 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
@@ -76,7 +76,9 @@ struct TrainerOptions {
   std::optional<float> weight_decay;
   float l1 = 1e-4f;  // prunetrain's penalty on kernel weights
   int dp_resolution = 1000;
-  std::uint64_t seed = 0;
+  // No seed: what is random in training is seeded where it is drawn, the
+  // model's initialization and dropout (ModelOptions::seed) and the batches'
+  // order and augmentation (data::LoaderOptions::seed).
   // Elastic types: finish training (as EpochRecord::train_ms counts it) within
   // this many seconds, planning rho instead of holding `rho`.
   std::optional<double> deadline_s;
@@ -114,6 +116,17 @@ class NonFiniteLoss : public Error {
   using Error::Error;
 };
 
+// The epoch in progress when a run stops between two of its steps (a stop
+// request, a periodic checkpoint): what its EpochRecord has gathered so far.
+struct EpochProgress {
+  int epoch = -1;            // -1: none, the run is at an epoch boundary
+  std::int64_t batches = 0;  // batches (steps) done of it
+  Metrics train;
+  double train_ms = 0, data_wait_ms = 0;
+  double measured_ms = 0, full_ms = 0;  // over its completed measurement windows
+  bool operator==(const EpochProgress&) const = default;
+};
+
 struct TrainerState {
   std::uint64_t step = 0;
   std::vector<bool> mask;                   // per param
@@ -127,6 +140,7 @@ struct TrainerState {
   double train_ms = 0;
   bool open_selection = false;
   bool deadline_missed = false;
+  EpochProgress epoch;
 };
 
 struct EpochRecord {
@@ -136,6 +150,7 @@ struct EpochRecord {
   Metrics train;
   std::int64_t steps = 0;
   double measured_share = -1;  // elastic types: measured steps / corrected full steps over the epoch's windows
+  bool complete = true;        // false: a stop request ended it early (Trainer::stop)
 };
 
 class Trainer {
@@ -189,6 +204,12 @@ class Trainer {
   // Called after every step with its number and its batch's mean loss, correct and counted
   // samples. It may read params but not write them (see Graph::reuse_frozen_weights).
   std::function<void(std::uint64_t step, double loss, std::int64_t correct, std::int64_t count)> on_step;
+  // Asked after every step: true ends the epoch there, incomplete (EpochRecord::complete),
+  // with the state (state()) ready for a checkpoint that resumes at the next step.
+  std::function<bool()> stop;
+  // Called after every step, when state() describes the run up to that step
+  // (e.g. to write a periodic checkpoint).
+  std::function<void()> after_step;
   // The clock every training time is read from, in ms (tests inject a fake one).
   std::function<double()> clock = monotonic_ms;
   // One human-readable line per selection and per epoch; prints to stdout by default.
@@ -201,6 +222,10 @@ class Trainer {
   // The rho in force (with a deadline: the planned one) and the training time so far.
   double rho() const { return rho_; }
   double train_ms() const { return train_ms_; }
+  // Training time so far, within an epoch too (cheap: for periodic checkpoints).
+  double training_ms() const { return train_ms_ + (in_epoch_ ? clock() - epoch_start_ : 0); }
+  // The epoch a resumed state is in the middle of (-1: none).
+  int epoch_in_progress() const { return progress_.epoch; }
   const TimeController* controller() const { return control_ ? &*control_ : nullptr; }
   std::int64_t total_steps() const { return schedule_.total_steps; }
 
@@ -210,9 +235,15 @@ class Trainer {
     return opt_->name() == "adam" ? o_.learning_rate : schedule_(static_cast<std::int64_t>(step_));
   }
 
+  // Between epochs, or between two steps of one (from after_step, or after a
+  // stop): the time of the epoch's running part is included.
   TrainerState state() const {
-    return {step_,       mask_, selections_, opt_->state(), control_ ? control_->state() : ControlState{},
-            importance_, rho_,  train_ms_,   open_,         deadline_missed_};
+    const double running = in_epoch_ ? clock() - epoch_start_ : 0;
+    EpochProgress progress = progress_;
+    if (progress.epoch >= 0) progress.train_ms += running;
+    return {step_,       mask_, selections_,         opt_->state(), control_ ? control_->state() : ControlState{},
+            importance_, rho_,  train_ms_ + running, open_,         deadline_missed_,
+            progress};
   }
 
   // Continues from a saved state (the model's weights restored separately).
@@ -237,6 +268,7 @@ class Trainer {
     train_ms_ = s.train_ms;
     open_ = s.open_selection && !selections_.empty();
     deadline_missed_ = s.deadline_missed;
+    progress_ = s.epoch;
     if (!importance_.empty()) floor_rho_ = control_->smallest_rho(importance_);
     m_.graph->select(mask_);
   }
@@ -244,16 +276,18 @@ class Trainer {
   // Trains one epoch over `train` (a batch source: start_epoch, batches, load).
   template <class Source>
   EpochRecord train_epoch(Source& train, int epoch) {
+    // A run resumed between two steps of this epoch continues at the next one.
+    const bool resuming = progress_.epoch == epoch && progress_.batches > 0;
+    if (!resuming) progress_ = {.epoch = epoch};
     train.start_epoch(static_cast<std::uint64_t>(epoch), true);
-    EpochRecord rec;
-    rec.epoch = epoch;
     const std::int64_t batches = train.batches(m_.batch(), true);
     double wait_before = 0;
     if constexpr (requires { train.wait_ms(); }) wait_before = train.wait_ms();
     // As in the reference, the epoch's clock starts before the importance probe
     // and the DP: selecting is part of training time.
     epoch_start_ = clock();
-    if (is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
+    in_epoch_ = true;
+    if (!resuming && is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     // Within the epoch params change only through the optimizer, so frozen
     // convolutions keep their re-laid-out weights from step to step; each
     // node's params are updated as soon as backward has their gradients, which
@@ -270,19 +304,20 @@ class Trainer {
       }
     } mode(*m_.graph);
     const auto& topology = m_.graph->topology();
-    double measured_ms = 0, full_ms = 0;  // over the epoch's completed windows
     double t0 = clock();
-    for (std::int64_t b = 0; b < batches; ++b) {
-      train.load(m_, b);
+    while (progress_.batches < batches) {
+      train.load(m_, progress_.batches);
       const float lr = learning_rate();
       m_.graph->set_step(step_);
       const double t1 = clock();
       m_.graph->forward(true);
       const double t2 = clock();
       auto& loss = m_.loss_node();
-      if (!std::isfinite(loss.loss()))  // before any update: the weights stay those of the last good step
+      if (!std::isfinite(loss.loss())) {  // before any update: the weights stay those of the last good step
+        in_epoch_ = false;
         throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped", loss.loss(),
                                         step_ + 1, epoch + 1));
+      }
       m_.graph->backward([&](int node) {
         const auto& ks = topology.nodes[std::size_t(node)].params;
         if (o_.type == TrainType::prunetrain)
@@ -290,10 +325,10 @@ class Trainer {
         opt_->step(m_.params(), ks, mask_, lr);
       });
       const double t3 = clock();
-      rec.train.add(loss.loss(), loss.correct(), loss.count());
+      progress_.train.add(loss.loss(), loss.correct(), loss.count());
       if (on_step) on_step(step_, loss.loss(), loss.correct(), loss.count());
       ++step_;
-      ++rec.steps;
+      ++progress_.batches;
       const double t4 = clock();
       if (control_ && open_) {
         ++selections_.back().steps;
@@ -301,20 +336,30 @@ class Trainer {
                 control_->observe(selections_.back().unit_mask, t2 - t1, t3 - t2, (t1 - t0) + (t4 - t3))) {
           if (meas->threads != 0) switch_threads(*meas);
           measured(*meas, epoch);
-          measured_ms += meas->measured_ms;
-          full_ms += meas->full_ms;
+          progress_.measured_ms += meas->measured_ms;
+          progress_.full_ms += meas->full_ms;
         }
         if (o_.deadline_s && step_ % 100 == 0) plan_deadline(epoch, "deadline");
-        t0 = clock();
-      } else {
-        t0 = t4;
       }
+      if (after_step) after_step();
+      if (stop && stop()) break;
+      t0 = (control_ && open_) || after_step ? clock() : t4;
     }
-    const double end = clock();
-    rec.train_ms = end - epoch_start_;
-    train_ms_ += rec.train_ms;
-    if constexpr (requires { train.wait_ms(); }) rec.data_wait_ms = train.wait_ms() - wait_before;
-    if (full_ms > 0) rec.measured_share = measured_ms / full_ms;
+    const double segment = clock() - epoch_start_;
+    in_epoch_ = false;
+    train_ms_ += segment;
+    progress_.train_ms += segment;
+    if constexpr (requires { train.wait_ms(); }) progress_.data_wait_ms += train.wait_ms() - wait_before;
+    EpochRecord rec;
+    rec.epoch = epoch;
+    rec.train = progress_.train;
+    rec.steps = progress_.batches;
+    rec.train_ms = progress_.train_ms;
+    rec.data_wait_ms = progress_.data_wait_ms;
+    if (progress_.full_ms > 0) rec.measured_share = progress_.measured_ms / progress_.full_ms;
+    rec.complete = progress_.batches == batches;
+    if (!rec.complete) return rec;  // stopped between steps: state() holds the progress
+    progress_ = {};
     // The selection's interval ends with this epoch (or training does): log it.
     if (open_ && ((epoch + 1) % o_.interval == 0 || epoch + 1 == o_.num_epochs)) close_selection();
     if (log)
@@ -531,6 +576,8 @@ class Trainer {
   double rho_ = 0, floor_rho_ = 0;
   double train_ms_ = 0, epoch_start_ = 0;
   bool open_ = false, deadline_missed_ = false;
+  bool in_epoch_ = false;   // inside train_epoch (epoch_start_ is this segment's start)
+  EpochProgress progress_;  // the epoch in progress
   std::uint64_t step_ = 0;
 };
 

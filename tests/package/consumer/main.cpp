@@ -1,17 +1,18 @@
 // Builds a two-layer graph through the installed umbrella header and checks
 // that a forward pass produces the expected shape; uses the input pipeline's
 // target (codecs, libmatio) through its own umbrella header.
+#include <cstdio>
+
 #include <elastic/data.hpp>
 #include <elastic/elastic.hpp>
-
-#include <cstdio>
 
 int main() {
   elastic::Context ctx(1);
   elastic::Graph g(ctx);
   auto x = g.input("x", {2, 3, 8, 8});
-  auto c = g.add<elastic::Conv2d>({x}, "conv", elastic::Conv2dOptions{.in_channels = 3, .out_channels = 4,
-                                                                      .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  auto c = g.add<elastic::Conv2d>(
+      {x}, "conv",
+      elastic::Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
   g.mark_output(c);
   g.finalize(1);
   g.forward(false);
