@@ -28,6 +28,7 @@
 #include "elastic/method/units.hpp"
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
+#include "elastic/train/step.hpp"
 
 using namespace elastic;
 
@@ -66,20 +67,6 @@ double sgemm_gflops(Context& ctx) {
     best = std::max(best, 2.0 * double(n) * double(n) * double(n) * 1e-9 / (t.median * 1e-3));
   }
   return best;
-}
-// One training step as the trainer takes it within an epoch: forward, then
-// backward with each node's selected params updated as soon as their
-// (streamed) gradients are ready. Adds the time spent updating to *update_ms.
-void train_step(Model& m, Optimizer& opt, const std::vector<bool>& mask, std::uint64_t step,
-                double* update_ms = nullptr) {
-  m.graph->set_step(step);
-  m.graph->forward(true);
-  const auto& topology = m.graph->topology();
-  m.graph->backward([&](int node) {
-    Stopwatch sw;
-    opt.step(m.params(), topology.nodes[std::size_t(node)].params, mask, 1e-4f);
-    if (update_ms) *update_ms += sw.elapsed_ms();
-  });
 }
 }  // namespace
 
@@ -141,28 +128,31 @@ int main(int argc, char** argv) {
         mask[k] = true;
       }
       m.graph->select(mask);
-      m.graph->reuse_frozen_weights(true);  // as the trainer's epochs run
-      m.graph->stream_grads(true);
-      const Summary elastic_step = measure(warmup, steps, [&] { train_step(m, opt, mask, step++); });
+      TrainStep train_step(m, opt);
+      const Summary elastic_step = measure(warmup, steps, [&] { train_step(step++, mask, 1e-4f); });
       fmt::print(R"({{"model": "{}", "elastic_step": {}}})"
                  "\n",
                  name, json(elastic_step));
       return 0;
     }
-    m.graph->reuse_frozen_weights(true);
-    m.graph->stream_grads(true);
     if (mode == "kernels") {
+      TrainStep train_step(m, opt);
       std::vector<double> update_ms;
       const Summary train = measure(warmup, steps, [&] {
         double ms = 0;
-        train_step(m, opt, all, step++, &ms);
+        train_step.forward(step++);
+        train_step.backward(all, 1e-4f, [&](std::span<const int>, const auto& update) {
+          Stopwatch sw;
+          update();
+          ms += sw.elapsed_ms();
+        });
         update_ms.push_back(ms);
       });
       const double gemm = sgemm_gflops(ctx);
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
-      train_step(m, opt, all, step++);
+      train_step(step++, all, 1e-4f);
       std::puts("elastic_kernels_end");
       std::fflush(stdout);
       dnnl::set_verbose(0);
@@ -195,7 +185,8 @@ int main(int argc, char** argv) {
     }
     if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE, kernels or probe", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
-    const Summary train = measure(warmup, steps, [&] { train_step(m, opt, all, step++); });
+    TrainStep train_step(m, opt);
+    const Summary train = measure(warmup, steps, [&] { train_step(step++, all, 1e-4f); });
     const double gemm = sgemm_gflops(ctx);
     fmt::print(
         R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"

@@ -11,6 +11,7 @@
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/optim/schedule.hpp"
 #include "elastic/train/loop.hpp"
+#include "elastic/train/step.hpp"
 
 using namespace elastic;
 
@@ -66,9 +67,13 @@ int main(int argc, char** argv) {
       train.start_epoch(static_cast<std::uint64_t>(epoch), true);
       Metrics m;
       Stopwatch sw;
-      for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
-        train.load(model, b);
-        train_step(model, opt, all, schedule(static_cast<std::int64_t>(step)), step, m);
+      {
+        TrainStep train_step(model, opt);
+        for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
+          train.load(model, b);
+          const auto& loss = train_step(step, all, schedule(static_cast<std::int64_t>(step)));
+          m.add(loss.loss(), loss.correct(), loss.count());
+        }
       }
       const double ms = sw.elapsed_ms();
       total_ms += ms;

@@ -4,6 +4,7 @@
 
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/optim/schedule.hpp"
+#include "elastic/train/step.hpp"
 
 using namespace elastic;
 
@@ -49,9 +50,11 @@ TEST_CASE("the small CNN learns Fashion-MNIST: loss falls and accuracy is far ab
   for (int epoch = 0; epoch < epochs; ++epoch) {
     train.start_epoch(static_cast<std::uint64_t>(epoch), true);
     Metrics m;
+    TrainStep train_step(model, opt);
     for (std::int64_t b = 0; b < steps; ++b, ++step) {
       train.load(model, b);
-      train_step(model, opt, all, schedule(static_cast<std::int64_t>(step)), step, m);
+      const auto& loss = train_step(step, all, schedule(static_cast<std::int64_t>(step)));
+      m.add(loss.loss(), loss.correct(), loss.count());
     }
     (epoch == 0 ? first_epoch : last_epoch) = m;
   }

@@ -208,6 +208,26 @@ class Graph {
     ++reuse_epoch_;
   }
 
+  // The graph's settings for a run of training steps, for the lifetime of
+  // the object: frozen weights reused and gradients streamed; both off again
+  // at its end (for evaluation, probes and checkpoints between runs).
+  class TrainingSteps {
+   public:
+    explicit TrainingSteps(Graph& g) : g_(g) {
+      g_.reuse_frozen_weights(true);
+      g_.stream_grads(true);
+    }
+    ~TrainingSteps() {
+      g_.stream_grads(false);
+      g_.reuse_frozen_weights(false);
+    }
+    TrainingSteps(const TrainingSteps&) = delete;
+    TrainingSteps& operator=(const TrainingSteps&) = delete;
+
+   private:
+    Graph& g_;
+  };
+
   // Runs every kernel on `threads` threads from the next pass on (0 = all
   // cores): the context's count changes and every node is set up again, so
   // that kernels whose work split is fixed when they are created split it

@@ -63,60 +63,59 @@ class TimingProfiler {
     std::vector<float> scratch_w(static_cast<std::size_t>(span), 0.5f), scratch_g(scratch_w.size(), 0.1f);
     std::vector<std::vector<float>> scratch_slots(opt.slot_count(), std::vector<float>(scratch_w.size(), 0.0f));
 
-    g.reuse_frozen_weights(true);
-    g.stream_grads(true);
     std::vector<std::vector<double>> fwd_frozen(n_nodes), fwd_full(n_nodes), data(n_nodes), weights(n_nodes),
         update(n_units);
-    const auto time_forward = [&](std::vector<std::vector<double>>& out, bool record) {
-      for (std::size_t i = 0; i < n_nodes; ++i) {
-        Stopwatch sw;
-        g.forward_node(static_cast<int>(i), true);
-        g.context().wait();
-        if (record) out[i].push_back(sw.elapsed_ms());
-      }
-    };
-    g.select_none();
-    for (int r = 0; r < o_.warmup + o_.repeats; ++r) time_forward(fwd_frozen, r >= o_.warmup);
-    g.select_all();
-    const auto& plan = g.plan();
-    for (int r = 0; r < o_.warmup + o_.repeats; ++r) {
-      const bool record = r >= o_.warmup;
-      time_forward(fwd_full, record);
-      // In the graph's order, each unit's update right after its gradients, as
-      // the trainer's backward runs them. A node's backward_weights may reuse
-      // what its backward_data computed (batch norm's gamma/beta sums), and then
-      // costs only that. (A unit trained without the pass below it runs the
-      // full backward_weights; with batch norm's sums that is a small underestimate.)
-      std::int64_t at = 0;
-      std::size_t u = n_units;
-      for (std::size_t i = n_nodes; i-- > 0;) {
-        const int node = static_cast<int>(i);
-        Stopwatch sw;
-        if (plan.run_data[i]) {
-          g.backward_data_node(node);
+    {
+      const Graph::TrainingSteps settings(g);  // as in the trainer's steps
+      const auto time_forward = [&](std::vector<std::vector<double>>& out, bool record) {
+        for (std::size_t i = 0; i < n_nodes; ++i) {
+          Stopwatch sw;
+          g.forward_node(static_cast<int>(i), true);
           g.context().wait();
-          if (record) data[i].push_back(sw.elapsed_ms());
+          if (record) out[i].push_back(sw.elapsed_ms());
         }
-        if (!plan.run_weights[i]) continue;
-        sw.reset();
-        g.backward_weights_node(node);
-        g.context().wait();
-        if (record) weights[i].push_back(sw.elapsed_ms());
-        while (u > 0 && static_cast<std::size_t>(units[u - 1].node) > i) --u;
-        if (u == 0 || static_cast<std::size_t>(units[u - 1].node) != i) continue;
-        const std::int64_t n = units[u - 1].elements;
-        if (at + n > span) at = 0;
-        std::array<float*, 4> slots{};
-        for (std::size_t s = 0; s < scratch_slots.size(); ++s) slots[s] = scratch_slots[s].data() + at;
-        sw.reset();
-        opt.apply(scratch_w.data() + at, scratch_g.data() + at,
-                  std::span<float* const>(slots.data(), scratch_slots.size()), n, 1e-4f, r + 1);
-        if (record) update[u - 1].push_back(sw.elapsed_ms());
-        at += n;
+      };
+      g.select_none();
+      for (int r = 0; r < o_.warmup + o_.repeats; ++r) time_forward(fwd_frozen, r >= o_.warmup);
+      g.select_all();
+      const auto& plan = g.plan();
+      for (int r = 0; r < o_.warmup + o_.repeats; ++r) {
+        const bool record = r >= o_.warmup;
+        time_forward(fwd_full, record);
+        // In the graph's order, each unit's update right after its gradients, as
+        // the trainer's backward runs them. A node's backward_weights may reuse
+        // what its backward_data computed (batch norm's gamma/beta sums), and then
+        // costs only that. (A unit trained without the pass below it runs the
+        // full backward_weights; with batch norm's sums that is a small underestimate.)
+        std::int64_t at = 0;
+        std::size_t u = n_units;
+        for (std::size_t i = n_nodes; i-- > 0;) {
+          const int node = static_cast<int>(i);
+          Stopwatch sw;
+          if (plan.run_data[i]) {
+            g.backward_data_node(node);
+            g.context().wait();
+            if (record) data[i].push_back(sw.elapsed_ms());
+          }
+          if (!plan.run_weights[i]) continue;
+          sw.reset();
+          g.backward_weights_node(node);
+          g.context().wait();
+          if (record) weights[i].push_back(sw.elapsed_ms());
+          while (u > 0 && static_cast<std::size_t>(units[u - 1].node) > i) --u;
+          if (u == 0 || static_cast<std::size_t>(units[u - 1].node) != i) continue;
+          const std::int64_t n = units[u - 1].elements;
+          if (at + n > span) at = 0;
+          std::array<float*, 4> slots{};
+          for (std::size_t s = 0; s < scratch_slots.size(); ++s) slots[s] = scratch_slots[s].data() + at;
+          sw.reset();
+          opt.apply(scratch_w.data() + at, scratch_g.data() + at,
+                    std::span<float* const>(slots.data(), scratch_slots.size()), n, 1e-4f, r + 1);
+          if (record) update[u - 1].push_back(sw.elapsed_ms());
+          at += n;
+        }
       }
     }
-    g.stream_grads(false);
-    g.reuse_frozen_weights(false);
     g.select(restore_mask);
 
     Profile p;

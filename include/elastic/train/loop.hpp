@@ -1,6 +1,6 @@
-// The pieces of a training loop over in-memory image sets: a batcher that
-// shuffles per epoch and writes normalized batches straight into the model's
-// input buffer, one training step under the installed selection, and
+// The pieces of a training loop over in-memory image sets besides the step
+// (train/step.hpp): running metrics, a batcher that shuffles per epoch and
+// writes normalized batches straight into the model's input buffer, and
 // evaluation. Nothing here allocates per step.
 #pragma once
 
@@ -11,7 +11,6 @@
 #include "elastic/core/random.hpp"
 #include "elastic/data/idx.hpp"
 #include "elastic/models/model.hpp"
-#include "elastic/optim/optimizer.hpp"
 
 namespace elastic {
 
@@ -91,18 +90,6 @@ class ImageBatcher {
   std::vector<std::int64_t> order_;
   std::vector<std::int32_t> labels_;
 };
-
-// One step on the batch already loaded: forward, backward under the installed
-// plan, and an optimizer update of the params in `selected`.
-inline void train_step(Model& m, Optimizer& opt, const std::vector<bool>& selected, float lr, std::uint64_t step,
-                       Metrics& metrics) {
-  m.graph->set_step(step);
-  m.graph->forward(true);
-  m.graph->backward();
-  opt.step(m.params(), selected, lr);
-  auto& loss = m.loss_node();
-  metrics.add(loss.loss(), loss.correct(), loss.count());
-}
 
 // Loss and accuracy of the model on a whole set, in inference mode.
 inline Metrics evaluate(Model& m, ImageBatcher& batches) {

@@ -33,6 +33,7 @@
 #include "elastic/method/units.hpp"
 #include "elastic/optim/schedule.hpp"
 #include "elastic/train/loop.hpp"
+#include "elastic/train/step.hpp"
 
 namespace elastic {
 
@@ -288,41 +289,23 @@ class Trainer {
     epoch_start_ = clock();
     in_epoch_ = true;
     if (!resuming && is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
-    // Within the epoch params change only through the optimizer, so frozen
-    // convolutions keep their re-laid-out weights from step to step; each
-    // node's params are updated as soon as backward has their gradients, which
-    // are streamed (never all held at once).
-    struct StepMode {
-      Graph& g;
-      explicit StepMode(Graph& graph) : g(graph) {
-        g.reuse_frozen_weights(true);
-        g.stream_grads(true);
-      }
-      ~StepMode() {
-        g.stream_grads(false);
-        g.reuse_frozen_weights(false);
-      }
-    } mode(*m_.graph);
-    const auto& topology = m_.graph->topology();
+    TrainStep train_step(m_, *opt_);  // params change only through it within the epoch
     double t0 = clock();
     while (progress_.batches < batches) {
       train.load(m_, progress_.batches);
       const float lr = learning_rate();
-      m_.graph->set_step(step_);
       const double t1 = clock();
-      m_.graph->forward(true);
+      const auto& loss = train_step.forward(step_);
       const double t2 = clock();
-      auto& loss = m_.loss_node();
       if (!std::isfinite(loss.loss())) {  // before any update: the weights stay those of the last good step
         in_epoch_ = false;
         throw NonFiniteLoss(fmt::format("the training loss is {} at step {} (epoch {}); training stopped", loss.loss(),
                                         step_ + 1, epoch + 1));
       }
-      m_.graph->backward([&](int node) {
-        const auto& ks = topology.nodes[std::size_t(node)].params;
+      train_step.backward(mask_, lr, [&](std::span<const int> ks, const auto& update) {
         if (o_.type == TrainType::prunetrain)
           for (int k : ks) add_l1(m_.params()[std::size_t(k)]);
-        opt_->step(m_.params(), ks, mask_, lr);
+        update();
       });
       const double t3 = clock();
       progress_.train.add(loss.loss(), loss.correct(), loss.count());
