@@ -20,26 +20,11 @@ int main(int argc, char** argv) {
   elastic::cli::add_profile_options(
       *app.add_subcommand("profile", "measure a model's per-tensor backward times; writes the profile train reads"),
       profile);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);  // prints help, or the error naming the flag
-    return code == 0 ? 0 : 2;
-  }
-  try {
+  return elastic::cli::run_main(app, argc, argv, [&] {
     if (app.got_subcommand("step")) return elastic::cli::run_step(step);
     if (app.got_subcommand("data")) return elastic::cli::run_data(data);
-    if (app.got_subcommand("train")) {
-      train.command = elastic::cli::quote_command(argc, argv);
-      return elastic::cli::run_train(train);
-    }
     if (app.got_subcommand("profile")) return elastic::cli::run_profile(profile);
-  } catch (const elastic::UsageError& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+    train.command = elastic::cli::quote_command(argc, argv);
+    return elastic::cli::run_train(train);
+  });
 }

@@ -41,9 +41,7 @@ int main(int argc, char** argv) {
       ->check(elastic::cli::non_negative);
   app.add_option("--min_accuracy", min_accuracy, "exit with status 1 if the final test accuracy (%) is lower")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-
-  try {
+  return elastic::cli::run_main(app, argc, argv, [&] {
     Context ctx(threads);
     auto ds = data::load_fashion_mnist(data_dir);
     if (train_limit > 0 && train_limit < ds.train.size()) {
@@ -90,9 +88,6 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "test accuracy {:.2f}% is below --min_accuracy {:.2f}%\n", accuracy, min_accuracy);
       return 1;
     }
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

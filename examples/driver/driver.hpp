@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -80,13 +81,16 @@ void add_profile_options(CLI::App& c, ProfileArgs& a);
 int run_train(const TrainArgs& a);
 int run_profile(const ProfileArgs& a);
 
+// The one mapping from outcomes to exit codes of every command: parses the
+// command line, then returns run()'s own code (0 done, 1 a failed check, 128 +
+// signal number when stopped); 0 for --help; 2 for wrong usage (a flag CLI11
+// refuses, or a UsageError), printed as one line naming the flag; 1 for any
+// other error, printed as "error: ...".
+int run_main(CLI::App& app, int argc, char** argv, const std::function<int()>& run);
+
 // The command line as one shell-quotable string (words with anything but
 // [A-Za-z0-9_./=:,+-] single-quoted).
 std::string quote_command(int argc, char** argv);
-
-// Runs `f` and maps errors to exit codes: 2 for usage errors, 1 otherwise,
-// with a one-line message on stderr.
-int guarded(const std::function<int()>& f);
 
 // The main of an example: `elastic train` with the model and dataset preset.
 int example_main(int argc, char** argv, const std::string& model, const std::string& dataset);

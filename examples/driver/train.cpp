@@ -255,334 +255,402 @@ struct StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
 };
 
-}  // namespace
+// `elastic train` as a recipe: run() takes the steps below in order, each a
+// method; what one step makes, the next ones read from the members.
+class TrainRun {
+ public:
+  explicit TrainRun(const TrainArgs& a) : a_(a) {}
+  TrainRun(const TrainRun&) = delete;
+  TrainRun& operator=(const TrainRun&) = delete;
 
-int run_train(const TrainArgs& a) {
-  const TrainType type = parse_train_type(a.train_type);
-  if (!(a.rho > 0 && a.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", a.rho);
-  if (a.deadline_s && a.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
-  if (a.deadline_s && a.time_control == "off")
-    usage_fail("--deadline plans with measured step times: it needs --time_control on");
-  if (a.deadline_s && !is_elastic(type))
-    usage_fail("--deadline needs an elastic --train_type (it plans rho), not {}", a.train_type);
-  if (a.optimizer != "" && a.optimizer != "sgd" && a.optimizer != "adam")
-    usage_fail("--optimizer '{}' is not one of sgd, adam", a.optimizer);
-  if (a.run_name.empty() || a.run_name.find('/') != std::string::npos)
-    usage_fail("--run_name '{}' must be a non-empty name without '/'", a.run_name);
-  const CheckpointEvery checkpoint_every = parse_checkpoint_every(a.checkpoint_every);
-  const StopSignals stop_signals;
-  const Stopwatch wall;
-  Progress progress;
-  const fs::path run_dir = fs::path(a.log_dir) / a.run_name;
-  const fs::path checkpoint_path = run_dir / "checkpoint.safetensors", metrics_path = run_dir / "metrics.jsonl";
-  if (a.resume && !fs::exists(checkpoint_path))
-    usage_fail("--resume: no checkpoint '{}' (the run ended or was killed before its first one)",
-               checkpoint_path.string());
-  if (!a.resume && fs::exists(metrics_path))
-    usage_fail("run directory '{}' already holds a run: pass --resume to continue it or choose another --run_name",
-               run_dir.string());
-  fs::create_directories(run_dir);
-
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> text_log(nullptr, &std::fclose);
-  if (a.save_txt) {
-    text_log.reset(std::fopen((run_dir / "log.txt").c_str(), a.resume ? "ab" : "wb"));
-    if (!text_log) fail("cannot write '{}'", (run_dir / "log.txt").string());
+  int run() {
+    resolve_settings();
+    open_data();
+    build_model();
+    check_resume_settings();
+    take_profile();
+    trainer_.emplace(*m_, topt_, steps_per_epoch_, profile_);
+    if (a_.resume) resume();
+    connect_trainer();
+    for (int epoch = first_epoch_; epoch < a_.num_epochs; ++epoch)
+      if (const int stopped = train_epoch(epoch)) return stopped;
+    write_summary();
+    return 0;
   }
-  const auto log = [&](const std::string& line) {
-    progress.print_line(line);
-    if (text_log) {
-      fmt::print(text_log.get(), "{}\n", line);
-      std::fflush(text_log.get());
+
+ private:
+  // Every flag checked before anything slow runs: the Trainer's own checks of
+  // its options, then what only the driver knows (run directory, checkpoint).
+  void resolve_settings() {
+    topt_ = {.type = parse_train_type(a_.train_type),
+             .num_epochs = a_.num_epochs,
+             .interval = a_.interval,
+             .rho = a_.rho,
+             .optimizer = a_.optimizer,
+             .learning_rate = a_.learning_rate,
+             .weight_decay = a_.weight_decay,
+             .deadline_s = a_.deadline_s};
+    topt_.control.correct = a_.time_control == "on";
+    if (a_.deadline_s && a_.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
+    topt_.check();
+    if (a_.run_name.empty() || a_.run_name.find('/') != std::string::npos)
+      usage_fail("--run_name '{}' must be a non-empty name without '/'", a_.run_name);
+    checkpoint_every_ = parse_checkpoint_every(a_.checkpoint_every);
+    if (a_.resume && !fs::exists(checkpoint_path_))
+      usage_fail("--resume: no checkpoint '{}' (the run ended or was killed before its first one)",
+                 checkpoint_path_.string());
+    if (!a_.resume && fs::exists(metrics_path_))
+      usage_fail("run directory '{}' already holds a run: pass --resume to continue it or choose another --run_name",
+                 run_dir_.string());
+    fs::create_directories(run_dir_);
+    if (a_.save_txt) {
+      text_log_.reset(std::fopen((run_dir_ / "log.txt").c_str(), a_.resume ? "ab" : "wb"));
+      if (!text_log_) fail("cannot write '{}'", (run_dir_ / "log.txt").string());
     }
-  };
-
-  data::DatasetOptions dopt;
-  if (!a.classes.empty()) dopt.classes = data::parse_class_list(a.classes);
-  const data::Dataset d = data::open_dataset(a.dataset_name, a.data_dir, dopt);
-  const std::int64_t num_classes = a.num_classes ? a.num_classes : d.num_classes();
-  if (num_classes < d.num_classes())
-    usage_fail("--num_classes {} is smaller than the {} classes of {}", num_classes, d.num_classes(), d.name);
-
-  Context ctx(a.threads);
-  Model m = build_model(a.model_name, ctx,
-                        {.num_classes = num_classes,
-                         .input_size = a.input_size,
-                         .batch = a.batch_size,
-                         .dropout = a.dropout,
-                         .seed = a.seed});
-  m.set_batch_stats(a.bn_batch_stats);
-  if (a.weights.empty())  // fine-tuning settings on an untrained model learn little: say so before any time is spent
-    log(fmt::format(
-        "warning: no --weights: {} starts from random initialization{}; give --weights FILE to "
-        "fine-tune a pretrained model{}",
-        m.name, a.bn_batch_stats ? "" : " with its batch-norm statistics frozen at 0 mean and unit variance",
-        a.bn_batch_stats ? "" : ", or --bn_batch_stats (and a larger --learning_rate) to train from scratch"));
-  if (!a.weights.empty()) {
-    const auto report = io::load_weights(m.params(), a.weights, {.skip_prefixes = m.head_prefixes});
-    log(fmt::format("loaded {} tensors from '{}' (head {} left as initialized)", report.loaded, a.weights,
-                    fmt::join(m.head_prefixes, ", ")));
   }
 
-  data::LoaderOptions train_options = data::loader_options_for(m, true, a.seed);
-  train_options.workers = a.workers;
-  train_options.augment = !a.no_augment;
-  train_options.skip_bad = a.skip_bad;
-  data::LoaderOptions test_options = data::loader_options_for(m, false, a.seed);
-  test_options.batch = 2 * a.batch_size;
-  test_options.workers = a.workers;
-  test_options.skip_bad = a.skip_bad;
-  data::Loader train_loader(d.train, train_options), test_loader(d.test, test_options);
-  train_loader.warn = test_loader.warn = [&](const std::string& w) { log("warning: " + w); };
-  const std::int64_t steps_per_epoch =
-      a.steps_per_epoch ? std::min(a.steps_per_epoch, train_loader.batches()) : train_loader.batches();
-  data::CappedLoader train{train_loader, steps_per_epoch};
-  const json config = run_config(a, num_classes, steps_per_epoch);
-  if (a.resume) {  // the settings first: they decide whether anything else can match
-    const io::SafetensorsFile file(checkpoint_path);
+  void log(const std::string& line) {
+    progress_.print_line(line);
+    if (text_log_) {
+      fmt::print(text_log_.get(), "{}\n", line);
+      std::fflush(text_log_.get());
+    }
+  }
+
+  void open_data() {
+    data::DatasetOptions dopt;
+    if (!a_.classes.empty()) dopt.classes = data::parse_class_list(a_.classes);
+    d_.emplace(data::open_dataset(a_.dataset_name, a_.data_dir, dopt));
+    num_classes_ = a_.num_classes ? a_.num_classes : d_->num_classes();
+    if (num_classes_ < d_->num_classes())
+      usage_fail("--num_classes {} is smaller than the {} classes of {}", num_classes_, d_->num_classes(), d_->name);
+  }
+
+  // The model, its weights, and the loaders that feed it.
+  void build_model() {
+    m_.emplace(elastic::build_model(a_.model_name, ctx_,
+                                    {.num_classes = num_classes_,
+                                     .input_size = a_.input_size,
+                                     .batch = a_.batch_size,
+                                     .dropout = a_.dropout,
+                                     .seed = a_.seed}));
+    m_->set_batch_stats(a_.bn_batch_stats);
+    if (a_.weights
+            .empty()) {  // fine-tuning settings on an untrained model learn little: say so before any time is spent
+      log(fmt::format(
+          "warning: no --weights: {} starts from random initialization{}; give --weights FILE to "
+          "fine-tune a pretrained model{}",
+          m_->name, a_.bn_batch_stats ? "" : " with its batch-norm statistics frozen at 0 mean and unit variance",
+          a_.bn_batch_stats ? "" : ", or --bn_batch_stats (and a larger --learning_rate) to train from scratch"));
+    } else {
+      const auto report = io::load_weights(m_->params(), a_.weights, {.skip_prefixes = m_->head_prefixes});
+      log(fmt::format("loaded {} tensors from '{}' (head {} left as initialized)", report.loaded, a_.weights,
+                      fmt::join(m_->head_prefixes, ", ")));
+    }
+    data::LoaderOptions train_options = data::loader_options_for(*m_, true, a_.seed);
+    train_options.workers = a_.workers;
+    train_options.augment = !a_.no_augment;
+    train_options.skip_bad = a_.skip_bad;
+    data::LoaderOptions test_options = data::loader_options_for(*m_, false, a_.seed);
+    test_options.batch = 2 * a_.batch_size;
+    test_options.workers = a_.workers;
+    test_options.skip_bad = a_.skip_bad;
+    train_loader_.emplace(d_->train, train_options);
+    test_loader_.emplace(d_->test, test_options);
+    train_loader_->warn = test_loader_->warn = [this](const std::string& w) { log("warning: " + w); };
+    steps_per_epoch_ =
+        a_.steps_per_epoch ? std::min(a_.steps_per_epoch, train_loader_->batches()) : train_loader_->batches();
+    train_.emplace(*train_loader_, steps_per_epoch_);
+    config_ = run_config(a_, num_classes_, steps_per_epoch_);
+  }
+  // A resumed run must have been started with the same settings; they decide
+  // whether anything else in the checkpoint can match.
+  void check_resume_settings() {
+    if (!a_.resume) return;
+    const io::SafetensorsFile file(checkpoint_path_);
     const auto state = file.metadata().find("elastic_state");
     if (state == file.metadata().end())
-      fail("'{}' is not a checkpoint: no elastic_state metadata", checkpoint_path.string());
-    const json was = parse_checkpoint_state(state->second, checkpoint_path).run.value("config", json::object());
-    for (const auto& [key, value] : config.items())
+      fail("'{}' is not a checkpoint: no elastic_state metadata", checkpoint_path_.string());
+    const json was = parse_checkpoint_state(state->second, checkpoint_path_).run.value("config", json::object());
+    for (const auto& [key, value] : config_.items())
       if (!was.contains(key) || was[key] != value)
         usage_fail("--resume: the run was started with {} {} but this command has {}", key,
                    was.contains(key) ? was[key].dump() : "(none)", value.dump());
   }
 
-  std::optional<Profile> profile;
-  if (is_elastic(type)) {
-    const fs::path saved = run_dir / "profile.json";
-    const auto opt = make_optimizer(a.optimizer, m.name, a.weight_decay);  // the run's: its update is profiled
-    if (!a.profile.empty()) {
-      profile = Profile::load(a.profile);
-      profile->check_matches(profile_key(m, ctx.threads(), *opt), a.profile);
-    } else if (a.resume && fs::exists(saved)) {
-      profile = Profile::load(saved);
-      profile->check_matches(profile_key(m, ctx.threads(), *opt), saved.string());
-    } else {
-      log(fmt::format("profiling {} (batch {}, {}x{}, {} threads); `elastic profile --out F` and --profile F reuse one",
-                      m.name, a.batch_size, a.input_size, a.input_size, ctx.threads()));
-      train_loader.start_epoch(0, false);
-      train_loader.load(m, 0);
-      profile = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true), *opt);
-      profile->save(saved);
+  // Elastic types: the profile given, the run's own (on resume), or a new one
+  // taken on the first batch with the run's optimizer and kept in the run directory.
+  void take_profile() {
+    if (!is_elastic(topt_.type)) return;
+    const fs::path saved = run_dir_ / "profile.json";
+    const auto opt = make_optimizer(a_.optimizer, m_->name, a_.weight_decay);
+    if (!a_.profile.empty() || (a_.resume && fs::exists(saved))) {
+      const fs::path from = a_.profile.empty() ? saved : fs::path(a_.profile);
+      profile_ = Profile::load(from);
+      profile_->check_matches(profile_key(*m_, ctx_.threads(), *opt), from.string());
+      return;
     }
+    log(fmt::format("profiling {} (batch {}, {}x{}, {} threads); `elastic profile --out F` and --profile F reuse one",
+                    m_->name, a_.batch_size, a_.input_size, a_.input_size, ctx_.threads()));
+    train_loader_->start_epoch(0, false);
+    train_loader_->load(*m_, 0);
+    profile_ = TimingProfiler<>().run(*m_, ctx_.threads(), std::vector<bool>(m_->params().size(), true), *opt);
+    profile_->save(saved);
   }
 
-  TrainerOptions topt{.type = type,
-                      .num_epochs = a.num_epochs,
-                      .interval = a.interval,
-                      .rho = a.rho,
-                      .optimizer = a.optimizer,
-                      .learning_rate = a.learning_rate,
-                      .weight_decay = a.weight_decay,
-                      .deadline_s = a.deadline_s};
-  topt.control.correct = a.time_control == "on";
-  Trainer trainer(m, topt, steps_per_epoch, profile);
-
-  int first_epoch = 0;
-  double best = 0, train_ms = 0, wall_before_ms = 0;
-  // Every 200 steps: the mean train loss and accuracy over those steps; and over the epoch so far.
-  Metrics window, running;
-  std::string last_checkpoint;  // the newest checkpoint of this run, for messages
-  json epochs = json::array();
-  std::optional<std::uintmax_t> metrics_bytes;
-  if (a.resume) {
-    const Checkpoint c = load_checkpoint(checkpoint_path, m.params());
+  // Weights, trainer state and the run record from the checkpoint.
+  void resume() {
+    const Checkpoint c = load_checkpoint(checkpoint_path_, m_->params());
     try {
-      first_epoch = json_integer<int>(c.run.at("epoch"), "epoch") + 1;
-      best = json_number(c.run.at("best_test_accuracy"), "best_test_accuracy");
-      train_ms = json_number(c.run.at("train_ms"), "train_ms");
-      wall_before_ms = json_number(c.run.at("wall_ms"), "wall_ms");
-      epochs = c.run.at("epochs");
-      metrics_bytes = json_integer<std::uintmax_t>(c.run.at("metrics_bytes"), "metrics_bytes");
+      first_epoch_ = json_integer<int>(c.run.at("epoch"), "epoch") + 1;
+      best_ = json_number(c.run.at("best_test_accuracy"), "best_test_accuracy");
+      train_ms_ = json_number(c.run.at("train_ms"), "train_ms");
+      wall_before_ms_ = json_number(c.run.at("wall_ms"), "wall_ms");
+      epochs_ = c.run.at("epochs");
+      metrics_bytes_ = json_integer<std::uintmax_t>(c.run.at("metrics_bytes"), "metrics_bytes");
       if (c.run.contains("window")) {  // a checkpoint within an epoch: the partial metrics windows
-        window = metrics_from_json(c.run.at("window"));
-        running = metrics_from_json(c.run.at("running"));
+        window_ = metrics_from_json(c.run.at("window"));
+        running_ = metrics_from_json(c.run.at("running"));
       }
-      if (!epochs.is_array()) fail("epochs malformed");
+      if (!epochs_.is_array()) fail("epochs malformed");
     } catch (const std::exception& e) {
-      fail("'{}': malformed run record: {}", checkpoint_path.string(), e.what());
+      fail("'{}': malformed run record: {}", checkpoint_path_.string(), e.what());
     }
-    trainer.restore(c.trainer);
-    last_checkpoint = fmt::format(
-        "'{}' ({})", checkpoint_path.string(),
-        c.trainer.epoch.epoch >= 0 ? fmt::format("step {}, within epoch {}", c.trainer.step, c.trainer.epoch.epoch + 1)
-                                   : fmt::format("end of epoch {}", first_epoch));
-    log(fmt::format("resuming '{}' after epoch {}{} (step {})", run_dir.string(), first_epoch,
-                    c.trainer.epoch.epoch >= 0
-                        ? fmt::format(" and {} steps of epoch {}", c.trainer.epoch.batches, c.trainer.epoch.epoch + 1)
-                        : "",
-                    c.trainer.step));
+    trainer_->restore(c.trainer);
+    const bool within = c.trainer.epoch.epoch >= 0;
+    last_checkpoint_ =
+        fmt::format("'{}' ({})", checkpoint_path_.string(),
+                    within ? fmt::format("step {}, within epoch {}", c.trainer.step, c.trainer.epoch.epoch + 1)
+                           : fmt::format("end of epoch {}", first_epoch_));
+    log(fmt::format(
+        "resuming '{}' after epoch {}{} (step {})", run_dir_.string(), first_epoch_,
+        within ? fmt::format(" and {} steps of epoch {}", c.trainer.epoch.batches, c.trainer.epoch.epoch + 1) : "",
+        c.trainer.step));
   }
-  MetricsFile metrics(metrics_path, metrics_bytes);
-  const auto wall_s = [&] { return (wall_before_ms + wall.elapsed_ms()) / 1000; };
 
-  log(
-      fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
-                  "of {} steps{}",
-                  m.name, d.name, num_classes, d.train.size(), d.test.size(), a.batch_size, a.input_size, a.input_size,
-                  ctx.threads(), a.train_type, a.num_epochs, steps_per_epoch,
-                  !is_elastic(type) ? ""
-                  : a.deadline_s    ? fmt::format(", deadline {:.0f} s", *a.deadline_s)
-                                    : fmt::format(", rho {}", a.rho)));
+  double wall_s() const { return (wall_before_ms_ + wall_.elapsed_ms()) / 1000; }
 
-  Stopwatch epoch_clock;
-  int current_epoch = 0;
-  trainer.log = log;
-  trainer.on_selection = [&](const SelectionRecord& r) {
-    json j = to_json(r);
-    j["type"] = "selection";
-    j["step"] = trainer.step();
-    j["wall_time"] = wall_s();
-    metrics.write(j);
-  };
-  trainer.on_step = [&](std::uint64_t step, double loss, std::int64_t correct, std::int64_t count) {
-    window.add(loss, correct, count);
-    running.add(loss, correct, count);
+  // The metrics file, the header line, and the trainer's callbacks: selection
+  // records, per-step metrics and progress, periodic checkpoints, stop requests.
+  void connect_trainer() {
+    metrics_.emplace(metrics_path_, metrics_bytes_);
+    log(
+        fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
+                    "of {} steps{}",
+                    m_->name, d_->name, num_classes_, d_->train.size(), d_->test.size(), a_.batch_size, a_.input_size,
+                    a_.input_size, ctx_.threads(), a_.train_type, a_.num_epochs, steps_per_epoch_,
+                    !is_elastic(topt_.type) ? ""
+                    : a_.deadline_s         ? fmt::format(", deadline {:.0f} s", *a_.deadline_s)
+                                            : fmt::format(", rho {}", a_.rho)));
+    Trainer& t = *trainer_;
+    t.log = [this](const std::string& line) { log(line); };
+    t.on_selection = [this](const SelectionRecord& r) {
+      json j = to_json(r);
+      j["type"] = "selection";
+      j["step"] = trainer_->step();
+      j["wall_time"] = wall_s();
+      metrics_->write(j);
+    };
+    t.on_step = [this](std::uint64_t step, double loss, std::int64_t correct, std::int64_t count) {
+      after_step(step, loss, correct, count);
+    };
+    checkpoint_step_ = t.step();
+    checkpoint_ms_ = t.training_ms();
+    t.after_step = [this] {
+      const Trainer& tr = *trainer_;
+      const bool due =
+          checkpoint_every_.steps > 0
+              ? tr.step() - checkpoint_step_ >= std::uint64_t(checkpoint_every_.steps)
+              : checkpoint_every_.seconds > 0 && tr.training_ms() - checkpoint_ms_ >= 1000 * checkpoint_every_.seconds;
+      if (due) write_checkpoint(current_epoch_, fmt::format("step {}, within epoch {}", tr.step(), current_epoch_ + 1));
+    };
+    t.stop = [] { return g_stop_signal != 0; };
+  }
+
+  // Every 200 steps a "train" line of the mean over them; the progress line.
+  void after_step(std::uint64_t step, double loss, std::int64_t correct, std::int64_t count) {
+    window_.add(loss, correct, count);
+    running_.add(loss, correct, count);
     const std::uint64_t done = step + 1;
     if (done % 200 == 0) {
-      metrics.write({{"type", "train"},
-                     {"epoch", current_epoch + 1},
-                     {"step", done},
-                     {"loss", window.loss()},
-                     {"accuracy", 100 * window.accuracy()},
-                     {"learning_rate", trainer.learning_rate()},
-                     {"wall_time", wall_s()}});
-      window = {};
+      metrics_->write({{"type", "train"},
+                       {"epoch", current_epoch_ + 1},
+                       {"step", done},
+                       {"loss", window_.loss()},
+                       {"accuracy", 100 * window_.accuracy()},
+                       {"learning_rate", trainer_->learning_rate()},
+                       {"wall_time", wall_s()}});
+      window_ = {};
     }
-    const std::int64_t in_epoch = static_cast<std::int64_t>(done) - std::int64_t(current_epoch) * steps_per_epoch;
-    if (!progress.due(in_epoch, steps_per_epoch)) return;  // no formatting on the steps nobody sees
-    const double elapsed = epoch_clock.elapsed_ms() / 1000;
+    const std::int64_t in_epoch = static_cast<std::int64_t>(done) - std::int64_t(current_epoch_) * steps_per_epoch_;
+    if (!progress_.due(in_epoch, steps_per_epoch_)) return;  // no formatting on the steps nobody sees
+    const double elapsed = epoch_clock_.elapsed_ms() / 1000;
     const double per_step = elapsed / double(std::max<std::int64_t>(1, in_epoch));
-    const double eta = per_step * double(steps_per_epoch - in_epoch) +
-                       per_step * double(steps_per_epoch) * double(a.num_epochs - current_epoch - 1);
-    progress.show(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
-                              current_epoch + 1, a.num_epochs, in_epoch, steps_per_epoch,
-                              double(running.count) / std::max(1e-9, elapsed), running.loss(), 100 * running.accuracy(),
-                              format_duration(eta)));
-  };
+    const double eta = per_step * double(steps_per_epoch_ - in_epoch) +
+                       per_step * double(steps_per_epoch_) * double(a_.num_epochs - current_epoch_ - 1);
+    progress_.show(fmt::format("epoch {}/{} step {}/{} | {:.1f} img/s | loss {:.4f} | acc {:.2f}% | ETA {}",
+                               current_epoch_ + 1, a_.num_epochs, in_epoch, steps_per_epoch_,
+                               double(running_.count) / std::max(1e-9, elapsed), running_.loss(),
+                               100 * running_.accuracy(), format_duration(eta)));
+  }
 
-  // A checkpoint of everything up to the last step: weights, trainer state (with
-  // the epoch in progress, if any), the run record, and metrics.jsonl synced.
-  const auto write_checkpoint = [&](int completed_epochs, const std::string& when) {
-    const std::uintmax_t bytes = metrics.sync();
+  // A checkpoint of everything up to the last step: weights, trainer state
+  // (with the epoch in progress, if any), the run record, metrics.jsonl synced.
+  void write_checkpoint(int completed_epochs, const std::string& when) {
+    const std::uintmax_t bytes = metrics_->sync();
     json run{{"epoch", completed_epochs - 1},
-             {"best_test_accuracy", best},
-             {"train_ms", train_ms},
-             {"wall_ms", wall_before_ms + wall.elapsed_ms()},
-             {"epochs", epochs},
+             {"best_test_accuracy", best_},
+             {"train_ms", train_ms_},
+             {"wall_ms", wall_before_ms_ + wall_.elapsed_ms()},
+             {"epochs", epochs_},
              {"metrics_bytes", bytes},
-             {"config", config},
-             {"profile_key", profile ? profile->to_json()["key"] : json()}};
-    const TrainerState state = trainer.state();
+             {"config", config_},
+             {"profile_key", profile_ ? profile_->to_json()["key"] : json()}};
+    const TrainerState state = trainer_->state();
     if (state.epoch.epoch >= 0) {
-      run["window"] = to_json(window);
-      run["running"] = to_json(running);
+      run["window"] = to_json(window_);
+      run["running"] = to_json(running_);
     }
-    save_checkpoint(checkpoint_path, m.params(), state, run);
-    last_checkpoint = fmt::format("'{}' ({})", checkpoint_path.string(), when);
-  };
-  // Periodic checkpoints within epochs (--checkpoint_every), at step boundaries.
-  std::uint64_t checkpoint_step = trainer.step();
-  double checkpoint_ms = trainer.training_ms();
-  trainer.after_step = [&] {
-    const bool due =
-        checkpoint_every.steps > 0
-            ? trainer.step() - checkpoint_step >= std::uint64_t(checkpoint_every.steps)
-            : checkpoint_every.seconds > 0 && trainer.training_ms() - checkpoint_ms >= 1000 * checkpoint_every.seconds;
-    if (!due) return;
-    write_checkpoint(current_epoch, fmt::format("step {}, within epoch {}", trainer.step(), current_epoch + 1));
-    checkpoint_step = trainer.step();
-    checkpoint_ms = trainer.training_ms();
-  };
-  trainer.stop = [] { return g_stop_signal != 0; };
-  // After a stop request: the checkpoint is written, the way back printed.
-  const auto stopped = [&] {
-    const int signo = g_stop_signal;
-    progress.finish();
-    log(fmt::format("stopped by {} after step {}: checkpoint {} written; continue with:\n  {}{}",
-                    signo == SIGINT ? "SIGINT" : "SIGTERM", trainer.step(), checkpoint_path.string(),
-                    a.command.empty() ? "the same command" : a.command, a.resume ? "" : " --resume"));
-    return 128 + signo;
-  };
+    save_checkpoint(checkpoint_path_, m_->params(), state, run);
+    last_checkpoint_ = fmt::format("'{}' ({})", checkpoint_path_.string(), when);
+    checkpoint_step_ = trainer_->step();
+    checkpoint_ms_ = trainer_->training_ms();
+  }
 
-  for (int epoch = first_epoch; epoch < a.num_epochs; ++epoch) {
-    current_epoch = epoch;
-    if (trainer.epoch_in_progress() != epoch) window = running = {};  // (a resumed epoch keeps its partial windows)
-    epoch_clock.reset();
+  // After a stop request: the checkpoint is written; prints the way back.
+  int stopped() {
+    const int signo = g_stop_signal;
+    progress_.finish();
+    log(fmt::format("stopped by {} after step {}: checkpoint {} written; continue with:\n  {}{}",
+                    signo == SIGINT ? "SIGINT" : "SIGTERM", trainer_->step(), checkpoint_path_.string(),
+                    a_.command.empty() ? "the same command" : a_.command, a_.resume ? "" : " --resume"));
+    return 128 + signo;
+  }
+
+  // One epoch: training, evaluation, metrics, checkpoint. Returns the exit
+  // code of a stop request, 0 to go on.
+  int train_epoch(int epoch) {
+    current_epoch_ = epoch;
+    if (trainer_->epoch_in_progress() != epoch) window_ = running_ = {};  // (a resumed epoch keeps its windows)
+    epoch_clock_.reset();
     EpochRecord r;
     try {
-      r = trainer.train_epoch(train, epoch);
+      r = trainer_->train_epoch(*train_, epoch);
     } catch (const NonFiniteLoss& e) {
-      progress.finish();
-      if (last_checkpoint.empty()) fail("{}; no checkpoint was written yet", e.what());
-      fail("{}; the last good checkpoint is {}", e.what(), last_checkpoint);
+      progress_.finish();
+      if (last_checkpoint_.empty()) fail("{}; no checkpoint was written yet", e.what());
+      fail("{}; the last good checkpoint is {}", e.what(), last_checkpoint_);
     }
     if (!r.complete) {  // a stop request between two steps
-      write_checkpoint(epoch, fmt::format("step {}, within epoch {}", trainer.step(), epoch + 1));
+      write_checkpoint(epoch, fmt::format("step {}, within epoch {}", trainer_->step(), epoch + 1));
       return stopped();
     }
-    progress.finish();
-    train_ms += r.train_ms;
-    const Metrics t = data::evaluate(m, test_loader);
+    progress_.finish();
+    train_ms_ += r.train_ms;
+    const Metrics t = data::evaluate(*m_, *test_loader_);
     const double acc = 100 * t.accuracy();
-    best = std::max(best, acc);
-    metrics.write({{"type", "train_epoch"},
-                   {"epoch", epoch + 1},
-                   {"step", trainer.step()},
-                   {"loss", r.train.loss()},
-                   {"accuracy", 100 * r.train.accuracy()},
-                   {"learning_rate", trainer.learning_rate()},
-                   {"epoch_time", r.train_ms / 1000},
-                   {"data_wait", r.data_wait_ms / 1000},
-                   {"measured_share", r.measured_share >= 0 ? json(r.measured_share) : json()},
-                   {"wall_time", wall_s()}});
-    metrics.write({{"type", "test"},
-                   {"epoch", epoch + 1},
-                   {"step", trainer.step()},
-                   {"loss", t.loss()},
-                   {"accuracy", acc},
-                   {"train_time", train_ms / 1000},
-                   {"wall_time", wall_s()}});
-    epochs.push_back({{"epoch", epoch + 1},
-                      {"train_loss", r.train.loss()},
-                      {"train_accuracy", 100 * r.train.accuracy()},
-                      {"test_loss", t.loss()},
-                      {"test_accuracy", acc},
-                      {"epoch_time", r.train_ms / 1000}});
-    log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a.num_epochs, t.loss(),
-                    acc, best));
+    best_ = std::max(best_, acc);
+    metrics_->write({{"type", "train_epoch"},
+                     {"epoch", epoch + 1},
+                     {"step", trainer_->step()},
+                     {"loss", r.train.loss()},
+                     {"accuracy", 100 * r.train.accuracy()},
+                     {"learning_rate", trainer_->learning_rate()},
+                     {"epoch_time", r.train_ms / 1000},
+                     {"data_wait", r.data_wait_ms / 1000},
+                     {"measured_share", r.measured_share >= 0 ? json(r.measured_share) : json()},
+                     {"wall_time", wall_s()}});
+    metrics_->write({{"type", "test"},
+                     {"epoch", epoch + 1},
+                     {"step", trainer_->step()},
+                     {"loss", t.loss()},
+                     {"accuracy", acc},
+                     {"train_time", train_ms_ / 1000},
+                     {"wall_time", wall_s()}});
+    epochs_.push_back({{"epoch", epoch + 1},
+                       {"train_loss", r.train.loss()},
+                       {"train_accuracy", 100 * r.train.accuracy()},
+                       {"test_loss", t.loss()},
+                       {"test_accuracy", acc},
+                       {"epoch_time", r.train_ms / 1000}});
+    log(fmt::format("epoch {}/{}: test loss {:.4f}, accuracy {:.2f}% (best {:.2f}%)", epoch + 1, a_.num_epochs,
+                    t.loss(), acc, best_));
     write_checkpoint(epoch + 1, fmt::format("end of epoch {}", epoch + 1));
-    checkpoint_step = trainer.step();
-    checkpoint_ms = trainer.training_ms();
-    if (g_stop_signal) return stopped();  // it came during the evaluation or the checkpoint
+    return g_stop_signal ? stopped() : 0;  // a stop request during the evaluation or the checkpoint
   }
-  if (a.save_model) io::save_weights(m.params(), run_dir / "model.safetensors");
 
-  const json summary{{"run_name", a.run_name},
-                     {"model_name", a.model_name},
-                     {"dataset_name", a.dataset_name},
-                     {"train_type", a.train_type},
-                     {"rho", a.rho},
-                     {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
-                     {"rho_per_selection", rho_per_selection(trainer.selections())},
-                     {"num_epochs", a.num_epochs},
-                     {"best_test_accuracy", best},
-                     {"training_time_h", train_ms / 3.6e6},
-                     {"epochs", epochs},
-                     {"selections", trainer.selections().size()},
-                     {"config", config}};
-  io::write_durably(run_dir / "summary.json", summary.dump(1) + "\n");
-  log(fmt::format("Best test accuracy: {:.2f}%", best));
-  log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms / 3.6e6, train_ms / 1000));
-  log(fmt::format("metrics: {}, summary: {}", metrics_path.string(), (run_dir / "summary.json").string()));
-  return 0;
-}
+  // The final weights (--save_model), summary.json and the closing lines.
+  void write_summary() {
+    if (a_.save_model) io::save_weights(m_->params(), run_dir_ / "model.safetensors");
+    const json summary{{"run_name", a_.run_name},
+                       {"model_name", a_.model_name},
+                       {"dataset_name", a_.dataset_name},
+                       {"train_type", a_.train_type},
+                       {"rho", a_.rho},
+                       {"deadline_s", a_.deadline_s ? json(*a_.deadline_s) : json()},
+                       {"rho_per_selection", rho_per_selection(trainer_->selections())},
+                       {"num_epochs", a_.num_epochs},
+                       {"best_test_accuracy", best_},
+                       {"training_time_h", train_ms_ / 3.6e6},
+                       {"epochs", epochs_},
+                       {"selections", trainer_->selections().size()},
+                       {"config", config_}};
+    io::write_durably(run_dir_ / "summary.json", summary.dump(1) + "\n");
+    log(fmt::format("Best test accuracy: {:.2f}%", best_));
+    log(fmt::format("Total training time: {:.4f} h ({:.1f} s, validation excluded)", train_ms_ / 3.6e6,
+                    train_ms_ / 1000));
+    log(fmt::format("metrics: {}, summary: {}", metrics_path_.string(), (run_dir_ / "summary.json").string()));
+  }
 
-int guarded(const std::function<int()>& f) {
+  const TrainArgs& a_;
+  const fs::path run_dir_ = fs::path(a_.log_dir) / a_.run_name;
+  const fs::path checkpoint_path_ = run_dir_ / "checkpoint.safetensors", metrics_path_ = run_dir_ / "metrics.jsonl";
+  const StopSignals stop_signals_;
+  const Stopwatch wall_;
+  Progress progress_;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> text_log_{nullptr, &std::fclose};
+  TrainerOptions topt_;
+  CheckpointEvery checkpoint_every_;
+
+  std::optional<data::Dataset> d_;
+  std::int64_t num_classes_ = 0;
+  Context ctx_{a_.threads};
+  std::optional<Model> m_;
+  std::optional<data::Loader> train_loader_, test_loader_;
+  std::optional<data::CappedLoader> train_;
+  std::int64_t steps_per_epoch_ = 0;
+  json config_;
+  std::optional<Profile> profile_;
+  std::optional<Trainer> trainer_;
+
+  // The run record (kept in checkpoints).
+  int first_epoch_ = 0;
+  double best_ = 0, train_ms_ = 0, wall_before_ms_ = 0;
+  json epochs_ = json::array();
+  Metrics window_, running_;  // the last 200 steps' metrics; the epoch's so far
+  std::optional<std::uintmax_t> metrics_bytes_;
+  std::optional<MetricsFile> metrics_;
+  std::string last_checkpoint_;  // the newest checkpoint of this run, for messages
+
+  int current_epoch_ = 0;
+  Stopwatch epoch_clock_;
+  std::uint64_t checkpoint_step_ = 0;  // where the last checkpoint was (--checkpoint_every counts from it)
+  double checkpoint_ms_ = 0;
+};
+
+}  // namespace
+
+int run_train(const TrainArgs& a) { return TrainRun(a).run(); }
+
+int run_main(CLI::App& app, int argc, char** argv, const std::function<int()>& run) {
   try {
-    return f();
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints the help, or the error naming the flag
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    return run();
   } catch (const UsageError& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());
@@ -600,14 +668,10 @@ int example_main(int argc, char** argv, const std::string& model, const std::str
   a.dataset_name = dataset;
   CLI::App app{fmt::format("Fine-tune {} on {} (every flag of `elastic train`)", model, dataset)};
   add_train_options(app, a);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
-  }
-  a.command = quote_command(argc, argv);
-  return guarded([&] { return run_train(a); });
+  return run_main(app, argc, argv, [&] {
+    a.command = quote_command(argc, argv);
+    return run_train(a);
+  });
 }
 
 std::string quote_command(int argc, char** argv) {

@@ -280,13 +280,16 @@ inline std::string default_optimizer(std::string_view model) { return model == "
 // An optimizer by its command-line name ("sgd" or "adam"; empty: the model's
 // default) with the reference's settings: SGDW with momentum 0.9 and decay
 // `weight_decay` (5e-4 unset); Adam with none unless given (then AdamW).
+inline void check_optimizer_name(std::string_view name) {
+  if (!name.empty() && name != "sgd" && name != "adam") usage_fail("--optimizer '{}' is not one of sgd, adam", name);
+}
 inline std::unique_ptr<Optimizer> make_optimizer(std::string name, std::string_view model,
                                                  std::optional<float> weight_decay) {
+  check_optimizer_name(name);
   if (name.empty()) name = default_optimizer(model);
   if (name == "sgd")
     return std::make_unique<SGDW>(SGDWOptions{.momentum = 0.9f, .weight_decay = weight_decay.value_or(5e-4f)});
-  if (name == "adam") return std::make_unique<Adam>(AdamOptions{.weight_decay = weight_decay.value_or(0.0f)});
-  usage_fail("--optimizer '{}' is not one of sgd, adam", name);
+  return std::make_unique<Adam>(AdamOptions{.weight_decay = weight_decay.value_or(0.0f)});
 }
 
 }  // namespace elastic

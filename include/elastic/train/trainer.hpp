@@ -84,6 +84,23 @@ struct TrainerOptions {
   // this many seconds, planning rho instead of holding `rho`.
   std::optional<double> deadline_s;
   TimeControlOptions control;
+
+  // Refuses options that cannot work together (UsageError naming the flag),
+  // before anything slow runs: the Trainer's constructor calls it, and a
+  // driver may call it first.
+  void check() const {
+    if (!(rho > 0 && rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", rho);
+    if (interval < 1) usage_fail("--interval must be at least 1, got {}", interval);
+    if (num_epochs < 1) usage_fail("--num_epochs must be at least 1, got {}", num_epochs);
+    if (!(learning_rate > 0)) usage_fail("--learning_rate must be positive, got {}", learning_rate);
+    check_optimizer_name(optimizer);
+    if (deadline_s && !(*deadline_s > 0 && std::isfinite(*deadline_s)))
+      usage_fail("--deadline must be a positive time, got {} s", *deadline_s);
+    if (deadline_s && !is_elastic(type))
+      usage_fail("--deadline needs an elastic training type (it plans rho), not {}", name_of(type));
+    if (deadline_s && !control.correct)
+      usage_fail("--deadline plans with measured step times: it needs time control on (--time_control on)");
+  }
 };
 
 // One installed selection, as logged when it is replaced or its interval ends.
@@ -165,16 +182,7 @@ class Trainer {
         profile_(std::move(profile)),
         schedule_{o_.learning_rate, std::max<std::int64_t>(1, steps_per_epoch * o_.num_epochs)},
         dp_(o_.dp_resolution) {
-    if (!(o_.rho > 0 && o_.rho <= 1)) usage_fail("--rho must be in (0, 1], got {}", o_.rho);
-    if (o_.interval < 1) usage_fail("--interval must be at least 1, got {}", o_.interval);
-    if (o_.num_epochs < 1) usage_fail("--num_epochs must be at least 1, got {}", o_.num_epochs);
-    if (!(o_.learning_rate > 0)) usage_fail("--learning_rate must be positive, got {}", o_.learning_rate);
-    if (o_.deadline_s && !(*o_.deadline_s > 0 && std::isfinite(*o_.deadline_s)))
-      usage_fail("--deadline must be a positive time, got {} s", *o_.deadline_s);
-    if (o_.deadline_s && !is_elastic(o_.type))
-      usage_fail("--deadline needs an elastic training type, not {}", name_of(o_.type));
-    if (o_.deadline_s && !o_.control.correct)
-      usage_fail("--deadline plans with measured step times: time control must correct the model");
+    o_.check();
     if (o_.optimizer.empty()) o_.optimizer = default_optimizer(m.name);
     opt_ = make_optimizer(o_.optimizer, m.name, o_.weight_decay);
     if (is_elastic(o_.type)) {
