@@ -64,6 +64,20 @@ concept has_seed = requires(O o) {
 };
 static_assert(!has_seed<TrainerOptions>, "TrainerOptions has no seed: seeds live where numbers are drawn");
 
+TEST_CASE("TrainerOptions::check refuses what the Trainer would, without a model") {
+  const auto refuses = [](TrainerOptions o, const char* flag) {
+    CHECK_THROWS_WITH_AS(o.check(), doctest::Contains(flag), UsageError);
+  };
+  refuses({.rho = 0}, "--rho");
+  refuses({.interval = 0}, "--interval");
+  refuses({.optimizer = "rmsprop"}, "--optimizer 'rmsprop'");
+  refuses({.type = TrainType::full_training, .deadline_s = 60.0}, "--deadline needs an elastic");
+  TrainerOptions off{.deadline_s = 60.0};
+  off.control.correct = false;
+  refuses(off, "--time_control on");
+  CHECK_NOTHROW(TrainerOptions{.deadline_s = 60.0}.check());
+}
+
 TEST_CASE("static training types select the head, the norms and biases, or everything") {
   Setup s;
   const auto& ps = s.model.params();

@@ -15,6 +15,7 @@
 
 #include "elastic/core/context.hpp"
 #include "elastic/core/error.hpp"
+#include "elastic/core/host_math.hpp"
 #include "elastic/core/tensor.hpp"
 #include "elastic/graph/backward_plan.hpp"
 #include "elastic/graph/node.hpp"
@@ -328,11 +329,7 @@ class Graph {
     for (std::size_t j = 0; j < temps.size(); ++j) {
       if (temps[j] < 0) continue;
       const int v = info_[i].inputs[j];
-      float* __restrict acc = grad_ptr(v);
-      const float* __restrict add = at(temps[j]);
-      const std::int64_t count = info_[v].bytes / 4;
-#pragma omp parallel for simd schedule(static)
-      for (std::int64_t e = 0; e < count; ++e) acc[e] += add[e];
+      host::accumulate(grad_ptr(v), at(temps[j]), info_[v].bytes / 4);
     }
   }
 

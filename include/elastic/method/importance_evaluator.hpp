@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "elastic/core/host_math.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/model.hpp"
 #include "elastic/optim/optimizer.hpp"
@@ -39,7 +40,7 @@ class ImportanceEvaluator {
     const auto values = ps.value_arena();
     const auto n = static_cast<std::int64_t>(values.size());
     w0_.resize(values.size());
-    copy(values.data(), w0_.data(), n);
+    host::copy(w0_.data(), values.data(), n);
     buffers0_.clear();
     for (const auto& b : ps.buffers()) buffers0_.insert(buffers0_.end(), b.values().begin(), b.values().end());
     const std::vector<bool> all(ps.size(), true);
@@ -54,20 +55,16 @@ class ImportanceEvaluator {
       opt.preview(ps, all, lr);  // w1: the step training would take, the optimizer's state untouched
       // dw0 = w1 - w0, kept in a copy so the gradients of the second pass can be taken at w1.
       dw_.resize(values.size());
-      {
-        const float* w1 = values.data();
-        const float* w0 = w0_.data();
-        float* dw = dw_.data();
-#pragma omp parallel for simd schedule(static)
-        for (std::int64_t i = 0; i < n; ++i) dw[i] = w1[i] - w0[i];
-      }
+      host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+        host::array(dw_.data() + b, c) = host::array(values.data() + b, c) - host::array(w0_.data() + b, c);
+      });
       restore_buffers(ps);  // the second pass sees the same batch-norm statistics
       g.forward(true);
       g.backward();
       for (std::size_t k = 0; k < ps.size(); ++k)
         per_param[k] = -dot(ps[k].grad, dw_.data() + ps[k].offset, ps[k].size());
     }
-    copy(w0_.data(), values.data(), n);
+    host::copy(values.data(), w0_.data(), n);
     restore_buffers(ps);
     g.select(current_mask);
     return normalize(per_unit(units, per_param));
@@ -79,26 +76,19 @@ class ImportanceEvaluator {
   static double dot(const float* a, const float* b, std::int64_t n) {
     constexpr int kChunks = 64;
     std::array<double, kChunks> part{};
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n > host::kParallelMin)
     for (int c = 0; c < kChunks; ++c) {
-      double s = 0;
-      for (std::int64_t i = n * c / kChunks; i < n * (c + 1) / kChunks; ++i) s += double(a[i]) * double(b[i]);
-      part[std::size_t(c)] = s;
+      const std::int64_t begin = n * c / kChunks, count = n * (c + 1) / kChunks - begin;
+      part[std::size_t(c)] =
+          (host::array(a + begin, count).cast<double>() * host::array(b + begin, count).cast<double>()).sum();
     }
     double s = 0;
     for (double p : part) s += p;
     return s;
   }
 
-  static void copy(const float* from, float* to, std::int64_t n) {
-#pragma omp parallel for simd schedule(static)
-    for (std::int64_t i = 0; i < n; ++i) to[i] = from[i];
-  }
-
   static double abs_sum(std::span<const float> v) {
-    double s = 0;
-    for (float x : v) s += std::abs(double(x));
-    return s;
+    return host::array(v.data(), std::int64_t(v.size())).abs().cast<double>().sum();
   }
 
   static std::vector<double> per_unit(const std::vector<Unit>& units, const std::vector<double>& per_param) {

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "elastic/core/host_math.hpp"
 #include "elastic/graph/param.hpp"
 
 namespace elastic {
@@ -75,11 +76,11 @@ class Optimizer {
       if (!selected[k]) continue;
       const auto n = static_cast<std::int64_t>(sizes_[k]);
       for (std::size_t i = 0; i < slot_count(); ++i) {
-        float* out = scratch_[i].data();
-        const float* in = slots_[i][k].empty() ? nullptr : slots_[i][k].data();
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-        for (std::int64_t e = 0; e < n; ++e) out[e] = in ? in[e] : 0.0f;
-        s[i] = out;
+        s[i] = scratch_[i].data();
+        if (slots_[i][k].empty())
+          host::for_chunks(n, [&](std::int64_t b, std::int64_t c) { host::array(s[i] + b, c).setZero(); });
+        else
+          host::copy(s[i], slots_[i][k].data(), n);
       }
       apply(params[k].value, params[k].grad, std::span<float* const>(s.data(), slot_count()), n, lr, steps_[k] + 1);
     }
@@ -210,15 +211,16 @@ class SGDW final : public Optimizer {
 
   void apply(float* __restrict w, const float* __restrict g, std::span<float* const> slots, std::int64_t n, float lr,
              std::int64_t) const override {
-    float* __restrict v = slots[0];
     const float m = o_.momentum, wd = o_.weight_decay * lr;
-    const bool nesterov = o_.nesterov;
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-    for (std::int64_t i = 0; i < n; ++i) {
-      v[i] = m * v[i] - lr * g[i];
-      const float delta = nesterov ? m * v[i] - lr * g[i] : v[i];
-      w[i] = w[i] - wd * w[i] + delta;
-    }
+    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+      auto W = host::array(w + b, c), V = host::array(slots[0] + b, c);
+      const auto G = host::array(g + b, c);
+      V = m * V - lr * G;
+      if (o_.nesterov)
+        W = W - wd * W + (m * V - lr * G);
+      else
+        W = W - wd * W + V;
+    });
   }
 
  private:
@@ -258,15 +260,14 @@ class Adam final : public Optimizer {
     const float lr_t =
         static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) / (1 - std::pow(double(o_.beta1), t)));
     const float wd = o_.weight_decay * lr;
-    float* __restrict m = slots[0];
-    float* __restrict v = slots[1];
     const float b1 = o_.beta1, b2 = o_.beta2, eps = o_.eps;
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-    for (std::int64_t i = 0; i < n; ++i) {
-      m[i] = b1 * m[i] + (1 - b1) * g[i];
-      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
-      w[i] = w[i] - wd * w[i] - lr_t * m[i] / (std::sqrt(v[i]) + eps);
-    }
+    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+      auto W = host::array(w + b, c), M = host::array(slots[0] + b, c), V = host::array(slots[1] + b, c);
+      const auto G = host::array(g + b, c);
+      M = b1 * M + (1 - b1) * G;
+      V = b2 * V + (1 - b2) * G * G;
+      W = W - wd * W - lr_t * M / (V.sqrt() + eps);
+    });
   }
 
  private:
@@ -277,12 +278,13 @@ class Adam final : public Optimizer {
 // the reference recommends), SGDW for the CNNs.
 inline std::string default_optimizer(std::string_view model) { return model == "vit" ? "adam" : "sgd"; }
 
-// An optimizer by its command-line name ("sgd" or "adam"; empty: the model's
-// default) with the reference's settings: SGDW with momentum 0.9 and decay
-// `weight_decay` (5e-4 unset); Adam with none unless given (then AdamW).
+// Refuses an optimizer name that make_optimizer does not know.
 inline void check_optimizer_name(std::string_view name) {
   if (!name.empty() && name != "sgd" && name != "adam") usage_fail("--optimizer '{}' is not one of sgd, adam", name);
 }
+// An optimizer by its command-line name ("sgd" or "adam"; empty: the model's
+// default) with the reference's settings: SGDW with momentum 0.9 and decay
+// `weight_decay` (5e-4 unset); Adam with none unless given (then AdamW).
 inline std::unique_ptr<Optimizer> make_optimizer(std::string name, std::string_view model,
                                                  std::optional<float> weight_decay) {
   check_optimizer_name(name);

@@ -25,6 +25,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "elastic/core/host_math.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"
@@ -544,12 +545,9 @@ class Trainer {
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
   void add_l1(Param& p) const {
     if (p.role != ParamRole::weight || p.shape.size() < 2) return;
-    const float l1 = o_.l1;
-    float* g = p.grad;
-    const float* w = p.value;
-    const std::int64_t n = p.size();
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-    for (std::int64_t i = 0; i < n; ++i) g[i] += l1 * float((w[i] > 0) - (w[i] < 0));
+    host::for_chunks(p.size(), [&](std::int64_t b, std::int64_t c) {
+      host::array(p.grad + b, c) += o_.l1 * host::array(p.value + b, c).sign();
+    });
   }
 
   Model& m_;
