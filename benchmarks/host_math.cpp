@@ -1,7 +1,10 @@
 // The host-side elementwise updates as the library runs them (Eigen array
 // expressions on per-thread chunks, core/host_math.hpp, through the
 // optimizers' apply) against the same arithmetic as plain OpenMP simd loops,
-// the form they had before. Alternating repeats; medians in microseconds.
+// the form they had before; and the data pipeline's per-pixel normalization
+// (data::normalize, a loop) against the same in xtensor, broadcast over the
+// channel axis and as per-channel views. Alternating repeats; medians in
+// microseconds.
 //   host_math [threads] [repeats]
 #include <cmath>
 #include <cstdio>
@@ -11,8 +14,13 @@
 #include <omp.h>
 
 #include <fmt/format.h>
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xfixed.hpp>
+#include <xtensor/xnoalias.hpp>
+#include <xtensor/xview.hpp>
 
 #include "elastic/core/timer.hpp"
+#include "elastic/data/transforms.hpp"
 #include "elastic/optim/optimizer.hpp"
 
 using namespace elastic;
@@ -30,6 +38,23 @@ void sgdw_loop(float* __restrict w, const float* __restrict g, float* __restrict
 void accumulate_loop(float* __restrict acc, const float* __restrict add, std::int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 32768)
   for (std::int64_t i = 0; i < n; ++i) acc[i] += add[i];
+}
+
+// (pixels, 3) in place: x * scale[c] + shift[c], as xtensor broadcasting writes it.
+void normalize_broadcast(float* data, std::int64_t pixels, const float* scale, const float* shift) {
+  auto a =
+      xt::adapt(data, std::size_t(pixels * 3), xt::no_ownership(), std::array<std::size_t, 2>{std::size_t(pixels), 3});
+  const xt::xtensor_fixed<float, xt::xshape<3>> s = {scale[0], scale[1], scale[2]}, h = {shift[0], shift[1], shift[2]};
+  xt::noalias(a) = a * s + h;
+}
+// The same through one strided view per channel.
+void normalize_views(float* data, std::int64_t pixels, const float* scale, const float* shift) {
+  auto a =
+      xt::adapt(data, std::size_t(pixels * 3), xt::no_ownership(), std::array<std::size_t, 2>{std::size_t(pixels), 3});
+  for (int c = 0; c < 3; ++c) {
+    auto v = xt::view(a, xt::all(), c);
+    v = v * scale[c] + shift[c];
+  }
 }
 
 void adam_loop(float* __restrict w, const float* __restrict g, float* __restrict m, float* __restrict v, std::int64_t n,
@@ -82,4 +107,30 @@ int main(int argc, char** argv) {
     fmt::print("{:>10} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f}\n", n, summarize(a).median,
                summarize(b).median, summarize(c).median, summarize(d).median, summarize(e).median, summarize(f).median);
   }
+
+  // One 224x224 RGB image, ImageNet's statistics.
+  const std::int64_t pixels = 224 * 224;
+  const data::Normalize norm{{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+  float scale[3], shift[3];
+  for (int c = 0; c < 3; ++c) {
+    scale[c] = 1.0f / (255.0f * norm.stddev[c]);
+    shift[c] = -norm.mean[c] / norm.stddev[c];
+  }
+  std::vector<float> x(std::size_t(pixels * 3), 128.0f), y = x, z = x;
+  std::vector<double> a, b, c;
+  for (int r = 0; r < repeats; ++r) {
+    Stopwatch sw;
+    data::normalize(x.data(), pixels, norm);
+    a.push_back(sw.elapsed_ms() * 1000);
+    sw.reset();
+    normalize_broadcast(y.data(), pixels, scale, shift);
+    b.push_back(sw.elapsed_ms() * 1000);
+    sw.reset();
+    normalize_views(z.data(), pixels, scale, shift);
+    c.push_back(sw.elapsed_ms() * 1000);
+  }
+  fmt::print(
+      "normalize 224x224x3, median us: loop {:.1f}, xtensor broadcast {:.1f}, xtensor views {:.1f}; same "
+      "results: {}\n",
+      summarize(a).median, summarize(b).median, summarize(c).median, x == y && x == z);
 }
