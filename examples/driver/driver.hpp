@@ -9,9 +9,13 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include "elastic/io/model_info.hpp"
+#include "elastic/models/model.hpp"
 
 namespace elastic::cli {
 
@@ -91,6 +95,54 @@ int run_main(CLI::App& app, int argc, char** argv, const std::function<int()>& r
 // The command line as one shell-quotable string (words with anything but
 // [A-Za-z0-9_./=:,+-] single-quoted).
 std::string quote_command(int argc, char** argv);
+
+// A trained model's weight file and what to do when it does not describe its
+// model (files written before descriptions existed): these flags.
+struct ModelFileArgs {
+  std::string weights, model_name;
+  std::int64_t num_classes = 0, input_size = 0;  // 0: from the file
+};
+void add_model_file_options(CLI::App& c, ModelFileArgs& a);
+
+struct OpenedModel {
+  io::ModelInfo info;
+  Model model;
+};
+// The model a weight file describes (flags given beside a description must
+// agree with it), built for batches of `batch` with the file's preprocessing,
+// every param and buffer loaded from the file (a file of another model fails,
+// naming the tensors that do not fit).
+OpenedModel open_model_file(const ModelFileArgs& a, Context& ctx, std::int64_t batch);
+
+struct EvalArgs {
+  ModelFileArgs model;
+  std::string dataset_name, data_dir, classes, out;
+  std::int64_t batch_size = 32;
+  int threads = 0, workers = 1;
+};
+void add_eval_options(CLI::App& c, EvalArgs& a);
+// `elastic eval`: top-1/top-5, per-class accuracy and the confusion matrix of
+// a model on a dataset's test split, as JSON on stdout.
+int run_eval(const EvalArgs& a);
+
+struct PredictArgs {
+  ModelFileArgs model;
+  std::vector<std::string> images;
+  std::int64_t top_k = 5, batch_size = 8;
+  bool json = false;
+  int threads = 0, workers = 1;
+};
+void add_predict_options(CLI::App& c, PredictArgs& a);
+// `elastic predict`: per image its top-k classes by name with probabilities,
+// as a table or JSON lines; an image that cannot be decoded is one line on
+// stderr naming it, the others are still predicted, and the exit code is 1.
+int run_predict(const PredictArgs& a);
+
+// The description written into a run's weight files: the model as built,
+// its classes named after the dataset's (a head larger than the dataset has
+// its extra classes named "class N").
+io::ModelInfo model_info(const Model& m, const std::string& model_name, std::int64_t input_size,
+                         const std::vector<std::string>& dataset_classes);
 
 // The main of an example: `elastic train` with the model and dataset preset.
 int example_main(int argc, char** argv, const std::string& model, const std::string& dataset);

@@ -362,6 +362,7 @@ class TrainRun {
         a_.steps_per_epoch ? std::min(a_.steps_per_epoch, train_loader_->batches()) : train_loader_->batches();
     train_.emplace(*train_loader_, steps_per_epoch_);
     config_ = run_config(a_, num_classes_, steps_per_epoch_);
+    info_ = model_info(*m_, a_.model_name, a_.input_size, d_->class_names);
   }
   // A resumed run must have been started with the same settings; they decide
   // whether anything else in the checkpoint can match.
@@ -511,7 +512,7 @@ class TrainRun {
       run["window"] = to_json(window_);
       run["running"] = to_json(running_);
     }
-    save_checkpoint(checkpoint_path_, m_->params(), state, run);
+    save_checkpoint(checkpoint_path_, m_->params(), state, run, info_);
     last_checkpoint_ = fmt::format("'{}' ({})", checkpoint_path_.string(), when);
     checkpoint_step_ = trainer_->step();
     checkpoint_ms_ = trainer_->training_ms();
@@ -581,7 +582,7 @@ class TrainRun {
 
   // The final weights (--save_model), summary.json and the closing lines.
   void write_summary() {
-    if (a_.save_model) io::save_weights(m_->params(), run_dir_ / "model.safetensors");
+    if (a_.save_model) io::save_weights(m_->params(), run_dir_ / "model.safetensors", info_);
     const json summary{{"run_name", a_.run_name},
                        {"model_name", a_.model_name},
                        {"dataset_name", a_.dataset_name},
@@ -620,6 +621,7 @@ class TrainRun {
   std::optional<data::CappedLoader> train_;
   std::int64_t steps_per_epoch_ = 0;
   json config_;
+  io::ModelInfo info_;  // written into the checkpoints and the final weights
   std::optional<Profile> profile_;
   std::optional<Trainer> trainer_;
 

@@ -76,6 +76,13 @@ inline const std::vector<std::string>& dataset_names() {
   return names;
 }
 
+// Whether a file is an image by its extension (.jpg, .jpeg, .png in any case).
+inline bool is_image_file(const std::filesystem::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
 namespace detail {
 
 // A whitespace-separated text file read line by line, for messages of the
@@ -561,12 +568,6 @@ inline Dataset open_stanford_dogs(const std::filesystem::path& data_dir) {
     d.class_names.push_back(dash == std::string::npos ? it->second : it->second.substr(dash + 1));
   }
   return d;
-}
-
-inline bool is_image_file(const std::filesystem::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
 }
 
 inline Dataset open_image_folder(const std::filesystem::path& data_dir) {

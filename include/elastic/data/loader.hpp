@@ -349,6 +349,25 @@ struct CappedLoader {
   double wait_ms() const { return loader.wait_ms(); }
 };
 
+// Inference over every batch of `loader` in order, whose batch must be the
+// model's: f(batch, logits) for each, with the batch as loaded and the
+// model's logits (B, classes) on it, in inference mode.
+template <class F>
+void infer(Model& m, Loader& loader, F&& f) {
+  if (loader.batch_size() != m.batch())
+    fail("inference: the loader's batch {} is not the model's {}", loader.batch_size(), m.batch());
+  loader.check_model(m);
+  const std::int64_t floats = m.batch() * m.input_shape[2] * m.input_shape[3] * 3;
+  loader.start_epoch(0, false);
+  for (std::int64_t b = 0; b < loader.batches(); ++b) {
+    const Batch& batch = loader.get(b);
+    std::memcpy(m.graph->value_data(m.images), batch.images.data(), std::size_t(floats) * sizeof(float));
+    m.loss_node().set_labels(batch.labels);
+    m.graph->forward(false);
+    f(batch, m.graph->read(m.logits));
+  }
+}
+
 // Loss and accuracy of the model on a whole split, in inference mode. The
 // loader's batch may be any multiple of the model's (the test loader uses
 // twice the training batch); each loader batch runs as model-sized chunks.

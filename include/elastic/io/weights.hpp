@@ -3,12 +3,14 @@
 // tells the user everything that is wrong with a weight file.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <fmt/ranges.h>
 
 #include "elastic/graph/param.hpp"
+#include "elastic/io/model_info.hpp"
 #include "elastic/io/safetensors.hpp"
 
 namespace elastic::io {
@@ -95,11 +97,17 @@ inline LoadReport load_weights(ParamStore& store, const std::filesystem::path& p
   return load_weights(store, file, o);
 }
 
-// Every param and buffer, by name, as float32.
-inline void save_weights(const ParamStore& store, const std::filesystem::path& path) {
+// Every param and buffer, by name, as float32, with the model's description
+// when given (model_info.hpp).
+inline void save_weights(const ParamStore& store, const std::filesystem::path& path,
+                         const std::optional<ModelInfo>& info = std::nullopt) {
   SafetensorsWriter w;
   for (const auto& p : store.params()) w.add_f32(p.name, p.shape, p.values());
   for (const auto& b : store.buffers()) w.add_f32(b.name, b.shape, b.values());
+  if (info) {
+    info->check("the model description to write to '" + path.string() + "'");
+    w.set_metadata(kModelInfoKey, info->to_json().dump());
+  }
   w.write(path);
 }
 

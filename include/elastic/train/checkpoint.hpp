@@ -147,7 +147,7 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
 }
 
 inline void save_checkpoint(const std::filesystem::path& path, const ParamStore& store, const TrainerState& state,
-                            const nlohmann::json& run) {
+                            const nlohmann::json& run, const std::optional<io::ModelInfo>& info = std::nullopt) {
   io::SafetensorsWriter w;
   for (const auto& p : store.params()) w.add_f32(p.name, p.shape, p.values());
   for (const auto& b : store.buffers()) w.add_f32(b.name, b.shape, b.values());
@@ -170,6 +170,7 @@ inline void save_checkpoint(const std::filesystem::path& path, const ParamStore&
                             {"epoch", to_json(state.epoch)},
                             {"run", run}};
   w.set_metadata("elastic_state", meta.dump());
+  if (info) w.set_metadata(io::kModelInfoKey, info->to_json().dump());
   w.write(path);
 }
 
