@@ -7,6 +7,10 @@ Pure Python over torch (no safetensors package needed):
 
 Without --pretrained the weights are torchvision's random initialization (for tests).
 The head keeps torchvision's 1000 classes; elastic loads the backbone and builds a new head.
+
+The other way, in Python: import_elastic("model.safetensors") returns the torchvision module
+(for vgg16, Vgg16Backbone: torchvision's features with elastic's head) holding a model that
+elastic trained, loaded with strict=True.
 """
 import argparse
 import json
@@ -57,6 +61,33 @@ def read_safetensors(path):
         t = torch.frombuffer(bytearray(data[b:end]), dtype=names[e["dtype"]]) if end > b else torch.empty(0)
         out[name] = t.reshape(e["shape"])
     return out
+
+
+def read_safetensors_metadata(path):
+    """The file's __metadata__ ({} if none)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)).get("__metadata__", {})
+
+
+def import_elastic(path, model_name=None, num_classes=None, input_size=None):
+    """A torchvision module in eval mode holding the weights of an elastic model file
+    (model.safetensors or a checkpoint), loaded with strict=True. The model, class count and
+    input size come from the file's description (metadata "elastic_model") unless given.
+    Batch-norm layers get num_batches_tracked = 0: the one buffer elastic does not keep."""
+    info = json.loads(read_safetensors_metadata(path).get("elastic_model", "{}"))
+    model_name = model_name or info.get("model_name")
+    num_classes = num_classes or info.get("num_classes")
+    input_size = input_size or info.get("input_size")
+    if not (model_name and num_classes and input_size):
+        raise SystemExit(f"{path} does not describe its model: give model_name, num_classes and input_size")
+    state = {k: v for k, v in read_safetensors(path).items() if not k.startswith("optimizer/")}
+    model = build(model_name, num_classes, input_size)
+    for name in model.state_dict():
+        if name.endswith("num_batches_tracked") and name not in state:
+            state[name] = torch.tensor(0)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 class Vgg16Backbone(torch.nn.Module):
