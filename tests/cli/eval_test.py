@@ -75,6 +75,12 @@ with tempfile.TemporaryDirectory() as tmp:
           f"classes by name, in label order: {e['class_names']}")
     check(e["images_per_s"] > 0, "images per second reported")
 
+    # The run's checkpoint describes the model too (its optimizer state is ignored).
+    r = run("eval", "--weights", os.path.join(logs, "r", "checkpoint.safetensors"), "--dataset_name", "fashion_mnist",
+            "--data_dir", data, "--threads", "2")
+    check(r.returncode == 0 and json.loads(r.stdout)["top1_accuracy"] == e["top1_accuracy"],
+          f"eval of the checkpoint: {r.returncode} {r.stderr[-300:]!r}")
+
     # A file without a description: the flags are needed, and then give the same numbers.
     bare = os.path.join(tmp, "bare.safetensors")
     strip_metadata(model, bare)
