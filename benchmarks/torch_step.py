@@ -10,6 +10,8 @@ linears, attention matmuls) so that achieved FLOP rates can be printed.
 
 usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup] [trained_params_file]
                                                                       (prints one JSON object)
+
+PEER_MEMORY_FORMAT=channels_last runs the model and its input in channels_last.
 """
 import json
 import os
@@ -81,6 +83,9 @@ def main():
             m.eval()
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
+    if os.environ.get("PEER_MEMORY_FORMAT") == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     if trained is not None:
         names = dict(model.named_parameters())
         unknown = trained - set(names)
