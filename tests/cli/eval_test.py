@@ -130,7 +130,7 @@ with tempfile.TemporaryDirectory() as tmp:
                     files.append((path, c))
     r = run("eval", "--weights", model, "--dataset_name", "image_folder", "--data_dir", folder, "--threads", "2")
     check(r.returncode == 0, f"eval on a folder: {r.stderr[-300:]!r}")
-    folder_top1 = json.loads(r.stdout)["top1_accuracy"]
+    folder_top1, folder_top5 = json.loads(r.stdout)["top1_accuracy"], json.loads(r.stdout)["top5_accuracy"]
     r = run("predict", "--weights", model, "--json", "--threads", "2", "--batch_size", "5",
             *[p for p, _ in files])
     check(r.returncode == 0, f"predict: {r.returncode} {r.stderr[-300:]!r}")
@@ -142,6 +142,9 @@ with tempfile.TemporaryDirectory() as tmp:
     hits = sum(x["top"][0]["label"] == c for x, (_, c) in zip(lines, files))
     check(abs(100 * hits / len(files) - folder_top1) < 1e-9,
           f"predict's top-1 agrees with eval on the same files: {hits}/{len(files)} vs {folder_top1}%")
+    hits5 = sum(c in [t["label"] for t in x["top"]] for x, (_, c) in zip(lines, files))
+    check(abs(100 * hits5 / len(files) - folder_top5) < 1e-9,
+          f"predict's top-5 agrees with eval's top-5: {hits5}/{len(files)} vs {folder_top5}%")
     check(all(x["top"][0]["class"] == e["class_names"][x["top"][0]["label"]] for x in lines), "classes by name")
     check("images/s" in r.stderr, f"images/s printed: {r.stderr!r}")
 
