@@ -9,9 +9,10 @@
 // optimizer's share of them), then runs one more step with oneDNN's verbose
 // log on, between marker lines, for benchmarks/kernel_report to attribute.
 // `probe` times the importance probe `steps` times in a row with the model's
-// default optimizer, and a full forward and backward.
+// default optimizer, and a full forward and backward. `--precision bf16`
+// (anywhere) builds the model in bf16 and adds oneDNN's bf16 matmul rate.
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
-//                   [full | select RHO FILE | train FILE | kernels | probe]
+//                   [full | select RHO FILE | train FILE | kernels | probe] [--precision fp32|bf16]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -50,15 +51,20 @@ std::string json(const Summary& s) {
 }
 
 // oneDNN's matmul peak on this machine: the best median (of 10) over square
-// sizes 1024, 1536 and 2048, in GFLOP/s.
-double sgemm_gflops(Context& ctx) {
+// sizes 1024, 1536 and 2048, in GFLOP/s; f32, or bf16 operands with an f32
+// result (how the bf16 graph's products run).
+double gemm_gflops(Context& ctx, dnnl::memory::data_type type = dnnl::memory::data_type::f32) {
   using namespace dnnl;
   double best = 0;
   for (const memory::dim n : {1024, 1536, 2048}) {
-    const memory::desc d({n, n}, memory::data_type::f32, memory::format_tag::ab);
-    const matmul::primitive_desc pd(matmul::desc(d, d, d), ctx.engine());
+    const memory::desc d({n, n}, type, memory::format_tag::ab),
+        out({n, n}, memory::data_type::f32, memory::format_tag::ab);
+    const matmul::primitive_desc pd(matmul::desc(d, d, out), ctx.engine());
+    // 0.01 in either type (its bf16 is the upper half of the float's bits).
     std::vector<float> a(static_cast<std::size_t>(n * n), 0.01f), b(a), c(a.size());
-    memory ma(d, ctx.engine(), a.data()), mb(d, ctx.engine(), b.data()), mc(d, ctx.engine(), c.data());
+    if (type == memory::data_type::bf16)
+      for (auto* v : {&a, &b}) std::fill_n(reinterpret_cast<std::uint16_t*>(v->data()), n * n, std::uint16_t{0x3c24});
+    memory ma(d, ctx.engine(), a.data()), mb(d, ctx.engine(), b.data()), mc(out, ctx.engine(), c.data());
     matmul mm(pd);
     const Summary t = measure(2, 10, [&] {
       mm.execute(ctx.stream(), {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
@@ -70,7 +76,25 @@ double sgemm_gflops(Context& ctx) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int raw_argc, char** raw_argv) {
+  // `--precision X` may come anywhere; the positional arguments are the rest.
+  std::vector<char*> positional;
+  Precision precision = Precision::fp32;
+  for (int i = 0; i < raw_argc; ++i) {
+    if (std::string_view(raw_argv[i]) == "--precision" && i + 1 < raw_argc) {
+      try {
+        precision = parse_precision(raw_argv[++i]);
+        require_precision(precision);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 2;
+      }
+      continue;
+    }
+    positional.push_back(raw_argv[i]);
+  }
+  const int argc = static_cast<int>(positional.size());
+  char** argv = positional.data();
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
@@ -83,7 +107,7 @@ int main(int argc, char** argv) {
   const int warmup = argc > 6 ? std::atoi(argv[6]) : 3;
   try {
     Context ctx(threads);
-    Model m = build_model(name, ctx, {.num_classes = 1000, .input_size = size, .batch = batch});
+    Model m = build_model(name, ctx, {.num_classes = 1000, .input_size = size, .batch = batch, .precision = precision});
     Rng rng(1);
     Tensor x(m.input_shape);
     for (auto& v : x.span()) v = rng.normal();
@@ -148,7 +172,7 @@ int main(int argc, char** argv) {
         });
         update_ms.push_back(ms);
       });
-      const double gemm = sgemm_gflops(ctx);
+      const double gemm = gemm_gflops(ctx);
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
@@ -187,12 +211,17 @@ int main(int argc, char** argv) {
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     TrainStep train_step(m, opt);
     const Summary train = measure(warmup, steps, [&] { train_step(step++, all, 1e-4f); });
-    const double gemm = sgemm_gflops(ctx);
+    const double gemm = gemm_gflops(ctx);
+    const double bf16_gemm = precision == Precision::bf16 ? gemm_gflops(ctx, dnnl::memory::data_type::bf16) : 0.0;
+    // What full training keeps: fp32 weights, the kernels' weight copies (re-laid-out or
+    // bf16), SGDW's momentum (one fp32 slot per weight) and the activation arena.
+    const double mib = 1 << 20, weights = double(m.params().total_elements()) * 4 / mib;
     fmt::print(
-        R"({{"model": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}}})"
+        R"({{"model": "{}", "precision": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "memory_mib": {{"weights": {:.1f}, "weight_copies": {:.1f}, "optimizer": {:.1f}, "activations": {:.1f}}}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}, "bf16_gemm_gflops": {:.1f}}})"
         "\n",
-        name, batch, size, ctx.threads(), m.params().total_elements(), double(m.graph->plan_arena_bytes()) / (1 << 20),
-        json(fwd), json(train), gemm);
+        name, to_string(precision), batch, size, ctx.threads(), m.params().total_elements(),
+        double(m.graph->plan_arena_bytes()) / mib, weights, double(m.graph->weight_copy_bytes()) / mib, weights,
+        double(m.graph->plan_arena_bytes()) / mib, json(fwd), json(train), gemm, bf16_gemm);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -12,7 +12,10 @@ usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup] [trai
                                                                       (prints one JSON object)
 
 PEER_MEMORY_FORMAT=channels_last runs the model and its input in channels_last.
+PEER_PRECISION=bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)
+(fp32 weights, gradients and optimizer).
 """
+import contextlib
 import json
 import os
 import statistics
@@ -95,14 +98,19 @@ def main():
             p.requires_grad_(n in trained)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    bf16 = os.environ.get("PEER_PRECISION") == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(x)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
 

@@ -12,7 +12,7 @@
 namespace elastic::cli {
 
 struct StepArgs {
-  std::string model_name, weights, inputs, out;
+  std::string model_name, weights, inputs, out, precision = "fp32";
   std::int64_t num_classes = 0, input_size = 224;
   int threads = 0;
 };
@@ -30,9 +30,11 @@ inline void add_step_command(CLI::App& app, StepArgs& a) {
   c->add_option("--threads", a.threads, "kernel threads (0 = all cores)")
       ->capture_default_str()
       ->check(cli::non_negative);
+  add_precision_option(*c, a.precision);
 }
 
 inline int run_step(const StepArgs& a) {
+  const Precision precision = run_precision(a.precision);
   const io::SafetensorsFile inputs(a.inputs);
   const Tensor images = inputs.read_f32("images");
   const auto labels = inputs.read_i64("labels");
@@ -43,8 +45,9 @@ inline int run_step(const StepArgs& a) {
   if (static_cast<std::int64_t>(labels.size()) != images.dim(0))
     fail("'{}': {} labels for {} images", a.inputs, labels.size(), images.dim(0));
   Context ctx(a.threads);
-  Model m = build_model(a.model_name, ctx,
-                        {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0)});
+  Model m = build_model(
+      a.model_name, ctx,
+      {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0), .precision = precision});
   io::load_weights(m.params(), a.weights);
   std::vector<std::int32_t> y;
   for (auto l : labels) {

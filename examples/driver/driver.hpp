@@ -38,6 +38,22 @@ inline CLI::Validator in_range(double lo, double hi) {
   return numeric_bound(fmt::format("in [{}, {}]", lo, hi), lo, hi, false);
 }
 
+// --precision fp32|bf16, the same on every command that builds a model.
+inline void add_precision_option(CLI::App& c, std::string& precision) {
+  c.add_option("--precision", precision,
+               "fp32, or bf16: convolutions, linear layers and attention in bf16 with fp32 accumulation, "
+               "activations stored in bf16, weights, gradients, optimizer state and loss in fp32 (needs a CPU "
+               "with avx512_bf16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+}
+// The precision of a run, refused with one line when this CPU cannot run it.
+inline Precision run_precision(const std::string& precision) {
+  const Precision p = parse_precision(precision);
+  require_precision(p);
+  return p;
+}
+
 struct TrainArgs {
   // The reference's flags, with its defaults.
   std::string model_name = "resnet50";
@@ -63,6 +79,7 @@ struct TrainArgs {
   bool bn_batch_stats = false;
   bool no_augment = false;           // batch norm on batch statistics (training from scratch)
   std::int64_t steps_per_epoch = 0;  // 0: the whole training split
+  std::string precision = "fp32";    // --precision
   std::optional<float> dropout;      // unset: the model's default (0.2, vit 0)
   // Mid-epoch checkpoints: every N steps ("500") or every so much training
   // time ("10m", "90s"); "0": at epoch ends only.
@@ -71,7 +88,7 @@ struct TrainArgs {
 };
 
 struct ProfileArgs {
-  std::string model_name = "resnet50", out, optimizer;
+  std::string model_name = "resnet50", out, optimizer, precision = "fp32";
   std::int64_t input_size = 224, batch_size = 4, num_classes = 0;
   int threads = 0, warmup = 3, repeats = 10;
 };

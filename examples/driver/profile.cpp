@@ -29,12 +29,15 @@ void add_profile_options(CLI::App& c, ProfileArgs& a) {
       ->capture_default_str()
       ->check(cli::positive);
   c.add_option("--out", a.out, "profile file to write (JSON)")->required();
+  add_precision_option(c, a.precision);
 }
 
 int run_profile(const ProfileArgs& a) {
+  const Precision precision = run_precision(a.precision);
   Context ctx(a.threads);
-  Model m =
-      build_model(a.model_name, ctx, {.num_classes = a.num_classes, .input_size = a.input_size, .batch = a.batch_size});
+  Model m = build_model(
+      a.model_name, ctx,
+      {.num_classes = a.num_classes, .input_size = a.input_size, .batch = a.batch_size, .precision = precision});
   // Any input will do: times do not depend on the values.
   Rng rng(1);
   Tensor x(m.input_shape);
@@ -53,8 +56,9 @@ int run_profile(const ProfileArgs& a) {
       "{:.1f}% of a full step)\n",
       p.units.size(), p.t_fwd, p.t_fwd_frozen, bwd, 100 * p.t_fwd / full);
   p.save(a.out);
-  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {}, {})\n", a.out, p.key.model, p.key.input_size,
-             p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu, p.key.optimizer);
+  fmt::print("wrote {} ({} at {}x{}, batch {}, {} classes, {} threads, {}, {}, {})\n", a.out, p.key.model,
+             p.key.input_size, p.key.input_size, p.key.batch, p.key.num_classes, p.key.threads, p.key.cpu,
+             p.key.optimizer, p.key.precision);
   return 0;
 }
 

@@ -146,6 +146,7 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
   c.add_option_function<float>(
        "--dropout", [&a](const float& p) { a.dropout = p; }, "dropout rate of the new head [default: 0.2, for vit 0]")
       ->check(cli::in_range(0, 0.95));
+  add_precision_option(c, a.precision);
 }
 
 namespace {
@@ -171,7 +172,8 @@ json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps
           {"steps_per_epoch", steps_per_epoch},
           {"dropout", a.dropout ? json(*a.dropout) : json()},
           {"bn_batch_stats", a.bn_batch_stats},
-          {"no_augment", a.no_augment}};
+          {"no_augment", a.no_augment},
+          {"precision", a.precision}};
 }
 
 // What each selection was solved for and what it measured (summary.json).
@@ -293,6 +295,7 @@ class TrainRun {
     topt_.control.correct = a_.time_control == "on";
     if (a_.deadline_s && a_.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
     topt_.check();
+    precision_ = run_precision(a_.precision);
     if (a_.run_name.empty() || a_.run_name.find('/') != std::string::npos)
       usage_fail("--run_name '{}' must be a non-empty name without '/'", a_.run_name);
     checkpoint_every_ = parse_checkpoint_every(a_.checkpoint_every);
@@ -333,7 +336,8 @@ class TrainRun {
                                      .input_size = a_.input_size,
                                      .batch = a_.batch_size,
                                      .dropout = a_.dropout,
-                                     .seed = a_.seed}));
+                                     .seed = a_.seed,
+                                     .precision = precision_}));
     m_->set_batch_stats(a_.bn_batch_stats);
     if (a_.weights
             .empty()) {  // fine-tuning settings on an untrained model learn little: say so before any time is spent
@@ -372,7 +376,8 @@ class TrainRun {
     const auto state = file.metadata().find("elastic_state");
     if (state == file.metadata().end())
       fail("'{}' is not a checkpoint: no elastic_state metadata", checkpoint_path_.string());
-    const json was = parse_checkpoint_state(state->second, checkpoint_path_).run.value("config", json::object());
+    json was = parse_checkpoint_state(state->second, checkpoint_path_).run.value("config", json::object());
+    if (!was.contains("precision")) was["precision"] = "fp32";  // runs started before bf16 existed
     for (const auto& [key, value] : config_.items())
       if (!was.contains(key) || was[key] != value)
         usage_fail("--resume: the run was started with {} {} but this command has {}", key,
@@ -616,6 +621,7 @@ class TrainRun {
   std::optional<data::Dataset> d_;
   std::int64_t num_classes_ = 0;
   Context ctx_{a_.threads};
+  Precision precision_ = Precision::fp32;
   std::optional<Model> m_;
   std::optional<data::Loader> train_loader_, test_loader_;
   std::optional<data::CappedLoader> train_;

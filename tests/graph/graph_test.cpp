@@ -106,12 +106,13 @@ TEST_CASE("switching plans back and forth gives identical results") {
 }
 
 namespace {
-// x -> c1 -> c2 -> c3, 16 channels: oneDNN wants blocked weights, so every conv re-lays them out.
+// x -> c1 -> c2 -> c3, 16 channels: oneDNN wants blocked weights, so every conv re-lays them out
+// (in bf16, into bf16 copies).
 struct Chain {
   Context ctx{2};
-  Graph g{ctx};
+  Graph g;
   ValueId x, c1, c2, c3;
-  Chain() {
+  explicit Chain(Precision p = Precision::fp32) : g(ctx, p) {
     x = g.input("x", {2, 16, 9, 7});
     c1 = g.add<Conv2d>({x}, "c1", conv3x3(16, 16));
     c2 = g.add<Conv2d>({c1}, "c2", conv3x3(16, 16));
@@ -129,51 +130,63 @@ struct Chain {
         for (std::int64_t i = 0; i < g.params()[k].size(); ++i) g.params()[k].value[i] -= 0.1f * g.params()[k].grad[i];
   }
 };
+
+// fp32, and bf16 where the CPU has it.
+std::vector<Precision> precisions() {
+  std::vector<Precision> p{Precision::fp32};
+  if (precision_unsupported(Precision::bf16, dnnl::get_effective_cpu_isa()).empty()) p.push_back(Precision::bf16);
+  return p;
+}
 }  // namespace
 
 TEST_CASE("training steps that reuse frozen convolutions' re-laid-out weights are bit-identical to rebuilding them") {
-  for (const std::vector<bool>& mask : {std::vector<bool>{false, false, false, false, true, true},
-                                        std::vector<bool>{true, true, false, false, false, false}}) {
-    Chain plain, reuse;
-    plain.g.select(mask);
-    reuse.g.select(mask);
-    reuse.g.reuse_frozen_weights(true);
-    for (int s = 0; s < 3; ++s) {
-      plain.step(mask);
-      reuse.step(mask);
-      const Tensor a = plain.g.read(plain.c3), b = reuse.g.read(reuse.c3);
-      CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin()));
+  for (Precision precision : precisions())
+    for (const std::vector<bool>& mask : {std::vector<bool>{false, false, false, false, true, true},
+                                          std::vector<bool>{true, true, false, false, false, false}}) {
+      CAPTURE(to_string(precision));
+      Chain plain(precision), reuse(precision);
+      plain.g.select(mask);
+      reuse.g.select(mask);
+      reuse.g.reuse_frozen_weights(true);
+      for (int s = 0; s < 3; ++s) {
+        plain.step(mask);
+        reuse.step(mask);
+        const Tensor a = plain.g.read(plain.c3), b = reuse.g.read(reuse.c3);
+        CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin()));
+      }
+      for (int k = 0; k < 6; ++k) CHECK(grads_of(plain.g, k) == grads_of(reuse.g, k));
+      auto va = plain.g.params().value_arena(), vb = reuse.g.params().value_arena();
+      CHECK(std::equal(va.begin(), va.end(), vb.begin()));
     }
-    for (int k = 0; k < 6; ++k) CHECK(grads_of(plain.g, k) == grads_of(reuse.g, k));
-    auto va = plain.g.params().value_arena(), vb = reuse.g.params().value_arena();
-    CHECK(std::equal(va.begin(), va.end(), vb.begin()));
-  }
 }
 
 TEST_CASE("a frozen convolution's weights written directly count from the next select() or reuse_frozen_weights()") {
-  Chain net;
-  const std::vector<bool> mask{false, false, false, false, true, true};  // c1 and c2 frozen
-  net.g.select(mask);
-  net.g.reuse_frozen_weights(true);
-  net.g.forward(true);
-  const Tensor before = net.g.read(net.c3);
-  for (auto& w : net.g.params()[0].values()) w *= 2.0f;  // c1.weight, behind the optimizer's back
-  net.g.forward(true);
-  const Tensor stale = net.g.read(net.c3);
-  CHECK(std::equal(before.span().begin(), before.span().end(), stale.span().begin()));  // the documented contract
-  net.g.select(mask);
-  net.g.forward(true);
-  const Tensor fresh = net.g.read(net.c3);
-  net.g.reuse_frozen_weights(false);
-  net.g.forward(true);
-  const Tensor rebuilt = net.g.read(net.c3);
-  CHECK_FALSE(std::equal(before.span().begin(), before.span().end(), fresh.span().begin()));
-  CHECK(std::equal(fresh.span().begin(), fresh.span().end(), rebuilt.span().begin()));
-  for (auto& w : net.g.params()[0].values()) w *= 0.5f;
-  net.g.reuse_frozen_weights(true);  // turning it on again starts afresh too
-  net.g.forward(true);
-  const Tensor restored = net.g.read(net.c3);
-  CHECK(std::equal(before.span().begin(), before.span().end(), restored.span().begin()));
+  for (Precision precision : precisions()) {
+    CAPTURE(to_string(precision));
+    Chain net(precision);
+    const std::vector<bool> mask{false, false, false, false, true, true};  // c1 and c2 frozen
+    net.g.select(mask);
+    net.g.reuse_frozen_weights(true);
+    net.g.forward(true);
+    const Tensor before = net.g.read(net.c3);
+    for (auto& w : net.g.params()[0].values()) w *= 2.0f;  // c1.weight, behind the optimizer's back
+    net.g.forward(true);
+    const Tensor stale = net.g.read(net.c3);
+    CHECK(std::equal(before.span().begin(), before.span().end(), stale.span().begin()));  // the documented contract
+    net.g.select(mask);
+    net.g.forward(true);
+    const Tensor fresh = net.g.read(net.c3);
+    net.g.reuse_frozen_weights(false);
+    net.g.forward(true);
+    const Tensor rebuilt = net.g.read(net.c3);
+    CHECK_FALSE(std::equal(before.span().begin(), before.span().end(), fresh.span().begin()));
+    CHECK(std::equal(fresh.span().begin(), fresh.span().end(), rebuilt.span().begin()));
+    for (auto& w : net.g.params()[0].values()) w *= 0.5f;
+    net.g.reuse_frozen_weights(true);  // turning it on again starts afresh too
+    net.g.forward(true);
+    const Tensor restored = net.g.read(net.c3);
+    CHECK(std::equal(before.span().begin(), before.span().end(), restored.span().begin()));
+  }
 }
 
 TEST_CASE(

@@ -1,7 +1,8 @@
 // The four models of the zoo, tested without PyTorch (tests/parity compares
 // them with torchvision where python3-torch is installed): shapes, a finite
 // loss, gradients reaching the first and the last layer, and three steps of
-// full training lowering the loss on one batch.
+// full training lowering the loss on one batch; in fp32, and in bf16 where the
+// CPU has native bf16.
 #include "elastic/models/zoo.hpp"
 
 #include <cmath>
@@ -22,42 +23,48 @@ double abs_sum(const Param& p) {
 }  // namespace
 
 TEST_CASE("each model builds, computes a finite loss, reaches every end with gradients and learns one batch") {
-  for (const char* name : {"resnet50", "vgg16", "mobilenetv2", "vit"}) {
-    CAPTURE(name);
-    Context ctx(2);
-    const std::int64_t batch = 2, classes = 5;
-    Model m = build_model(name, ctx, {.num_classes = classes, .input_size = 32, .batch = batch, .seed = 1});
-    m.set_batch_stats(true);  // an untrained model trains with batch statistics
-    CHECK(m.input_shape == Shape{batch, 3, 32, 32});
-    CHECK(m.graph->shape(m.logits) == Shape{batch, classes});
-    CHECK(m.num_classes == classes);
-    Rng rng(3);
-    Tensor x(m.input_shape);
-    for (auto& v : x.span()) v = rng.normal();
-    m.graph->write(m.images, x);
-    const std::vector<std::int32_t> labels{1, 4};
-    m.loss_node().set_labels(labels);
+  std::vector<Precision> precisions{Precision::fp32};
+  if (precision_unsupported(Precision::bf16, dnnl::get_effective_cpu_isa()).empty())
+    precisions.push_back(Precision::bf16);
+  for (Precision precision : precisions)
+    for (const char* name : {"resnet50", "vgg16", "mobilenetv2", "vit"}) {
+      CAPTURE(name);
+      CAPTURE(to_string(precision));
+      Context ctx(2);
+      const std::int64_t batch = 2, classes = 5;
+      Model m = build_model(
+          name, ctx, {.num_classes = classes, .input_size = 32, .batch = batch, .seed = 1, .precision = precision});
+      m.set_batch_stats(true);  // an untrained model trains with batch statistics
+      CHECK(m.input_shape == Shape{batch, 3, 32, 32});
+      CHECK(m.graph->shape(m.logits) == Shape{batch, classes});
+      CHECK(m.num_classes == classes);
+      Rng rng(3);
+      Tensor x(m.input_shape);
+      for (auto& v : x.span()) v = rng.normal();
+      m.graph->write(m.images, x);
+      const std::vector<std::int32_t> labels{1, 4};
+      m.loss_node().set_labels(labels);
 
-    SGDW opt({.momentum = 0.9f, .weight_decay = 0});
-    const std::vector<bool> all(m.params().size(), true);
-    std::vector<double> losses;
-    for (int step = 0; step < 4; ++step) {
-      m.graph->set_step(std::uint64_t(step));
-      m.graph->forward(true);
-      losses.push_back(m.loss_node().loss());
-      REQUIRE(std::isfinite(losses.back()));
-      m.graph->backward();
-      if (step == 0) {
-        // The first param (the stem's weight) and the last (the head's bias) have gradients.
-        CHECK(abs_sum(m.params()[0]) > 0);
-        CHECK(abs_sum(m.params()[m.params().size() - 1]) > 0);
-        CHECK(losses[0] == doctest::Approx(std::log(double(classes))).epsilon(0.5));  // near chance at the start
+      SGDW opt({.momentum = 0.9f, .weight_decay = 0});
+      const std::vector<bool> all(m.params().size(), true);
+      std::vector<double> losses;
+      for (int step = 0; step < 4; ++step) {
+        m.graph->set_step(std::uint64_t(step));
+        m.graph->forward(true);
+        losses.push_back(m.loss_node().loss());
+        REQUIRE(std::isfinite(losses.back()));
+        m.graph->backward();
+        if (step == 0) {
+          // The first param (the stem's weight) and the last (the head's bias) have gradients.
+          CHECK(abs_sum(m.params()[0]) > 0);
+          CHECK(abs_sum(m.params()[m.params().size() - 1]) > 0);
+          CHECK(losses[0] == doctest::Approx(std::log(double(classes))).epsilon(0.5));  // near chance at the start
+        }
+        opt.step(m.params(), all, 0.01f);
       }
-      opt.step(m.params(), all, 0.01f);
+      MESSAGE(name, ": loss ", losses.front(), " -> ", losses.back());
+      CHECK(losses.back() < losses.front());
+      const Tensor logits = m.graph->read(m.logits);
+      for (float v : logits.span()) CHECK(std::isfinite(v));
     }
-    MESSAGE(name, ": loss ", losses.front(), " -> ", losses.back());
-    CHECK(losses.back() < losses.front());
-    const Tensor logits = m.graph->read(m.logits);
-    for (float v : logits.span()) CHECK(std::isfinite(v));
-  }
 }

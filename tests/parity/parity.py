@@ -1,12 +1,22 @@
 #!/usr/bin/python3
 """Numerical parity of `elastic step` with PyTorch (float64 reference).
 
-usage: parity.py ELASTIC_BINARY MODEL_NAME BATCH CLASSES INPUT_SIZE
+usage: parity.py ELASTIC_BINARY MODEL_NAME BATCH CLASSES INPUT_SIZE [fp32|bf16]
 
 Builds the torchvision model with random weights (batch-norm statistics and affine
 params randomized too, so frozen batch norm is not an identity), exports them, runs
 one step in elastic and in torch (model.eval(), float64), and compares logits, loss
 and every param gradient by relative L2 error.
+
+With bf16, elastic runs `step --precision bf16` and torch runs the same step a second
+time in float32 under torch.autocast("cpu", dtype=torch.bfloat16); both are measured
+against the float64 step. Ours must be as close as PyTorch's own bf16: logits and loss
+within max(1.5x PyTorch's error, 1e-2); over the param gradients, the median error
+within 1.5x PyTorch's median, and every gradient within max(5e-2, 1.5x PyTorch's error on
+it) (on the random-weight ResNet50 and VGG16 here PyTorch's own bf16 gradients are up to
+0.6 and 0.3 from float64, so 5e-2 alone is out of anyone's reach). PyTorch 1.13 has no bf16
+backward of ReLU6 on the CPU, so its bf16 MobileNetV2 runs ReLU6 as clamp(0, 6), the same
+function.
 """
 import os
 import subprocess
@@ -19,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"
 from export_torchvision import build, read_safetensors, write_safetensors  # noqa: E402
 
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
+BF16_FLOOR, BF16_RATIO, BF16_GRAD_MAX = 1e-2, 1.5, 5e-2
 
 
 def rel_l2(ours, ref):
@@ -31,6 +42,7 @@ def rel_l2(ours, ref):
 def main():
     binary, model_name = sys.argv[1], sys.argv[2]
     batch, classes, size = (int(v) for v in sys.argv[3:6])
+    precision = sys.argv[6] if len(sys.argv) > 6 else "fp32"
     torch.manual_seed(1234)
     model = build(model_name, classes, size)
     with torch.no_grad():
@@ -56,14 +68,27 @@ def main():
         write_safetensors(weights, model.state_dict())
         write_safetensors(inputs, {"images": images, "labels": labels})
         cmd = [binary, "step", "--model_name", model_name, "--num_classes", str(classes), "--input_size", str(size),
-               "--weights", weights, "--inputs", inputs, "--out", out, "--threads", "2"]
-        subprocess.run(cmd, check=True)
+               "--weights", weights, "--inputs", inputs, "--out", out, "--threads", "2", "--precision", precision]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        sys.stdout.write(run.stdout)
+        sys.stderr.write(run.stderr)
+        if precision == "bf16" and run.returncode == 2 and "avx512_bf16" in run.stderr:
+            print("skipped: this CPU has no native bf16")
+            return 77
+        if run.returncode != 0:
+            print(f"FAIL {' '.join(cmd)} exited with {run.returncode}")
+            return 1
         got = read_safetensors(out)
 
+    torch_bf16 = None
+    if precision == "bf16":
+        torch_bf16 = autocast_step(model, images, labels)
     model = model.double().eval()
     logits = model(images.double())
     loss = torch.nn.functional.cross_entropy(logits, labels)
     loss.backward()
+    if torch_bf16 is not None:
+        return compare_bf16(model_name, got, torch_bf16, model, logits.detach(), loss.detach())
 
     failures = []
     if logits.detach().abs().max().item() == 0:
@@ -89,9 +114,68 @@ def main():
             failures.append(f"{name}: relative L2 error {e:.3g} > {tol:g}")
     print(f"{model_name} batch {batch} classes {classes} input {size}: {len(checks)} tensors compared, "
           f"worst error/tolerance {worst:.3g}; logits error {rel_l2(got['logits'], logits.detach()):.3g}")
+    return verdict(failures)
+
+
+def verdict(failures):
     for f in failures[:40]:
         print("FAIL", f)
     return 1 if failures else 0
+
+
+class Clamp6(torch.nn.Module):
+    def forward(self, x):
+        return x.clamp(0, 6)
+
+
+def autocast_step(model, images, labels):
+    """One step of the float32 model under CPU bf16 autocast: logits, loss, param gradients."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.ReLU6):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], Clamp6())
+    model = model.float().eval()
+    model.zero_grad()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+    loss.backward()
+    out = {"logits": logits.detach().float(), "loss": loss.detach().float().reshape(())}
+    for name, p in model.named_parameters():
+        out[f"grad/{name}"] = p.grad.detach().clone()
+    model.zero_grad()
+    return out
+
+
+def compare_bf16(model_name, got, theirs, model, logits, loss):
+    failures = []
+    report = []
+    for name, ref in (("logits", logits), ("loss", loss)):
+        ours_e = rel_l2(got[name].reshape(ref.shape), ref)
+        torch_e = rel_l2(theirs[name].reshape(ref.shape), ref)
+        tol = max(BF16_RATIO * torch_e, BF16_FLOOR)
+        report.append(f"{name} {ours_e:.3g} (torch bf16 {torch_e:.3g})")
+        if not ours_e <= tol:
+            failures.append(f"{name}: relative L2 error {ours_e:.3g} > {tol:.3g}")
+    ours_g, torch_g = [], []
+    for name, p in model.named_parameters():
+        key = f"grad/{name}"
+        if key not in got:
+            failures.append(f"{key}: missing in elastic's output")
+            continue
+        e = rel_l2(got[key].reshape(p.grad.shape), p.grad)
+        ours_g.append(e)
+        torch_g.append(rel_l2(theirs[key], p.grad))
+        tol = max(BF16_GRAD_MAX, BF16_RATIO * torch_g[-1])
+        if not e <= tol:
+            failures.append(f"{key}: relative L2 error {e:.3g} > {tol:.3g} (torch bf16 {torch_g[-1]:.3g})")
+    ours_med = float(torch.tensor(ours_g).median())
+    torch_med = float(torch.tensor(torch_g).median())
+    if not ours_med <= BF16_RATIO * torch_med:
+        failures.append(f"median gradient error {ours_med:.3g} > {BF16_RATIO}x torch bf16's {torch_med:.3g}")
+    print(f"{model_name} bf16 against float64: {', '.join(report)}; gradients of {len(ours_g)} params: median "
+          f"{ours_med:.3g} (torch bf16 {torch_med:.3g}), max {max(ours_g):.3g} (torch bf16 {max(torch_g):.3g})")
+    return verdict(failures)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-// Elementwise math over flat float buffers on the host (optimizer updates,
+// Elementwise math over flat float (and bf16) buffers on the host (optimizer updates,
 // gradient accumulation, weight copies): Eigen array expressions over maps of
 // the buffers, run on contiguous chunks split across the OpenMP threads when a
 // buffer is large enough to pay for waking them. Eigen vectorizes each chunk's
@@ -13,6 +13,10 @@
 #include <Eigen/Core>
 
 namespace elastic::host {
+
+// bf16 values on the host: 16 bits, fp32's exponent; conversion from float
+// rounds to nearest even, as oneDNN's and PyTorch's do.
+using bf16 = Eigen::bfloat16;
 
 using Array = Eigen::Map<Eigen::ArrayXf>;
 using ConstArray = Eigen::Map<const Eigen::ArrayXf>;
@@ -57,6 +61,16 @@ inline void copy(float* to, const float* from, std::int64_t n) {
 // acc[i] += add[i]
 inline void accumulate(float* acc, const float* add, std::int64_t n) {
   for_chunks(n, [&](std::int64_t b, std::int64_t c) { array(acc + b, c) += array(add + b, c); });
+}
+
+// acc[i] += add[i] on bf16 values: the sum in fp32, rounded once to bf16.
+inline void accumulate(bf16* acc, const bf16* add, std::int64_t n) {
+  using Map = Eigen::Map<Eigen::Array<bf16, Eigen::Dynamic, 1>>;
+  using ConstMap = Eigen::Map<const Eigen::Array<bf16, Eigen::Dynamic, 1>>;
+  for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+    Map a(acc + b, static_cast<Eigen::Index>(c));
+    a = (a.cast<float>() + ConstMap(add + b, static_cast<Eigen::Index>(c)).cast<float>()).cast<bf16>();
+  });
 }
 
 }  // namespace elastic::host

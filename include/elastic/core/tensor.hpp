@@ -54,8 +54,8 @@ inline dnnl::memory::format_tag plain_tag(std::size_t rank) {
   }
 }
 
-inline dnnl::memory::desc plain_desc(const Shape& shape) {
-  return {shape, dnnl::memory::data_type::f32, plain_tag(shape.size())};
+inline dnnl::memory::desc plain_desc(const Shape& shape, dnnl::memory::data_type type = dnnl::memory::data_type::f32) {
+  return {shape, type, plain_tag(shape.size())};
 }
 
 // True when `md` is f32 and dense row-major, so its bytes can be viewed as a

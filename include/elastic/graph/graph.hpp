@@ -25,31 +25,48 @@ namespace elastic {
 
 using ValueId = int;
 
-// A graph input: a value the user writes before forward().
+// A graph input: a value the user writes before forward(). The user always
+// writes fp32; in a bf16 graph the node keeps that fp32 copy (staging) and its
+// forward converts it into the bf16 value the layers read.
 class InputNode final : public Node {
  public:
-  InputNode(std::string name, Shape shape) : Node(std::move(name)), shape_(std::move(shape)) {}
+  InputNode(std::string name, Shape shape, Precision precision)
+      : Node(std::move(name)), shape_(std::move(shape)), precision_(precision) {}
   std::string_view type() const override { return "input"; }
-  void setup(std::span<const dnnl::memory::desc>, Context&, ParamStore&) override {
-    set_output(activation_desc(shape_));
+  void setup(std::span<const dnnl::memory::desc>, Context& ctx, ParamStore&) override {
+    set_output(activation_desc(shape_, activation_type(precision_)));
+    if (precision_ == Precision::fp32) return;
+    if (!staging_) staging_ = aligned_floats(numel(shape_));
+    staged_ = dnnl::memory(activation_desc(shape_), ctx.engine(), staging_.get());
+    convert_ = reorder_call(staged_, dst());
   }
-  void forward(const RunCtx&) override {}
+  void forward(const RunCtx& run) override {
+    if (convert_) convert_(run.stream);
+  }
   void backward_data(const RunCtx&) override {}
+  // The fp32 buffer the user writes (in the layout of activation_desc), or
+  // null when the value itself is fp32.
+  const dnnl::memory* staged() const { return staging_ ? &staged_ : nullptr; }
 
  private:
   Shape shape_;
+  Precision precision_;
+  std::shared_ptr<float[]> staging_;
+  dnnl::memory staged_;
+  Call convert_;
 };
 
 class Graph {
  public:
-  explicit Graph(Context& ctx) : ctx_(ctx) {}
+  // `precision`: the format every layer computes in (core/precision.hpp).
+  explicit Graph(Context& ctx, Precision precision = Precision::fp32) : ctx_(ctx), precision_(precision) {}
   Graph(const Graph&) = delete;
   Graph& operator=(const Graph&) = delete;
 
   // A graph input of a plain shape (NCHW for images). With requires_grad its
   // gradient is computed whenever anything is (used by gradient checks).
   ValueId input(std::string name, Shape shape, bool requires_grad = false) {
-    const ValueId v = add<InputNode>({}, std::move(name), std::move(shape));
+    const ValueId v = add<InputNode>({}, std::move(name), std::move(shape), precision_);
     info_[v].is_input = true;
     info_[v].requires_grad = requires_grad;
     return v;
@@ -123,6 +140,12 @@ class Graph {
   void select_none() { select(std::vector<bool>(params_.size(), false)); }
 
   const BackwardPlan& plan() const { return current_->plan; }
+  // Bytes of the weight copies the nodes keep between steps (Node::weight_copy_bytes).
+  std::size_t weight_copy_bytes() const {
+    std::size_t bytes = 0;
+    for (const auto& node : nodes_) bytes += node->weight_copy_bytes();
+    return bytes;
+  }
   // Bytes of activations and gradients the current plan holds at its peak.
   std::int64_t plan_arena_bytes() const { return current_->memory.arena_bytes; }
 
@@ -193,10 +216,19 @@ class Graph {
   void write_grad(ValueId v, const Tensor& t) { from_plain(t, memory_of(v, true), ctx_.stream()); }
 
   // Direct access to a pinned value's buffer in its physical layout (desc(v):
-  // NHWC for images), for writing inputs every step without a copy or a reorder.
-  float* value_data(ValueId v) { return pinned(v, false); }
+  // NHWC for images), for writing inputs every step without a copy or a
+  // reorder. An input's is always fp32 (a bf16 graph converts it in forward);
+  // other values are fp32 in an fp32 graph.
+  float* value_data(ValueId v) {
+    if (const auto* staged = staged_input(v)) return ptr(*staged);
+    return pinned(v, false);
+  }
   float* grad_data(ValueId v) { return pinned(v, true); }
-  dnnl::memory::desc desc(ValueId v) const { return nodes_.at(v)->output_desc(); }
+  dnnl::memory::desc desc(ValueId v) const {
+    if (const auto* staged = staged_input(v)) return staged->get_desc();
+    return nodes_.at(v)->output_desc();
+  }
+  Precision precision() const { return precision_; }
 
   // While on, forward() lets nodes keep what they derive from frozen params
   // from one step to the next (a convolution's weights re-laid-out for its
@@ -329,7 +361,10 @@ class Graph {
     for (std::size_t j = 0; j < temps.size(); ++j) {
       if (temps[j] < 0) continue;
       const int v = info_[i].inputs[j];
-      host::accumulate(grad_ptr(v), at(temps[j]), info_[v].bytes / 4);
+      with_element(nodes_[v]->output_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+        host::accumulate(reinterpret_cast<T*>(grad_ptr(v)), reinterpret_cast<const T*>(at(temps[j])),
+                         info_[v].bytes / std::int64_t(sizeof(T)));
+      });
     }
   }
 
@@ -374,10 +409,18 @@ class Graph {
   }
 
   dnnl::memory memory_of(ValueId v, bool grad) {
+    if (const auto* staged = staged_input(v); staged && !grad) return *staged;
     return dnnl::memory(nodes_[v]->output_desc(), ctx_.engine(), pinned(v, grad));
   }
 
+  // The fp32 buffer of input v in a bf16 graph, or null.
+  const dnnl::memory* staged_input(ValueId v) const {
+    const auto* input = info_.at(v).is_input ? dynamic_cast<const InputNode*>(nodes_.at(v).get()) : nullptr;
+    return input ? input->staged() : nullptr;
+  }
+
   Context& ctx_;
+  Precision precision_;
   ParamStore params_;
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<Topology::NodeInfo> info_;

@@ -17,6 +17,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +25,8 @@
 
 #include "elastic/core/context.hpp"
 #include "elastic/core/error.hpp"
+#include "elastic/core/host_math.hpp"
+#include "elastic/core/precision.hpp"
 #include "elastic/core/tensor.hpp"
 #include "elastic/graph/param.hpp"
 
@@ -96,6 +99,28 @@ inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
   return Call(dnnl::reorder(from, to, user_scratchpad()), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
+struct RunCtx;
+
+// A copy of a param in the layout or data type a kernel reads (weights
+// re-laid-out for a convolution, or converted to bf16), refilled before each
+// forward, except while the param is frozen and the copy is still current
+// (RunCtx::reuse_epoch): a frozen weight keeps its copy between steps.
+class DerivedWeight {
+ public:
+  DerivedWeight() = default;
+  // `bytes`: the copy's size when the node owns its buffer (0 when it lives in
+  // the graph's shared transients).
+  DerivedWeight(Call fill, std::size_t bytes) : fill_(std::move(fill)), bytes_(bytes) {}
+  explicit operator bool() const { return static_cast<bool>(fill_); }
+  std::size_t bytes() const { return bytes_; }
+  inline void refresh(const RunCtx& run, bool trained);
+
+ private:
+  Call fill_;
+  std::size_t bytes_ = 0;
+  std::uint64_t epoch_ = 0;  // RunCtx::reuse_epoch of the last fill (0: never reusable)
+};
+
 // State of one pass over the graph.
 struct RunCtx {
   dnnl::stream& stream;
@@ -109,6 +134,12 @@ struct RunCtx {
   std::uint64_t reuse_epoch = 0;
 };
 
+void DerivedWeight::refresh(const RunCtx& run, bool trained) {
+  if (!fill_ || (run.reuse_epoch != 0 && !trained && epoch_ == run.reuse_epoch)) return;
+  fill_(run.stream);
+  epoch_ = run.reuse_epoch;
+}
+
 // Which activations a backward half reads; the memory planner keeps exactly
 // those alive until that half has run.
 struct Reads {
@@ -116,28 +147,51 @@ struct Reads {
   bool output = false;
 };
 
+using DataType = dnnl::memory::data_type;
+
 // The layout values take between nodes: channels-last for images (oneDNN's
 // convolutions are as fast on it as on blocked layouts, and it has no padding),
-// dense row-major for everything else.
-inline dnnl::memory::desc activation_desc(const Shape& shape) {
-  if (shape.size() == 4) return {shape, dnnl::memory::data_type::f32, dnnl::memory::format_tag::nhwc};
-  return plain_desc(shape);
+// dense row-major for everything else. `type` is the graph's activation type
+// (f32, or bf16: core/precision.hpp); a node passes on its input's.
+inline dnnl::memory::desc activation_desc(const Shape& shape, DataType type = DataType::f32) {
+  if (shape.size() == 4) return {shape, type, dnnl::memory::format_tag::nhwc};
+  return plain_desc(shape, type);
 }
 
 // oneDNN's blocked layout for images, 16 channels innermost (nChw16c): its
 // convolutions run their backward passes faster on it than on channels-last
 // for wide layers (measured: benchmarks/RESULTS.md). Only for channel counts
 // that are multiples of 16 (no padding); images keep channels-last otherwise.
-inline dnnl::memory::desc blocked_activation_desc(const Shape& shape) {
-  if (shape.size() == 4 && shape[1] % 16 == 0)
-    return {shape, dnnl::memory::data_type::f32, dnnl::memory::format_tag::nChw16c};
-  return activation_desc(shape);
+inline dnnl::memory::desc blocked_activation_desc(const Shape& shape, DataType type = DataType::f32) {
+  if (shape.size() == 4 && shape[1] % 16 == 0) return {shape, type, dnnl::memory::format_tag::nChw16c};
+  return activation_desc(shape, type);
 }
 inline bool is_blocked_image(const dnnl::memory::desc& md) {
-  return md.dims().size() == 4 && md == blocked_activation_desc(md.dims()) && md != activation_desc(md.dims());
+  const auto t = md.data_type();
+  return md.dims().size() == 4 && md == blocked_activation_desc(md.dims(), t) && md != activation_desc(md.dims(), t);
 }
 
 inline float* ptr(const dnnl::memory& mem) { return static_cast<float*>(mem.get_data_handle()); }
+
+// A bound buffer as elements of type T (float or bf16, host_math.hpp).
+template <class T>
+T* ptr_as(const dnnl::memory& mem) {
+  return static_cast<T*>(mem.get_data_handle());
+}
+
+// Calls f(std::type_identity<T>{}) with T the host type of `type`: float for
+// f32, host::bf16 for bf16. Host-side layer code is written once, over T.
+template <class F>
+decltype(auto) with_element(DataType type, F&& f) {
+  switch (type) {
+    case DataType::f32:
+      return f(std::type_identity<float>{});
+    case DataType::bf16:
+      return f(std::type_identity<host::bf16>{});
+    default:
+      fail("values of oneDNN data type {} are not supported (f32 or bf16)", static_cast<int>(type));
+  }
+}
 
 class Node {
  public:
@@ -163,6 +217,9 @@ class Node {
 
   virtual Reads data_reads() const { return {}; }
   virtual Reads weights_reads() const { return {}; }
+  // Bytes of the weight copies this node keeps between steps (re-laid-out or
+  // bf16 weights: DerivedWeight).
+  virtual std::size_t weight_copy_bytes() const { return 0; }
 
   const std::string& name() const { return name_; }
   const std::vector<int>& param_ids() const { return params_; }

@@ -26,9 +26,10 @@ class AffineGrads {
     block_.assign(static_cast<std::size_t>(2 * c_ * threads_), 0.0f);
   }
 
-  // xhat(r, c) gives the normalized input of row r, feature c (as float).
-  template <class Xhat>
-  void run(std::int64_t rows, const float* dy, Xhat xhat, float* dgamma, float* dbeta) {
+  // xhat(r, c) gives the normalized input of row r, feature c (as float); dy
+  // holds float or bf16 values (summed as float).
+  template <class T, class Xhat>
+  void run(std::int64_t rows, const T* dy, Xhat xhat, float* dgamma, float* dbeta) {
     const std::int64_t C = c_;
     double* partial = partial_.data();
     float* block = block_.data();
@@ -46,11 +47,12 @@ class AffineGrads {
       for (std::int64_t r0 = rows * t / nt; r0 < end; r0 += kBlock) {
         std::fill(sg, sg + 2 * C, 0.0f);
         for (std::int64_t r = r0; r < std::min(end, r0 + kBlock); ++r) {
-          const float* __restrict d = dy + r * C;
+          const T* __restrict d = dy + r * C;
 #pragma omp simd
           for (std::int64_t c = 0; c < C; ++c) {
-            sg[c] += d[c] * xhat(r, c);
-            sb[c] += d[c];
+            const float g = static_cast<float>(d[c]);
+            sg[c] += g * xhat(r, c);
+            sb[c] += g;
           }
         }
         for (std::int64_t c = 0; c < 2 * C; ++c) acc[c] += double(sg[c]);

@@ -5,7 +5,9 @@
 // Every product is one oneDNN matmul over the (N, heads) batch whose operands
 // are strided views into the packed buffers, so no head is ever copied out;
 // the probabilities P (N, heads, T, T) are kept for backward; the gradients of
-// P and of the scores are transients shared with every other node.
+// P and of the scores are transients shared with every other node. Every
+// operand has the input's type: in bf16 the products accumulate in fp32 and
+// the softmax computes in fp32, storing bf16.
 #pragma once
 
 #include <cmath>
@@ -33,18 +35,19 @@ class ScaledDotProductAttention final : public Node {
     e_ = x[2] / 3;
     expect(e_ % heads_ == 0, fmt::format("embed dim {} is not divisible by {} heads", e_, heads_));
     d_ = e_ / heads_;
-    set_output(activation_desc({n_, t_, e_}));
+    const auto dt = in[0].data_type();  // the element type of every operand here
+    size_ = static_cast<std::int64_t>(memory::data_type_size(dt));
+    set_output(activation_desc({n_, t_, e_}, dt));
     const auto& eng = ctx.engine();
-    const auto f32 = memory::data_type::f32;
     const std::int64_t H = heads_, T = t_, D = d_, E3 = 3 * e_;
     // (N, H, rows, cols) views: a head block of the packed input, its transpose, the output.
-    const memory::desc head({n_, H, T, D}, f32, memory::dims{T * E3, D, E3, 1});
-    const memory::desc head_t({n_, H, D, T}, f32, memory::dims{T * E3, D, 1, E3});
-    const memory::desc out({n_, H, T, D}, f32, memory::dims{T * e_, D, e_, 1});
-    const memory::desc probs({n_, H, T, T}, f32, memory::format_tag::abcd);
-    const memory::desc probs_t({n_, H, T, T}, f32, memory::dims{H * T * T, T * T, 1, T});
+    const memory::desc head({n_, H, T, D}, dt, memory::dims{T * E3, D, E3, 1});
+    const memory::desc head_t({n_, H, D, T}, dt, memory::dims{T * E3, D, 1, E3});
+    const memory::desc out({n_, H, T, D}, dt, memory::dims{T * e_, D, e_, 1});
+    const memory::desc probs({n_, H, T, T}, dt, memory::format_tag::abcd);
+    const memory::desc probs_t({n_, H, T, T}, dt, memory::dims{H * T * T, T * T, 1, T});
 
-    p_ = lazy_floats(n_ * H * T * T);
+    p_ = lazy_floats(n_ * H * T * T * size_ / 4 + 1);
     // The two gradients live only within backward_data: transients of two slots.
     const memory P(probs, eng, p_.get()), Pt(probs_t, eng, p_.get()), dP = transient(probs, 0);
     const memory dS = ds_ = transient(probs, 1), dSt = ds_t_ = memory(probs_t, eng, static_cast<void*>(nullptr));
@@ -91,9 +94,9 @@ class ScaledDotProductAttention final : public Node {
 
  protected:
   void on_bind() override {
-    const auto at = [](const dnnl::memory& base, std::int64_t offset) -> void* {
-      auto* p = static_cast<float*>(base.get_data_handle());
-      return p ? p + offset : nullptr;
+    const auto at = [this](const dnnl::memory& base, std::int64_t offset) -> void* {
+      auto* p = static_cast<char*>(base.get_data_handle());
+      return p ? p + offset * size_ : nullptr;
     };
     q_.set_data_handle(at(src(), 0));
     k_.set_data_handle(at(src(), e_));
@@ -109,7 +112,7 @@ class ScaledDotProductAttention final : public Node {
   }
 
  private:
-  std::int64_t heads_, n_ = 0, t_ = 0, e_ = 0, d_ = 0;
+  std::int64_t heads_, n_ = 0, t_ = 0, e_ = 0, d_ = 0, size_ = 4;  // size_: bytes per element
   std::shared_ptr<float[]> p_;  // (N, heads, T, T) probabilities, kept from forward to backward
   dnnl::memory ds_, ds_t_;      // the scores' gradient (a transient) and its transposed view
   dnnl::memory q_, k_, kt_, v_, vt_, o_, do_, dq_, dk_, dv_;  // strided views of the bound buffers

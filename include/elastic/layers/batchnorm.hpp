@@ -9,6 +9,7 @@
 // gradients; backward_weights takes those when backward_data ran in the same
 // pass, and otherwise computes the two per-channel sums here (one pass over x
 // and dy), cheaper than oneDNN's backward with a diff_src nobody asked for.
+// Values are f32 or bf16 (the input's type); statistics, gamma and beta fp32.
 #pragma once
 
 #include <algorithm>
@@ -137,12 +138,15 @@ class BatchNorm2d final : public Node {
     const float* var = batch ? bvar_.data() : rvar_;
     for (std::int64_t c = 0; c < o_.num_features; ++c)
       rstd_[static_cast<std::size_t>(c)] = static_cast<float>(1.0 / std::sqrt(double(var[c]) + o_.eps));
-    const float* x = ptr(src());
     const float* rstd = rstd_.data();
     const std::int64_t C = o_.num_features;
-    grads_.run(
-        rows_, ptr(diff_dst()), [=](std::int64_t r, std::int64_t c) { return (x[r * C + c] - mean[c]) * rstd[c]; },
-        dgamma_, dbeta_);
+    with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* x = ptr_as<T>(src());
+      grads_.run(
+          rows_, ptr_as<T>(diff_dst()),
+          [=](std::int64_t r, std::int64_t c) { return (static_cast<float>(x[r * C + c]) - mean[c]) * rstd[c]; },
+          dgamma_, dbeta_);
+    });
   }
 
   Reads data_reads() const override { return {.inputs = true}; }

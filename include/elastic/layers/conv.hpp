@@ -2,10 +2,11 @@
 // optional bias) on oneDNN's convolution primitives: forward, backward_data and
 // backward_weights (weights and bias in one kernel: one selection unit). A 1x1
 // stride-1 convolution between channels-last images runs as matmuls instead.
-// Params keep torchvision's layout (out, in/groups, kh, kw); where a primitive
-// prefers a blocked weight layout the node reorders: into a buffer of its own
-// for the forward's (backward_data may reuse it), into the graph's shared
-// transient buffer for the other passes.
+// Params keep torchvision's layout (out, in/groups, kh, kw) in fp32; where a
+// primitive prefers a blocked weight layout, or bf16 (a bf16 graph), the node
+// reorders: into a buffer of its own for the forward's (backward_data may
+// reuse it), into the graph's shared transient buffer for the other passes.
+// Weight and bias gradients are always fp32.
 #pragma once
 
 #include "elastic/graph/node.hpp"
@@ -55,9 +56,13 @@ class Conv2d final : public Node {
     };
     const Shape y{x[0], o_.out_channels, out_size(x[2], o_.kernel_h), out_size(x[3], o_.kernel_w)};
     expect(y[2] > 0 && y[3] > 0, fmt::format("input {} is too small for the kernel", to_string(x)));
-    set_output(o_.blocked_output ? blocked_activation_desc(y) : activation_desc(y));
+    const auto dt = in[0].data_type();  // f32, or bf16 in a bf16 graph
+    set_output(o_.blocked_output ? blocked_activation_desc(y, dt) : activation_desc(y, dt));
 
     const auto& eng = ctx.engine();
+    fwd_w_ = {};
+    w_copy_ = {};
+    bwd_w_reorder_ = dw_reorder_ = db_ = {};
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
         pad{o_.padding, o_.padding};
     // The user weight layout: torchvision's (out, in/g, kh, kw), as goihw when grouped.
@@ -67,14 +72,15 @@ class Conv2d final : public Node {
                                        : memory::desc({o_.groups, o_.out_channels / o_.groups,
                                                        o_.in_channels / o_.groups, o_.kernel_h, o_.kernel_w},
                                                       memory::data_type::f32, tag::goihw);
-    const memory::desc any_w(user_w_md.dims(), memory::data_type::f32, tag::any);
+    const memory::desc any_w(user_w_md.dims(), dt, tag::any),
+        any_dw(user_w_md.dims(), memory::data_type::f32, tag::any);
     const memory::desc bias_md =
         o_.bias ? memory::desc({o_.out_channels}, memory::data_type::f32, tag::a) : memory::desc();
     const auto& src_md = in[0];
     const auto& dst_md = output_desc();
     if (o_.kernel_h == 1 && o_.kernel_w == 1 && o_.stride == 1 && o_.padding == 0 && o_.groups == 1 &&
-        src_md == activation_desc(x) && dst_md == activation_desc(y)) {
-      setup_pointwise(x[0] * x[2] * x[3], eng, store);
+        src_md == activation_desc(x, dt) && dst_md == activation_desc(y, dt)) {
+      setup_pointwise(x[0] * x[2] * x[3], dt, eng, store);
       return;
     }
 
@@ -85,12 +91,15 @@ class Conv2d final : public Node {
         {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng,
         fwd_pd);
     convolution_backward_weights::primitive_desc bwd_w_pd(
-        {algorithm::convolution_direct, src_md, any_w, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(),
+        {algorithm::convolution_direct, src_md, any_dw, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(),
         eng, fwd_pd);
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = grad_memory(weight_, user_w_md);
-    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), fwd_w_reorder_, false);
+    Call fill_fwd_w;
+    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), fill_fwd_w, false);
+    const std::size_t own_bytes = fill_fwd_w ? fwd_pd.weights_desc().get_size() : 0;
+    fwd_w_ = DerivedWeight(std::move(fill_fwd_w), own_bytes);
     // Backward-data reuses the forward's reordered weights when it wants the same layout.
     // Its own layout's copy and the blocked weight gradient live only within
     // one pass, so they take the graph's shared transient buffer.
@@ -116,12 +125,7 @@ class Conv2d final : public Node {
   }
 
   void forward(const RunCtx& run) override {
-    // Frozen weights re-laid-out in an earlier step of the same reuse epoch are still current.
-    const bool current = run.reuse_epoch != 0 && !trained() && fwd_w_epoch_ == run.reuse_epoch;
-    if (fwd_w_reorder_ && !current) {
-      fwd_w_reorder_(run.stream);
-      fwd_w_epoch_ = run.reuse_epoch;
-    }
+    fwd_w_.refresh(run, trained());
     fwd_(run.stream);
   }
 
@@ -138,6 +142,7 @@ class Conv2d final : public Node {
   }
 
   Reads weights_reads() const override { return {.inputs = true}; }
+  std::size_t weight_copy_bytes() const override { return fwd_w_.bytes(); }
 
  protected:
   void on_bind() override {
@@ -153,33 +158,42 @@ class Conv2d final : public Node {
   // A 1x1, stride-1 convolution between channels-last images is a matrix
   // product of the (N*H*W, C) input with the (K, C) weight, which oneDNN's
   // matmul reads in torchvision's layout as it is (transposed through strides):
-  // no weight or gradient is ever re-laid-out.
+  // no weight or gradient is ever re-laid-out (in bf16, the weight is
+  // converted into a bf16 copy of the same layout).
   //   forward:          Y (M, K)  = X (M, C) W^T (+ bias)
   //   backward_data:    dX (M, C) = dY (M, K) W
   //   backward_weights: dW (K, C) = dY^T X;  d bias = column sums of dY
-  void setup_pointwise(std::int64_t rows, const dnnl::engine& eng, ParamStore& store) {
+  void setup_pointwise(std::int64_t rows, dnnl::memory::data_type dt, const dnnl::engine& eng, ParamStore& store) {
     using namespace dnnl;
     using tag = memory::format_tag;
     const auto f32 = memory::data_type::f32;
     const std::int64_t C = o_.in_channels, K = o_.out_channels;
-    const memory::desc X({rows, C}, f32, tag::ab), Y({rows, K}, f32, tag::ab), W({K, C}, f32, tag::ab),
-        Wt({C, K}, f32, tag::ba), DYt({K, rows}, f32, tag::ba), B({1, K}, f32, tag::ab);
+    const memory::desc X({rows, C}, dt, tag::ab), Y({rows, K}, dt, tag::ab), W({K, C}, dt, tag::ab),
+        Wt({C, K}, dt, tag::ba), DYt({K, rows}, dt, tag::ba), B({1, K}, f32, tag::ab), dW({K, C}, f32, tag::ab);
     pointwise_ = true;
     for (auto* m : {&x_, &dx_}) *m = memory(X, eng, static_cast<void*>(nullptr));
     for (auto* m : {&y_, &dy_}) *m = memory(Y, eng, static_cast<void*>(nullptr));
     dyt_ = memory(DYt, eng, static_cast<void*>(nullptr));
     const Param& w = store[weight_];
-    const memory wt(Wt, eng, w.value), wv(W, eng, w.value);
+    // The weight the kernels read: the param itself in fp32, a bf16 copy otherwise.
+    void* w_data = w.value;
+    if (dt != f32) {
+      const memory copy(W, eng);
+      fwd_w_ = DerivedWeight(reorder_call(memory(dW, eng, w.value), copy), W.get_size());
+      w_data = copy.get_data_handle();
+      w_copy_ = copy;
+    }
+    const memory wt(Wt, eng, w_data), wv(W, eng, w_data);
     Args fwd_args{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, y_}};
     if (o_.bias) fwd_args[DNNL_ARG_BIAS] = memory(B, eng, store[bias_].value);
     const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(),
                                      eng);
     const matmul::primitive_desc bwd_data(matmul::desc(Y, W, X), user_scratchpad(), eng);
-    const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, W), user_scratchpad(), eng);
+    const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, dW), user_scratchpad(), eng);
     fwd_ = Call(matmul(fwd), fwd_args);
     bwd_data_ = Call(matmul(bwd_data), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, dx_}});
     bwd_weights_ = Call(matmul(bwd_weights),
-                        {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, W)}});
+                        {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, dW)}});
     if (o_.bias) {
       const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, Y, B, 0.0f, 0.0f),
                                           user_scratchpad(), eng);
@@ -200,11 +214,12 @@ class Conv2d final : public Node {
   int weight_ = -1, bias_ = -1;
   dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
   Call fwd_, bwd_data_, bwd_weights_;
-  Call fwd_w_reorder_, bwd_w_reorder_, dw_reorder_;  // empty when layouts agree
-  bool pointwise_ = false;                           // 1x1 stride 1 as matmuls (setup_pointwise)
-  dnnl::memory x_, dx_, y_, dy_, dyt_;               // its 2-D views of the bound buffers
-  Call db_;                                          // its bias gradient
-  std::uint64_t fwd_w_epoch_ = 0;  // RunCtx::reuse_epoch of the last forward reorder (0: not reusable)
+  DerivedWeight fwd_w_;                 // the forward's weights when not the param itself
+  Call bwd_w_reorder_, dw_reorder_;     // empty when layouts agree
+  bool pointwise_ = false;              // 1x1 stride 1 as matmuls (setup_pointwise)
+  dnnl::memory x_, dx_, y_, dy_, dyt_;  // its 2-D views of the bound buffers
+  dnnl::memory w_copy_;                 // its bf16 weights (bf16 graphs)
+  Call db_;                             // its bias gradient
 };
 
 }  // namespace elastic

@@ -21,12 +21,12 @@ class Dropout final : public Node {
   void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
     expect(in.size() == 1, "expects one input");
     set_output(in[0]);
-    count_ = static_cast<std::int64_t>(in[0].get_size() / sizeof(float));
+    count_ = static_cast<std::int64_t>(in[0].get_size() / dnnl::memory::data_type_size(in[0].data_type()));
   }
 
-  void forward(const RunCtx& run) override { apply(ptr(src()), ptr(dst()), run); }
+  void forward(const RunCtx& run) override { apply(src(), dst(), run); }
   void backward_data(const RunCtx& run) override {
-    if (has_diff_src()) apply(ptr(diff_dst()), ptr(diff_src()), run);
+    if (has_diff_src()) apply(diff_dst(), diff_src(), run);
   }
 
   // Whether element i is kept at `step` (exposed for tests).
@@ -37,17 +37,23 @@ class Dropout final : public Node {
  private:
   std::uint64_t key(std::uint64_t step) const { return mix64(mix64(seed_) ^ step); }
 
-  // out = in * mask / (1 - p) in training, a copy otherwise.
-  void apply(const float* in, float* out, const RunCtx& run) const {
-    const bool active = run.training && p_ > 0.0f;
-    const float scale = 1.0f / (1.0f - p_);
-    const std::uint64_t k = key(run.step);
-    const float p = p_;
+  // out = in * mask / (1 - p) in training, a copy otherwise (on f32 or bf16
+  // values; the element index is the logical one in both).
+  void apply(const dnnl::memory& from, const dnnl::memory& to, const RunCtx& run) const {
+    with_element(from.get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* in = ptr_as<T>(from);
+      T* out = ptr_as<T>(to);
+      const bool active = run.training && p_ > 0.0f;
+      const float scale = 1.0f / (1.0f - p_);
+      const std::uint64_t k = key(run.step);
+      const float p = p_;
+      const std::int64_t count = count_;
 #pragma omp parallel for simd schedule(static)
-    for (std::int64_t i = 0; i < count_; ++i) {
-      const bool keep = !active || to_unit_float(mix64(k ^ static_cast<std::uint64_t>(i))) >= p;
-      out[i] = keep ? (active ? in[i] * scale : in[i]) : 0.0f;
-    }
+      for (std::int64_t i = 0; i < count; ++i) {
+        const bool keep = !active || to_unit_float(mix64(k ^ static_cast<std::uint64_t>(i))) >= p;
+        out[i] = keep ? (active ? T(static_cast<float>(in[i]) * scale) : in[i]) : T(0.0f);
+      }
+    });
   }
 
   float p_;

@@ -16,9 +16,10 @@ class Flatten final : public Node {
     using namespace dnnl;
     expect(in.size() == 1 && in[0].dims().size() >= 2, "expects an input of rank 2 or more");
     const auto x = in[0].dims();
-    set_output(activation_desc({x[0], numel(x) / x[0]}));
+    const auto dt = in[0].data_type();
+    set_output(activation_desc({x[0], numel(x) / x[0]}, dt));
     // The output bytes seen with the input's logical dims in row-major (NCHW) order.
-    const memory::desc view = plain_desc(x);
+    const memory::desc view = plain_desc(x, dt);
     y_view_ = memory(view, engine(), static_cast<void*>(nullptr));
     dy_view_ = memory(view, engine(), static_cast<void*>(nullptr));
     fwd_ = reorder_call(src(), y_view_);

@@ -3,7 +3,7 @@
 // Like BatchNorm2d: oneDNN 2.6 has no backward_data with a scale, so
 // backward_data runs its full backward (gamma/beta gradients to scratch), and
 // backward_weights computes the two per-feature sums itself from the saved
-// per-row mean and variance.
+// per-row mean and variance. Values are f32 or bf16; statistics fp32.
 #pragma once
 
 #include <cmath>
@@ -44,8 +44,8 @@ class LayerNorm final : public Node {
     rows_ = numel(x) / E;
     const auto& eng = ctx.engine();
     const auto f32 = memory::data_type::f32;
-    const memory::desc data({rows_, E}, f32, memory::format_tag::ab), stat({rows_}, f32, memory::format_tag::a),
-        feat({E}, f32, memory::format_tag::a);
+    const memory::desc data({rows_, E}, in[0].data_type(), memory::format_tag::ab),
+        stat({rows_}, f32, memory::format_tag::a), feat({E}, f32, memory::format_tag::a);
     for (auto* m : {&x_, &y_, &dx_, &dy_}) *m = memory(data, eng, static_cast<void*>(nullptr));
     mean_.assign(static_cast<std::size_t>(rows_), 0.0f);
     var_.assign(static_cast<std::size_t>(rows_), 0.0f);
@@ -86,14 +86,17 @@ class LayerNorm final : public Node {
   void backward_weights(const RunCtx& run) override {
     run.stream.wait();
     const std::int64_t E = o_.normalized_shape;
-    const float* x = ptr(x_);
     const float* mean = mean_.data();
     for (std::size_t r = 0; r < rstd_.size(); ++r)
       rstd_[r] = static_cast<float>(1.0 / std::sqrt(double(var_[r]) + o_.eps));
     const float* rstd = rstd_.data();
-    grads_.run(
-        rows_, ptr(dy_), [=](std::int64_t r, std::int64_t e) { return (x[r * E + e] - mean[r]) * rstd[r]; }, dgamma_,
-        dbeta_);
+    with_element(x_.get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* x = ptr_as<T>(x_);
+      grads_.run(
+          rows_, ptr_as<T>(dy_),
+          [=](std::int64_t r, std::int64_t e) { return (static_cast<float>(x[r * E + e]) - mean[r]) * rstd[r]; },
+          dgamma_, dbeta_);
+    });
   }
 
   Reads data_reads() const override { return {.inputs = true}; }

@@ -42,22 +42,30 @@ class Linear final : public Node {
            fmt::format("expects input (N, {0}) or (N, T, {0}), got {1}", o_.in_features, to_string(x)));
     Shape y = x;
     y.back() = o_.out_features;
-    set_output(activation_desc(y));
+    const auto dt = in[0].data_type();
+    set_output(activation_desc(y, dt));
     const std::int64_t rows = numel(x) / o_.in_features;
     const auto& eng = ctx.engine();
     const auto f32 = memory::data_type::f32;
-    const memory::desc x2({rows, o_.in_features}, f32, memory::format_tag::ab),
-        y2({rows, o_.out_features}, f32, memory::format_tag::ab),
-        w({o_.out_features, o_.in_features}, f32, memory::format_tag::ab),
+    const memory::desc x2({rows, o_.in_features}, dt, memory::format_tag::ab),
+        y2({rows, o_.out_features}, dt, memory::format_tag::ab),
+        w({o_.out_features, o_.in_features}, dt, memory::format_tag::ab),
+        dw({o_.out_features, o_.in_features}, f32, memory::format_tag::ab),
         b = o_.bias ? memory::desc({o_.out_features}, f32, memory::format_tag::a) : memory::desc();
     for (auto* m : {&x_, &dx_}) *m = memory(x2, eng, static_cast<void*>(nullptr));
     for (auto* m : {&y_, &dy_}) *m = memory(y2, eng, static_cast<void*>(nullptr));
 
     inner_product_forward::primitive_desc fwd({prop_kind::forward_training, x2, w, b, y2}, user_scratchpad(), eng);
     inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, fwd);
-    inner_product_backward_weights::primitive_desc bwd_w({x2, w, b, y2}, user_scratchpad(), eng, fwd);
+    inner_product_backward_weights::primitive_desc bwd_w({x2, dw, b, y2}, user_scratchpad(), eng, fwd);
     const Param& wp = store[weight_];
-    const memory wv(w, eng, wp.value), wg = grad_memory(weight_, w);
+    const memory wg = grad_memory(weight_, dw);
+    memory wv(w, eng, wp.value);
+    w_ = {};
+    if (dt != f32) {
+      wv = memory(w, eng);  // the bf16 copy
+      w_ = DerivedWeight(reorder_call(memory(dw, eng, wp.value), wv), w.get_size());
+    }
     Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};
     Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
     if (o_.bias) {
@@ -70,12 +78,16 @@ class Linear final : public Node {
     bwd_weights_ = Call(inner_product_backward_weights(bwd_w), wa);
   }
 
-  void forward(const RunCtx& run) override { fwd_(run.stream); }
+  void forward(const RunCtx& run) override {
+    w_.refresh(run, trained());
+    fwd_(run.stream);
+  }
   void backward_data(const RunCtx& run) override {
     if (has_diff_src()) bwd_data_(run.stream);
   }
   void backward_weights(const RunCtx& run) override { bwd_weights_(run.stream); }
   Reads weights_reads() const override { return {.inputs = true}; }
+  std::size_t weight_copy_bytes() const override { return w_.bytes(); }
 
  protected:
   void on_bind() override {
@@ -90,6 +102,7 @@ class Linear final : public Node {
   int weight_ = -1, bias_ = -1;
   dnnl::memory x_, dx_, y_, dy_;  // 2-D (rows, features) views of the bound buffers
   Call fwd_, bwd_data_, bwd_weights_;
+  DerivedWeight w_;  // bf16 weights (bf16 graphs only)
 };
 
 }  // namespace elastic

@@ -2,6 +2,8 @@
 // labels set per batch. Rows labelled kIgnore (padding of a short last batch)
 // count neither in the loss nor in the accuracy. oneDNN's log-softmax gives
 // log p directly, so the loss -log p[label] stays finite for extreme logits.
+// The loss is fp32 in any graph: bf16 logits are converted first, and their
+// gradient is rounded to bf16 when written.
 #pragma once
 
 #include <cmath>
@@ -27,10 +29,18 @@ class SoftmaxCrossEntropy final : public Node {
     if (labels_.size() != static_cast<std::size_t>(n_))
       labels_.assign(static_cast<std::size_t>(n_), kIgnore);  // a re-setup keeps the batch's labels
     logp_.assign(static_cast<std::size_t>(n_ * c_), 0.0f);
-    const memory logp(in[0], ctx.engine(), logp_.data());
+    const auto f32 = plain_desc({n_, c_});
+    const memory logp(f32, ctx.engine(), logp_.data());
+    memory logits = src();
+    convert_ = {};
+    if (in[0].data_type() != memory::data_type::f32) {
+      logits32_.assign(static_cast<std::size_t>(n_ * c_), 0.0f);
+      logits = memory(f32, ctx.engine(), logits32_.data());
+      convert_ = reorder_call(src(), logits);
+    }
     // Log-softmax keeps tiny probabilities representable: the loss of a row is exactly -logp[label].
-    logsoftmax_forward::primitive_desc pd({prop_kind::forward_inference, in[0], 1}, user_scratchpad(), ctx.engine());
-    softmax_ = Call(logsoftmax_forward(pd), {{DNNL_ARG_SRC, src()}, {DNNL_ARG_DST, logp}});
+    logsoftmax_forward::primitive_desc pd({prop_kind::forward_inference, f32, 1}, user_scratchpad(), ctx.engine());
+    softmax_ = Call(logsoftmax_forward(pd), {{DNNL_ARG_SRC, logits}, {DNNL_ARG_DST, logp}});
   }
 
   // Labels of the next batch: N values in [0, C), or kIgnore. Fewer than N
@@ -49,6 +59,7 @@ class SoftmaxCrossEntropy final : public Node {
   }
 
   void forward(const RunCtx& run) override {
+    if (convert_) convert_(run.stream);
     softmax_(run.stream);
     double sum = 0;
     correct_ = 0;
@@ -69,15 +80,19 @@ class SoftmaxCrossEntropy final : public Node {
   // d logits = (softmax - onehot(label)) * d loss / count.
   void backward_data(const RunCtx&) override {
     if (!has_diff_src()) return;
-    float* dx = ptr(diff_src());
     const float scale = count_ ? ptr(diff_dst())[0] / float(count_) : 0.0f;
-    for (std::int64_t n = 0; n < n_; ++n) {
-      const std::int32_t l = labels_[static_cast<std::size_t>(n)];
-      float* d = dx + n * c_;
-      const float* row = logp_.data() + n * c_;
-      for (std::int64_t c = 0; c < c_; ++c) d[c] = l == kIgnore ? 0.0f : std::exp(row[c]) * scale;
-      if (l != kIgnore) d[l] -= scale;
-    }
+    with_element(diff_src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      T* dx = ptr_as<T>(diff_src());
+      for (std::int64_t n = 0; n < n_; ++n) {
+        const std::int32_t l = labels_[static_cast<std::size_t>(n)];
+        T* d = dx + n * c_;
+        const float* row = logp_.data() + n * c_;
+        for (std::int64_t c = 0; c < c_; ++c) {
+          const float p = l == kIgnore ? 0.0f : std::exp(row[c]) * scale;
+          d[c] = T(c == l ? p - scale : p);
+        }
+      }
+    });
   }
 
   float loss() const { return loss_; }
@@ -91,7 +106,8 @@ class SoftmaxCrossEntropy final : public Node {
   float loss_ = 0;
   std::vector<std::int32_t> labels_;
   std::vector<float> logp_;
-  Call softmax_;
+  std::vector<float> logits32_;  // bf16 logits converted (bf16 graphs only)
+  Call convert_, softmax_;
 };
 
 }  // namespace elastic

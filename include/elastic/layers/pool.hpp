@@ -84,7 +84,9 @@ class WindowPool2d : public Node {
                        to_string(x), o_.padding_h, o_.padding_w));
     // torch's floor((H + 2p - k) / s) + 1 (ceil_mode false).
     const Shape y{x[0], x[1], (padded_h - o_.kernel_h) / o_.stride_h + 1, (padded_w - o_.kernel_w) / o_.stride_w + 1};
-    set_output(is_blocked_image(in[0]) ? blocked_activation_desc(y) : activation_desc(y));  // the input's layout
+    const auto dt = in[0].data_type();
+    set_output(is_blocked_image(in[0]) ? blocked_activation_desc(y, dt)
+                                       : activation_desc(y, dt));  // the input's layout
     // torch's count_include_pad=True divides every window by kh*kw: include_padding.
     const auto alg = max_ ? algorithm::pooling_max : algorithm::pooling_avg_include_padding;
     pool_ = Pooling(alg, {o_.kernel_h, o_.kernel_w}, {o_.stride_h, o_.stride_w}, {o_.padding_h, o_.padding_w}, src(),
@@ -134,11 +136,12 @@ class GlobalAvgPool final : public Node {
     expect(in.size() == 1 && in[0].dims().size() == 4,
            fmt::format("expects one (N, C, H, W) input, got {}", in.empty() ? "none" : to_string(in[0].dims())));
     const auto x = in[0].dims();  // (N, C, H, W)
-    set_output(activation_desc({x[0], x[1]}));
+    const auto dt = in[0].data_type();
+    set_output(activation_desc({x[0], x[1]}, dt));
     // A blocked input gets a blocked view: with C a multiple of 16 and 1x1
     // planes it has the same bytes as the plain (N, C) output too.
-    const auto view =
-        is_blocked_image(in[0]) ? blocked_activation_desc({x[0], x[1], 1, 1}) : activation_desc({x[0], x[1], 1, 1});
+    const auto view = is_blocked_image(in[0]) ? blocked_activation_desc({x[0], x[1], 1, 1}, dt)
+                                              : activation_desc({x[0], x[1], 1, 1}, dt);
     y_view_ = dnnl::memory(view, engine(), static_cast<void*>(nullptr));
     dy_view_ = dnnl::memory(view, engine(), static_cast<void*>(nullptr));
     pool_ = detail::Pooling(dnnl::algorithm::pooling_avg_include_padding, {x[2], x[3]}, {x[2], x[3]}, {0, 0}, src(),

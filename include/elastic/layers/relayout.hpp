@@ -17,7 +17,8 @@ class Relayout final : public Node {
   void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
     expect(in.size() == 1 && in[0].dims().size() == 4, "expects one (N, C, H, W) input");
     const auto x = in[0].dims();
-    set_output(blocked_ ? blocked_activation_desc(x) : activation_desc(x));
+    const auto dt = in[0].data_type();
+    set_output(blocked_ ? blocked_activation_desc(x, dt) : activation_desc(x, dt));
     fwd_ = reorder_call(src(), dst());
     bwd_ = reorder_call(diff_dst(), diff_src());
   }

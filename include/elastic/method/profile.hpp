@@ -1,6 +1,6 @@
 // A timing profile: the time model of the step the Trainer runs (docs/method.md),
 // keyed by what the times depend on (model, input size, classes, batch,
-// threads, CPU, optimizer), as JSON. Per selection unit u:
+// threads, CPU, optimizer, precision), as JSON. Per selection unit u:
 //   t_fw[u]  forward time u adds when trained (a trained convolution re-lays
 //            out its changing weights every step; a frozen one reuses them),
 //   t_dw[u]  its backward_weights plus its optimizer update,
@@ -32,7 +32,8 @@ struct ProfileKey {
   std::int64_t input_size = 0, num_classes = 0, batch = 0;
   int threads = 0;
   std::string cpu;
-  std::string optimizer;  // its update is part of t_dw: "sgdw" or "adam"
+  std::string optimizer;           // its update is part of t_dw: "sgdw" or "adam"
+  std::string precision = "fp32";  // "fp32" or "bf16" (core/precision.hpp)
   bool operator==(const ProfileKey&) const = default;
 };
 
@@ -100,6 +101,7 @@ struct Profile {
     differ("threads", key.threads, want.threads);
     differ("cpu", key.cpu, want.cpu);
     differ("optimizer", key.optimizer, want.optimizer);
+    differ("precision", key.precision, want.precision);
   }
 
   nlohmann::json to_json() const {
@@ -110,7 +112,8 @@ struct Profile {
               {"batch", key.batch},
               {"threads", key.threads},
               {"cpu", key.cpu},
-              {"optimizer", key.optimizer}}},
+              {"optimizer", key.optimizer},
+              {"precision", key.precision}}},
             {"units", units},
             {"t_fwd_ms", t_fwd},
             {"t_fwd_spread_ms", t_fwd_spread},
@@ -139,13 +142,14 @@ struct Profile {
       if (j.is_object() && j.contains("t_dw_ms") && !j.contains("t_fw_ms"))
         fail("it predates the model of the trainer's step (no t_fw_ms); profile again (elastic profile)");
       const auto& k = j.at("key");
-      p.key = {k.at("model").get<std::string>(),
-               json_integer<std::int64_t>(k.at("input_size"), "input_size"),
+      p.key = {k.at("model").get<std::string>(), json_integer<std::int64_t>(k.at("input_size"), "input_size"),
                json_integer<std::int64_t>(k.at("num_classes"), "num_classes"),
-               json_integer<std::int64_t>(k.at("batch"), "batch"),
-               json_integer<int>(k.at("threads"), "threads"),
-               k.at("cpu").get<std::string>(),
-               k.at("optimizer").get<std::string>()};
+               json_integer<std::int64_t>(k.at("batch"), "batch"), json_integer<int>(k.at("threads"), "threads"),
+               k.at("cpu").get<std::string>(), k.at("optimizer").get<std::string>(),
+               // Profiles written before bf16 existed were all measured in fp32.
+               k.contains("precision") ? k.at("precision").get<std::string>() : std::string("fp32")};
+      if (p.key.precision != "fp32" && p.key.precision != "bf16")
+        fail("key.precision '{}' is not one of fp32, bf16", p.key.precision);
       p.units = j.at("units").get<std::vector<std::string>>();
       p.t_fwd = j.at("t_fwd_ms").get<double>();
       p.t_fwd_spread = j.at("t_fwd_spread_ms").get<double>();

@@ -27,8 +27,8 @@
 namespace elastic {
 
 inline ProfileKey profile_key(const Model& m, int threads, const Optimizer& opt) {
-  return {m.name,  m.input_shape.at(2), m.num_classes,          m.input_shape.at(0),
-          threads, cpu_model_name(),    std::string(opt.name())};
+  return {m.name,  m.input_shape.at(2), m.num_classes,           m.input_shape.at(0),
+          threads, cpu_model_name(),    std::string(opt.name()), std::string(to_string(m.graph->precision()))};
 }
 
 struct ProfileOptions {

@@ -17,7 +17,7 @@ namespace elastic {
 inline Model mobilenetv2(Context& ctx, const ModelOptions& o) {
   using blocks::conv_bn;
   if (o.input_size < 32) fail("mobilenetv2: input_size must be at least 32, got {}", o.input_size);
-  auto g = std::make_unique<Graph>(ctx);
+  auto g = std::make_unique<Graph>(ctx, o.precision);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   ValueId x = conv_bn(*g, images, "features.0.0", "features.0.1", {.in = 3, .out = 32, .kernel = 3, .stride = 2},
                       Activation::relu6);

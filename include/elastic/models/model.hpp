@@ -23,6 +23,7 @@ struct ModelOptions {
   // and none for ViT.
   std::optional<float> dropout;
   std::uint64_t seed = 0;
+  Precision precision = Precision::fp32;  // the format the graph computes in (core/precision.hpp)
 };
 
 // Input normalization the pretrained weights expect, applied to RGB in [0, 1].

@@ -15,7 +15,7 @@ namespace elastic {
 inline Model resnet50(Context& ctx, const ModelOptions& o) {
   using blocks::conv_bn;
   if (o.input_size < 32) fail("resnet50: input_size must be at least 32, got {}", o.input_size);
-  auto g = std::make_unique<Graph>(ctx);
+  auto g = std::make_unique<Graph>(ctx, o.precision);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   ValueId x = conv_bn(*g, images, "conv1", "bn1", {.in = 3, .out = 64, .kernel = 7, .stride = 2}, Activation::relu);
   x = g->add<MaxPool2d>(

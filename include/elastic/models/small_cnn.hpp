@@ -22,10 +22,11 @@ struct SmallCnnOptions {
   std::int64_t width1 = 32, width2 = 64;  // channels of the two stages
   float dropout = 0.2f;
   std::uint64_t seed = 1;
+  Precision precision = Precision::fp32;
 };
 
 inline Model small_cnn(Context& ctx, const SmallCnnOptions& o) {
-  auto g = std::make_unique<Graph>(ctx);
+  auto g = std::make_unique<Graph>(ctx, o.precision);
   const ValueId x = g->input("images", {o.batch, o.channels, o.height, o.width});
   ValueId h = x;
   std::int64_t in = o.channels;

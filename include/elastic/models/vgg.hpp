@@ -14,7 +14,7 @@ namespace elastic {
 
 inline Model vgg16(Context& ctx, const ModelOptions& o) {
   if (o.input_size < 32) fail("vgg16: input_size must be at least 32, got {}", o.input_size);
-  auto g = std::make_unique<Graph>(ctx);
+  auto g = std::make_unique<Graph>(ctx, o.precision);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   constexpr int kPool = 0;
   const int cfg[] = {64, 64, kPool, 128, 128, kPool, 256, 256, 256, kPool, 512, 512, 512, kPool, 512, 512, 512, kPool};

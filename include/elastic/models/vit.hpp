@@ -39,7 +39,7 @@ inline ValueId add_self_attention(Graph& g, ValueId x, const std::string& name, 
 inline Model vit(Context& ctx, const ModelOptions& o, const VitOptions& v = {}) {
   if (o.input_size < v.patch || o.input_size % v.patch)
     fail("vit: input_size must be a positive multiple of {}, got {}", v.patch, o.input_size);
-  auto g = std::make_unique<Graph>(ctx);
+  auto g = std::make_unique<Graph>(ctx, o.precision);
   const ValueId images = g->input("images", {o.batch, 3, o.input_size, o.input_size});
   const std::int64_t side = o.input_size / v.patch, tokens = side * side, E = v.hidden;
   ValueId x = g->add<Conv2d>(

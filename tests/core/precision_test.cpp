@@ -1,0 +1,259 @@
+// bf16 graphs: every layer computes the same function as in fp32 to bf16's
+// accuracy, really in bf16 (values stored in bf16, results not fp32's), with
+// fp32 params and gradients; and the CPU check that refuses bf16 without
+// native bf16 dot products.
+#include "elastic/core/precision.hpp"
+
+#include <cmath>
+#include <functional>
+
+#include <doctest/doctest.h>
+
+#include "elastic/core/random.hpp"
+#include "elastic/layers/activation.hpp"
+#include "elastic/layers/add.hpp"
+#include "elastic/layers/attention.hpp"
+#include "elastic/layers/batchnorm.hpp"
+#include "elastic/layers/conv.hpp"
+#include "elastic/layers/dropout.hpp"
+#include "elastic/layers/flatten.hpp"
+#include "elastic/layers/layernorm.hpp"
+#include "elastic/layers/linear.hpp"
+#include "elastic/layers/loss.hpp"
+#include "elastic/layers/pool.hpp"
+#include "elastic/layers/relayout.hpp"
+#include "elastic/layers/tokens.hpp"
+#include "elastic/testing/gradcheck.hpp"
+
+using namespace elastic;
+
+TEST_CASE("--precision parses fp32 and bf16 and names the flag otherwise") {
+  CHECK(parse_precision("fp32") == Precision::fp32);
+  CHECK(parse_precision("bf16") == Precision::bf16);
+  CHECK(to_string(Precision::bf16) == "bf16");
+  CHECK(activation_type(Precision::bf16) == dnnl::memory::data_type::bf16);
+  CHECK(activation_type(Precision::fp32) == dnnl::memory::data_type::f32);
+  try {
+    parse_precision("fp16");
+    FAIL("fp16 was accepted");
+  } catch (const UsageError& e) {
+    CHECK(std::string(e.what()) == "--precision: 'fp16' is not one of fp32, bf16");
+  }
+}
+
+TEST_CASE("bf16 is refused below oneDNN's avx512_core_bf16, naming the missing CPU feature") {
+  using isa = dnnl::cpu_isa;
+  for (auto below : {isa::avx2, isa::avx512_core, isa::avx512_core_vnni, isa::avx2_vnni}) {
+    const std::string why = precision_unsupported(Precision::bf16, below);
+    CHECK(why.find("avx512_bf16") != std::string::npos);
+    CHECK(why.find('\n') == std::string::npos);
+    CHECK(precision_unsupported(Precision::fp32, below).empty());
+  }
+  CHECK(precision_unsupported(Precision::bf16, isa::avx512_core_bf16).empty());
+  CHECK(precision_unsupported(Precision::bf16, isa::avx512_core_amx).empty());
+}
+
+namespace {
+
+double rel_l2(const Tensor& a, const Tensor& ref) {
+  double err = 0, norm = 0;
+  for (std::int64_t i = 0; i < ref.numel(); ++i) {
+    err += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    norm += double(ref[i]) * ref[i];
+  }
+  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
+Tensor param_grad(Graph& g, std::size_t k) {
+  const Param& p = g.params()[k];
+  Tensor t(p.shape);
+  std::copy(p.grads().begin(), p.grads().end(), t.data());
+  return t;
+}
+
+struct Outcome {
+  Tensor y, dx;
+  std::vector<Tensor> dparams;
+  dnnl::memory::data_type type;
+};
+
+// Builds `layers` on an input of `shape` in a graph of precision `p`; runs a
+// training forward and a backward with a fixed random output gradient.
+// With `exact`, the inputs are multiples of 1/128, which bf16 holds exactly (so that a max
+// pooling picks the same element in both formats).
+using Builder = std::function<ValueId(Graph&, ValueId)>;
+Outcome run(Precision p, const Shape& shape, const Builder& layers, bool exact) {
+  Context ctx(2);
+  Graph g(ctx, p);
+  const ValueId x = g.input("x", shape, true);
+  const ValueId y = layers(g, x);
+  g.finalize(5);
+  Tensor in = testing::random_input(g, x, 11);
+  if (exact) {
+    for (auto& v : in.span()) v = std::round(v * 128) / 128;
+    g.write(x, in);
+  }
+  g.forward(true);
+  Outcome o;
+  o.y = g.read(y);
+  o.type = g.node(y).output_desc().data_type();
+  Rng rng(13);
+  Tensor r(g.shape(y));
+  for (auto& v : r.span()) v = rng.uniform(-1, 1);
+  g.write_grad(y, r);
+  g.backward();
+  o.dx = g.read_grad(x);
+  for (std::size_t k = 0; k < g.params().size(); ++k) o.dparams.push_back(param_grad(g, k));
+  return o;
+}
+
+// The bf16 graph against the fp32 one: within 1.5e-2 (relative L2) in the
+// output and every gradient, its output stored in bf16 and, unless the inputs
+// are `exact`, not fp32's (rounding happened).
+void compare(const char* what, const Shape& shape, const Builder& layers, bool exact = false) {
+  const std::string name = what;
+  CAPTURE(name);
+  const double tol = 1.5e-2;
+  const Outcome a = run(Precision::fp32, shape, layers, exact);
+  const Outcome b = run(Precision::bf16, shape, layers, exact);
+  CHECK(a.type == dnnl::memory::data_type::f32);
+  CHECK(b.type == dnnl::memory::data_type::bf16);
+  const double ey = rel_l2(b.y, a.y);
+  CHECK(ey <= tol);
+  if (!exact) CHECK(ey > 1e-6);
+  const double ex = rel_l2(b.dx, a.dx);
+  CAPTURE(ex);
+  CHECK(ex <= tol);
+  REQUIRE(a.dparams.size() == b.dparams.size());
+  for (std::size_t k = 0; k < a.dparams.size(); ++k) {
+    CAPTURE(k);
+    CHECK(rel_l2(b.dparams[k], a.dparams[k]) <= tol);
+  }
+}
+
+bool cpu_has_bf16() {
+  const std::string why = precision_unsupported(Precision::bf16, dnnl::get_effective_cpu_isa());
+  if (!why.empty()) MESSAGE("bf16 layer checks not run: " << why);
+  return why.empty();
+}
+
+}  // namespace
+
+TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf16's accuracy") {
+  if (!cpu_has_bf16()) return;
+  const auto conv = [](Conv2dOptions o) { return [o](Graph& g, ValueId x) { return g.add<Conv2d>({x}, "conv", o); }; };
+  compare("conv 3x3", {2, 8, 7, 7},
+          conv({.in_channels = 8, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1}));
+  compare("conv 3x3 stride 2, bias, blocked output", {2, 16, 9, 9},
+          conv({.in_channels = 16,
+                .out_channels = 32,
+                .kernel_h = 3,
+                .kernel_w = 3,
+                .stride = 2,
+                .padding = 1,
+                .blocked_output = true}));
+  compare("depthwise conv", {2, 16, 8, 8},
+          conv({.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16}));
+  compare("1x1 conv (matmuls)", {2, 24, 5, 5}, conv({.in_channels = 24, .out_channels = 40}));
+  compare("linear, tokens", {2, 5, 24}, [](Graph& g, ValueId x) {
+    return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 24, .out_features = 12});
+  });
+  for (bool batch_stats : {false, true})
+    compare(batch_stats ? "batch norm, batch statistics" : "batch norm, frozen", {2, 16, 5, 5},
+            [batch_stats](Graph& g, ValueId x) {
+              const ValueId y = g.add<BatchNorm2d>({x}, "bn", BatchNorm2dOptions{.num_features = 16});
+              g.node_as<BatchNorm2d>(y).set_batch_stats(batch_stats);
+              return y;
+            });
+  for (auto kind : {Activation::relu, Activation::relu6, Activation::gelu})
+    compare(activation_spec(kind).name.data(), {2, 8, 4, 4},
+            [kind](Graph& g, ValueId x) { return g.add<Eltwise>({x}, "act", kind); });
+  compare("add", {2, 8, 4, 4}, [](Graph& g, ValueId x) {
+    const ValueId a = g.add<Eltwise>({x}, "gelu", Activation::gelu);
+    return g.add<Add>({a, x}, "add");
+  });
+  compare(
+      "max pool on values bf16 holds exactly", {2, 16, 8, 8},
+      [](Graph& g, ValueId x) {
+        return g.add<MaxPool2d>(
+            {x}, "pool",
+            PoolOptions{.kernel_h = 3, .kernel_w = 3, .stride_h = 2, .stride_w = 2, .padding_h = 1, .padding_w = 1});
+      },
+      true);
+  compare("average pool, global average pool, flatten", {2, 8, 6, 6}, [](Graph& g, ValueId x) {
+    const ValueId a = g.add<AvgPool2d>({x}, "avg", PoolOptions{.kernel_h = 2, .kernel_w = 2});
+    const ValueId b = g.add<Flatten>({a}, "flatten");
+    const ValueId c = g.add<GlobalAvgPool>({x}, "gap");
+    return g.add<Linear>(
+        {g.add<Add>({c, g.add<Linear>({b}, "fc0", LinearOptions{.in_features = 72, .out_features = 8})}, "join")},
+        "fc1", LinearOptions{.in_features = 8, .out_features = 4});
+  });
+  compare("dropout", {4, 64}, [](Graph& g, ValueId x) { return g.add<Dropout>({x}, "drop", 0.3f, 9); });
+  compare("layer norm", {2, 5, 32},
+          [](Graph& g, ValueId x) { return g.add<LayerNorm>({x}, "ln", LayerNormOptions{.normalized_shape = 32}); });
+  compare("attention", {2, 6, 48},
+          [](Graph& g, ValueId x) { return g.add<ScaledDotProductAttention>({x}, "attn", 2); });
+  compare("patch tokens, class token and position embedding, select token", {2, 8, 3, 3}, [](Graph& g, ValueId x) {
+    const ValueId t = g.add<PatchTokens>({x}, "tokens");
+    const ValueId c = g.add<ClassTokenPosEmbed>({t}, "embed", 8, 9);
+    return g.add<SelectToken>({g.add<LayerNorm>({c}, "ln", LayerNormOptions{.normalized_shape = 8})}, "cls");
+  });
+  compare("relayout both ways", {2, 16, 4, 4}, [](Graph& g, ValueId x) {
+    const ValueId b = g.add<Relayout>({x}, "to_blocked", true);
+    const ValueId c = g.add<Conv2d>(
+        {b}, "conv",
+        Conv2dOptions{
+            .in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .blocked_output = true});
+    return g.add<Relayout>({c}, "to_nhwc", false);
+  });
+}
+
+TEST_CASE("a bf16 graph's loss is fp32 and its logits' gradient matches fp32's; activations take half the memory") {
+  if (!cpu_has_bf16()) return;
+  const auto build = [](Context& ctx, Precision p, ValueId& logits, ValueId& loss) {
+    auto g = std::make_unique<Graph>(ctx, p);
+    const ValueId x = g->input("x", {4, 16, 6, 6});
+    ValueId h = g->add<Conv2d>(
+        {x}, "conv", Conv2dOptions{.in_channels = 16, .out_channels = 32, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+    h = g->add<Eltwise>({h}, "relu", Activation::relu);
+    h = g->add<GlobalAvgPool>({h}, "gap");
+    logits = g->add<Linear>({h}, "fc", LinearOptions{.in_features = 32, .out_features = 5});
+    loss = g->add<SoftmaxCrossEntropy>({logits}, "loss");
+    g->finalize(3);
+    testing::random_input(*g, x, 4);
+    return g;
+  };
+  Context ctx(2);
+  ValueId logits = -1, loss = -1;
+  auto a = build(ctx, Precision::fp32, logits, loss);
+  auto b = build(ctx, Precision::bf16, logits, loss);
+  const std::vector<std::int32_t> labels{0, 3, 1, 4};
+  double losses[2];
+  std::int64_t arena[2];
+  std::vector<Tensor> grads[2];
+  int i = 0;
+  for (Graph* g : {a.get(), b.get()}) {
+    g->node_as<SoftmaxCrossEntropy>(loss).set_labels(labels);
+    g->grad_data(loss)[0] = 1.0f;
+    g->forward(true);
+    g->backward();
+    losses[i] = g->node_as<SoftmaxCrossEntropy>(loss).loss();
+    arena[i] = g->plan_arena_bytes();
+    for (std::size_t k = 0; k < g->params().size(); ++k) grads[i].push_back(param_grad(*g, k));
+    ++i;
+  }
+  CHECK(b->desc(loss).data_type() == dnnl::memory::data_type::f32);
+  CHECK(b->node(logits).output_desc().data_type() == dnnl::memory::data_type::bf16);
+  CHECK(std::abs(losses[1] - losses[0]) <= 1e-2 * std::abs(losses[0]));
+  CHECK(losses[1] != losses[0]);
+  // The bound of tests/parity for every bf16 gradient: a ReLU whose input lies within bf16's
+  // rounding of zero lets a different set of elements through, and on a layer this small
+  // (144 values per channel) each such element is about 1/144 of a channel's sum.
+  for (std::size_t k = 0; k < grads[0].size(); ++k) {
+    CAPTURE(k);
+    CHECK(rel_l2(grads[1][k], grads[0][k]) <= 5e-2);
+  }
+  // Activations and their gradients are stored in 2 bytes instead of 4.
+  CHECK(arena[1] * 2 <= arena[0] + 1024);
+  CHECK(arena[1] * 2 >= arena[0] - 1024);
+}
