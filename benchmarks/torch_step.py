@@ -13,7 +13,8 @@ usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup] [trai
 
 PEER_MEMORY_FORMAT=channels_last runs the model and its input in channels_last.
 PEER_PRECISION=bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)
-(fp32 weights, gradients and optimizer).
+(fp32 weights, gradients and optimizer), with ReLU6 as clamp(0, 6): PyTorch 1.13 has no bf16
+backward of ReLU6 on the CPU.
 """
 import contextlib
 import json
@@ -25,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from export_torchvision import build  # noqa: E402
+from export_torchvision import build, relu6_as_clamp  # noqa: E402
 
 
 def measure(fn, warmup, steps):
@@ -99,6 +100,8 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
     bf16 = os.environ.get("PEER_PRECISION") == "bf16"
+    if bf16:
+        relu6_as_clamp(model)
 
     def autocast():
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -123,6 +123,23 @@ def build(model_name, num_classes=1000, input_size=224, pretrained=False):
     raise SystemExit(f"--model_name {model_name!r} is not one of resnet50, vgg16, mobilenetv2, vit")
 
 
+class Clamp6(torch.nn.Module):
+    """ReLU6 as clamp(0, 6): the same function, whose backward PyTorch 1.13 has in bf16 on the
+    CPU (its ReLU6/hardtanh backward has none)."""
+
+    def forward(self, x):
+        return x.clamp(0, 6)
+
+
+def relu6_as_clamp(model):
+    """Replaces every torch.nn.ReLU6 of `model` by Clamp6, in place (for bf16 autocast)."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.ReLU6):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, Clamp6())
+    return model
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name", required=True, choices=["resnet50", "vgg16", "mobilenetv2", "vit"])

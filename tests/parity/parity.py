@@ -26,7 +26,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
-from export_torchvision import build, read_safetensors, write_safetensors  # noqa: E402
+from export_torchvision import build, read_safetensors, relu6_as_clamp, write_safetensors  # noqa: E402
 
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
 BF16_FLOOR, BF16_RATIO, BF16_GRAD_MAX = 1e-2, 1.5, 5e-2
@@ -123,17 +123,9 @@ def verdict(failures):
     return 1 if failures else 0
 
 
-class Clamp6(torch.nn.Module):
-    def forward(self, x):
-        return x.clamp(0, 6)
-
-
 def autocast_step(model, images, labels):
     """One step of the float32 model under CPU bf16 autocast: logits, loss, param gradients."""
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, torch.nn.ReLU6):
-            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            setattr(parent, name.rpartition(".")[2], Clamp6())
+    relu6_as_clamp(model)
     model = model.float().eval()
     model.zero_grad()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
