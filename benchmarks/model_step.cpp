@@ -172,7 +172,8 @@ int main(int raw_argc, char** raw_argv) {
         });
         update_ms.push_back(ms);
       });
-      const double gemm = gemm_gflops(ctx);
+      // The matmul peak in the run's precision (bf16 operands for a bf16 model).
+      const double gemm = gemm_gflops(ctx, activation_type(precision));
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
@@ -180,7 +181,7 @@ int main(int raw_argc, char** raw_argv) {
       std::puts("elastic_kernels_end");
       std::fflush(stdout);
       dnnl::set_verbose(0);
-      fmt::print(R"({{"model": "{}", "train_step": {}, "update_ms": {:.3f}, "sgemm_gflops": {:.1f}}})"
+      fmt::print(R"({{"model": "{}", "train_step": {}, "update_ms": {:.3f}, "gemm_gflops": {:.1f}}})"
                  "\n",
                  name, json(train), summarize(update_ms).median, gemm);
       return 0;
