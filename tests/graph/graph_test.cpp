@@ -8,6 +8,8 @@
 
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/conv.hpp"
+#include "elastic/layers/linear.hpp"
+#include "elastic/layers/pool.hpp"
 #include "elastic/optim/optimizer.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
@@ -158,6 +160,48 @@ TEST_CASE("training steps that reuse frozen convolutions' re-laid-out weights ar
       auto va = plain.g.params().value_arena(), vb = reuse.g.params().value_arena();
       CHECK(std::equal(va.begin(), va.end(), vb.begin()));
     }
+}
+
+TEST_CASE("only frozen weights keep copies between steps; trained ones share one buffer, refilled for each pass") {
+  for (Precision precision : precisions()) {
+    CAPTURE(to_string(precision));
+    Chain net(precision);
+    // Every conv trained: no copy of its own. c1 and c2 frozen: one copy each, 16x16x3x3 values.
+    CHECK(net.g.weight_copy_bytes() == 0);
+    const std::vector<bool> mask{false, false, false, false, true, true};
+    net.g.select(mask);
+    const std::size_t value = precision == Precision::bf16 ? 2 : 4;
+    CHECK(net.g.weight_copy_bytes() == 2 * 16 * 16 * 9 * value);
+    net.g.select_all();
+    CHECK(net.g.weight_copy_bytes() == 0);
+  }
+  // 1x1 convolutions and linear layers in bf16 read one copy in forward and
+  // backward_data: the shared buffer is refilled before backward_data, so a step
+  // with every layer trained gives p1 the gradient it gets when p2, p3 and fc
+  // keep copies of their own.
+  if (precisions().size() < 2) return;
+  const auto build = [](Graph& g) {
+    const ValueId x = g.input("x", {2, 16, 5, 5});
+    ValueId h = x;
+    for (const char* name : {"p1", "p2", "p3"})
+      h = g.add<Conv2d>({h}, name, Conv2dOptions{.in_channels = 16, .out_channels = 16});
+    const ValueId fc =
+        g.add<Linear>({g.add<GlobalAvgPool>({h}, "gap")}, "fc", LinearOptions{.in_features = 16, .out_features = 16});
+    g.finalize(3);
+    testing::random_input(g, x, 4);
+    g.write_grad(fc, Tensor(g.shape(fc), 0.01f));
+  };
+  Context ctx(2);
+  Graph all(ctx, Precision::bf16), own(ctx, Precision::bf16);
+  build(all);
+  build(own);
+  own.select({true, true, false, false, false, false, false, false});
+  CHECK(own.weight_copy_bytes() == 3 * 16 * 16 * 2);  // p2, p3 and fc, in bf16
+  for (Graph* g : {&all, &own}) {
+    g->forward(true);
+    g->backward();
+  }
+  CHECK(grads_of(all, 0) == grads_of(own, 0));
 }
 
 TEST_CASE("a frozen convolution's weights written directly count from the next select() or reuse_frozen_weights()") {

@@ -102,23 +102,44 @@ inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
 struct RunCtx;
 
 // A copy of a param in the layout or data type a kernel reads (weights
-// re-laid-out for a convolution, or converted to bf16), refilled before each
-// forward, except while the param is frozen and the copy is still current
-// (RunCtx::reuse_epoch): a frozen weight keeps its copy between steps.
+// re-laid-out for a convolution, or converted to bf16). A frozen param's copy
+// is a buffer of the node's own, filled once and kept between steps while it
+// stays current (RunCtx::reuse_epoch); a trained param's copy changes every
+// step, so it lives in a buffer the graph shares between nodes (a transient)
+// and is filled before the forward and again before backward_data (other
+// nodes use the shared buffer in between). Memory thus holds copies of the
+// frozen weights only.
 class DerivedWeight {
  public:
   DerivedWeight() = default;
-  // `bytes`: the copy's size when the node owns its buffer (0 when it lives in
-  // the graph's shared transients).
-  DerivedWeight(Call fill, std::size_t bytes) : fill_(std::move(fill)), bytes_(bytes) {}
+  // `param`: the param in its own layout; `kernel`: the memory the kernels
+  // read (its handle is set here); `shared`: a transient of kernel's layout.
+  DerivedWeight(const dnnl::memory& param, const dnnl::memory& kernel, const dnnl::memory& shared)
+      : kernel_(kernel), shared_(shared), fill_(reorder_call(param, kernel)) {}
   explicit operator bool() const { return static_cast<bool>(fill_); }
-  std::size_t bytes() const { return bytes_; }
-  inline void refresh(const RunCtx& run, bool trained);
+
+  // Where the copy lives under the installed plan (from Node::on_bind).
+  void bind(bool trained) {
+    if (!fill_) return;
+    trained_ = trained;
+    if (trained) {
+      own_ = {};
+    } else if (!own_) {
+      own_ = dnnl::memory(kernel_.get_desc(), kernel_.get_engine());
+      epoch_ = 0;
+    }
+    kernel_.set_data_handle(trained ? shared_.get_data_handle() : own_.get_data_handle());
+  }
+  inline void before_forward(const RunCtx& run);
+  inline void before_backward(const RunCtx& run);
+  // Bytes of the node's own buffer (held while the param is frozen).
+  std::size_t bytes() const { return own_ ? own_.get_desc().get_size() : 0; }
 
  private:
+  dnnl::memory kernel_, shared_, own_;
   Call fill_;
-  std::size_t bytes_ = 0;
-  std::uint64_t epoch_ = 0;  // RunCtx::reuse_epoch of the last fill (0: never reusable)
+  bool trained_ = true;
+  std::uint64_t epoch_ = 0;  // RunCtx::reuse_epoch of the last fill of own_ (0: never reusable)
 };
 
 // State of one pass over the graph.
@@ -134,10 +155,14 @@ struct RunCtx {
   std::uint64_t reuse_epoch = 0;
 };
 
-void DerivedWeight::refresh(const RunCtx& run, bool trained) {
-  if (!fill_ || (run.reuse_epoch != 0 && !trained && epoch_ == run.reuse_epoch)) return;
+void DerivedWeight::before_forward(const RunCtx& run) {
+  if (!fill_ || (!trained_ && run.reuse_epoch != 0 && epoch_ == run.reuse_epoch)) return;
   fill_(run.stream);
-  epoch_ = run.reuse_epoch;
+  epoch_ = trained_ ? 0 : run.reuse_epoch;
+}
+
+void DerivedWeight::before_backward(const RunCtx& run) {
+  if (fill_ && trained_) fill_(run.stream);
 }
 
 // Which activations a backward half reads; the memory planner keeps exactly
@@ -218,7 +243,7 @@ class Node {
   virtual Reads data_reads() const { return {}; }
   virtual Reads weights_reads() const { return {}; }
   // Bytes of the weight copies this node keeps between steps (re-laid-out or
-  // bf16 weights: DerivedWeight).
+  // bf16 copies of frozen weights: DerivedWeight).
   virtual std::size_t weight_copy_bytes() const { return 0; }
 
   const std::string& name() const { return name_; }
@@ -291,6 +316,10 @@ class Node {
   }
   // Param k's gradient where it lives now, for nodes that write it themselves.
   float* grad_of(int k) const { return (*store_)[static_cast<std::size_t>(k)].grad; }
+
+  // The transient slot of trained weights' copies (DerivedWeight); slots 0
+  // and 1 are the layers' own.
+  static constexpr int kWeightCopySlot = 2;
 
   // A buffer used only within one pass of this node (e.g. weights reordered for
   // one kernel). Nodes run one at a time, so every node's transients of the same

@@ -4,9 +4,10 @@
 // stride-1 convolution between channels-last images runs as matmuls instead.
 // Params keep torchvision's layout (out, in/groups, kh, kw) in fp32; where a
 // primitive prefers a blocked weight layout, or bf16 (a bf16 graph), the node
-// reorders: into a buffer of its own for the forward's (backward_data may
-// reuse it), into the graph's shared transient buffer for the other passes.
-// Weight and bias gradients are always fp32.
+// reorders: for the forward's into a DerivedWeight (kept while frozen; which
+// backward_data reuses when it wants the same layout), for the other passes
+// into the graph's shared transient buffers. Weight and bias gradients are
+// always fp32.
 #pragma once
 
 #include "elastic/graph/node.hpp"
@@ -61,7 +62,6 @@ class Conv2d final : public Node {
 
     const auto& eng = ctx.engine();
     fwd_w_ = {};
-    w_copy_ = {};
     bwd_w_reorder_ = dw_reorder_ = db_ = {};
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
         pad{o_.padding, o_.padding};
@@ -96,16 +96,19 @@ class Conv2d final : public Node {
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = grad_memory(weight_, user_w_md);
-    Call fill_fwd_w;
-    const memory fwd_w = relayout(user_w_, fwd_pd.weights_desc(), fill_fwd_w, false);
-    const std::size_t own_bytes = fill_fwd_w ? fwd_pd.weights_desc().get_size() : 0;
-    fwd_w_ = DerivedWeight(std::move(fill_fwd_w), own_bytes);
-    // Backward-data reuses the forward's reordered weights when it wants the same layout.
+    memory fwd_w = user_w_;
+    if (fwd_pd.weights_desc() != user_w_md) {
+      fwd_w = memory(fwd_pd.weights_desc(), eng, static_cast<void*>(nullptr));
+      fwd_w_ = DerivedWeight(user_w_, fwd_w, transient(fwd_pd.weights_desc(), kWeightCopySlot));
+    }
+    // Backward-data reuses the forward's weights when it wants the same layout.
     // Its own layout's copy and the blocked weight gradient live only within
     // one pass, so they take the graph's shared transient buffer.
-    const memory bwd_w = bwd_data_pd.weights_desc() == fwd_pd.weights_desc()
-                             ? fwd_w
-                             : relayout(user_w_, bwd_data_pd.weights_desc(), bwd_w_reorder_, true);
+    memory bwd_w = fwd_w;
+    if (bwd_data_pd.weights_desc() != fwd_pd.weights_desc()) {
+      bwd_w = transient(bwd_data_pd.weights_desc());
+      bwd_w_reorder_ = reorder_call(user_w_, bwd_w);
+    }
     memory prim_dw = user_dw_;
     if (bwd_w_pd.diff_weights_desc() != user_w_md) {
       prim_dw = transient(bwd_w_pd.diff_weights_desc());
@@ -125,13 +128,16 @@ class Conv2d final : public Node {
   }
 
   void forward(const RunCtx& run) override {
-    fwd_w_.refresh(run, trained());
+    fwd_w_.before_forward(run);
     fwd_(run.stream);
   }
 
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
-    if (bwd_w_reorder_) bwd_w_reorder_(run.stream);
+    if (bwd_w_reorder_)
+      bwd_w_reorder_(run.stream);
+    else
+      fwd_w_.before_backward(run);
     bwd_data_(run.stream);
   }
 
@@ -146,7 +152,9 @@ class Conv2d final : public Node {
 
  protected:
   void on_bind() override {
+    fwd_w_.bind(trained());
     if (!pointwise_) return;
+    if (dt_ != dnnl::memory::data_type::f32) wt_.set_data_handle(wv_.get_data_handle());  // the same bf16 copy
     x_.set_data_handle(src().get_data_handle());
     dx_.set_data_handle(diff_src().get_data_handle());
     y_.set_data_handle(dst().get_data_handle());
@@ -175,15 +183,13 @@ class Conv2d final : public Node {
     for (auto* m : {&y_, &dy_}) *m = memory(Y, eng, static_cast<void*>(nullptr));
     dyt_ = memory(DYt, eng, static_cast<void*>(nullptr));
     const Param& w = store[weight_];
-    // The weight the kernels read: the param itself in fp32, a bf16 copy otherwise.
-    void* w_data = w.value;
-    if (dt != f32) {
-      const memory copy(W, eng);
-      fwd_w_ = DerivedWeight(reorder_call(memory(dW, eng, w.value), copy), W.get_size());
-      w_data = copy.get_data_handle();
-      w_copy_ = copy;
-    }
-    const memory wt(Wt, eng, w_data), wv(W, eng, w_data);
+    // The weight the kernels read: the param itself in fp32, a bf16 copy (one
+    // buffer, seen as W and as W^T) otherwise.
+    dt_ = dt;
+    wt_ = memory(Wt, eng, w.value);
+    wv_ = memory(W, eng, w.value);
+    if (dt != f32) fwd_w_ = DerivedWeight(memory(dW, eng, w.value), wv_, transient(W, kWeightCopySlot));
+    const memory &wt = wt_, &wv = wv_;
     Args fwd_args{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, y_}};
     if (o_.bias) fwd_args[DNNL_ARG_BIAS] = memory(B, eng, store[bias_].value);
     const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(),
@@ -201,15 +207,6 @@ class Conv2d final : public Node {
     }
   }
 
-  // `user` itself when `want` is its layout, else a buffer in `want` (the node's
-  // own, or with `shared` the graph's transient) and the reorder that fills it.
-  dnnl::memory relayout(const dnnl::memory& user, const dnnl::memory::desc& want, Call& fill, bool shared) {
-    if (want == user.get_desc()) return user;
-    dnnl::memory m = shared ? transient(want) : dnnl::memory(want, engine());
-    fill = reorder_call(user, m);
-    return m;
-  }
-
   Conv2dOptions o_;
   int weight_ = -1, bias_ = -1;
   dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
@@ -218,8 +215,9 @@ class Conv2d final : public Node {
   Call bwd_w_reorder_, dw_reorder_;     // empty when layouts agree
   bool pointwise_ = false;              // 1x1 stride 1 as matmuls (setup_pointwise)
   dnnl::memory x_, dx_, y_, dy_, dyt_;  // its 2-D views of the bound buffers
-  dnnl::memory w_copy_;                 // its bf16 weights (bf16 graphs)
-  Call db_;                             // its bias gradient
+  dnnl::memory wv_, wt_;                // its weights as W (K, C) and W^T (C, K)
+  dnnl::memory::data_type dt_ = dnnl::memory::data_type::f32;
+  Call db_;  // its bias gradient
 };
 
 }  // namespace elastic

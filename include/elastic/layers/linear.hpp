@@ -62,9 +62,9 @@ class Linear final : public Node {
     const memory wg = grad_memory(weight_, dw);
     memory wv(w, eng, wp.value);
     w_ = {};
-    if (dt != f32) {
-      wv = memory(w, eng);  // the bf16 copy
-      w_ = DerivedWeight(reorder_call(memory(dw, eng, wp.value), wv), w.get_size());
+    if (dt != f32) {  // the kernels read a bf16 copy
+      wv = memory(w, eng, static_cast<void*>(nullptr));
+      w_ = DerivedWeight(memory(dw, eng, wp.value), wv, transient(w, kWeightCopySlot));
     }
     Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};
     Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
@@ -79,11 +79,13 @@ class Linear final : public Node {
   }
 
   void forward(const RunCtx& run) override {
-    w_.refresh(run, trained());
+    w_.before_forward(run);
     fwd_(run.stream);
   }
   void backward_data(const RunCtx& run) override {
-    if (has_diff_src()) bwd_data_(run.stream);
+    if (!has_diff_src()) return;
+    w_.before_backward(run);
+    bwd_data_(run.stream);
   }
   void backward_weights(const RunCtx& run) override { bwd_weights_(run.stream); }
   Reads weights_reads() const override { return {.inputs = true}; }
@@ -91,6 +93,7 @@ class Linear final : public Node {
 
  protected:
   void on_bind() override {
+    w_.bind(trained());
     x_.set_data_handle(src().get_data_handle());
     dx_.set_data_handle(diff_src().get_data_handle());
     y_.set_data_handle(dst().get_data_handle());
