@@ -136,7 +136,7 @@ struct Chain {
 // fp32, and bf16 where the CPU has it.
 std::vector<Precision> precisions() {
   std::vector<Precision> p{Precision::fp32};
-  if (precision_unsupported(Precision::bf16, dnnl::get_effective_cpu_isa()).empty()) p.push_back(Precision::bf16);
+  if (precision_supported(Precision::bf16)) p.push_back(Precision::bf16);
   return p;
 }
 }  // namespace

@@ -24,8 +24,7 @@ double abs_sum(const Param& p) {
 
 TEST_CASE("each model builds, computes a finite loss, reaches every end with gradients and learns one batch") {
   std::vector<Precision> precisions{Precision::fp32};
-  if (precision_unsupported(Precision::bf16, dnnl::get_effective_cpu_isa()).empty())
-    precisions.push_back(Precision::bf16);
+  if (precision_supported(Precision::bf16)) precisions.push_back(Precision::bf16);
   for (Precision precision : precisions)
     for (const char* name : {"resnet50", "vgg16", "mobilenetv2", "vit"}) {
       CAPTURE(name);

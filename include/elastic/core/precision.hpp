@@ -45,6 +45,9 @@ inline std::string precision_unsupported(Precision p, dnnl::cpu_isa isa) {
          "fp32";
 }
 
+// Whether this CPU can run `p`.
+inline bool precision_supported(Precision p) { return precision_unsupported(p, dnnl::get_effective_cpu_isa()).empty(); }
+
 // Refuses `p` on a CPU that cannot run it (a usage error: the flag is at fault).
 inline void require_precision(Precision p) {
   const std::string why = precision_unsupported(p, dnnl::get_effective_cpu_isa());
