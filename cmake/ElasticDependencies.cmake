@@ -15,3 +15,7 @@ find_dependency(PkgConfig)
 if(NOT TARGET PkgConfig::MATIO)
   pkg_check_modules(MATIO REQUIRED IMPORTED_TARGET GLOBAL matio)  # Stanford Dogs' .mat lists
 endif()
+# elastic::onnx only: the ONNX importer. ONNX's config links protobuf::libprotobuf
+# without looking for it, so Protobuf comes first.
+find_dependency(Protobuf)        # protobuf::libprotobuf
+find_dependency(ONNX)            # onnx, onnx_proto (libonnx-dev)

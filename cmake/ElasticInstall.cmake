@@ -3,7 +3,7 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS elastic elastic_data EXPORT elasticTargets)
+install(TARGETS elastic elastic_data elastic_onnx EXPORT elasticTargets)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 
 set(ELASTIC_CMAKE_DIR ${CMAKE_INSTALL_DATADIR}/elastic/cmake)

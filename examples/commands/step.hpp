@@ -21,7 +21,8 @@ inline void add_step_command(CLI::App& app, StepArgs& a) {
   auto* c = app.add_subcommand("step",
                                "one forward and backward pass on given inputs; writes logits, loss and "
                                "every param gradient");
-  c->add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->required();
+  c->add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2, vit, or an ONNX classifier (PATH.onnx)")
+      ->required();
   c->add_option("--num_classes", a.num_classes, "classes of the head")->required()->check(cli::positive);
   c->add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(cli::positive);
   c->add_option("--weights", a.weights, "safetensors file with every param and buffer")->required();
@@ -45,7 +46,7 @@ inline int run_step(const StepArgs& a) {
   if (static_cast<std::int64_t>(labels.size()) != images.dim(0))
     fail("'{}': {} labels for {} images", a.inputs, labels.size(), images.dim(0));
   Context ctx(a.threads);
-  Model m = build_model(
+  Model m = build_named_model(
       a.model_name, ctx,
       {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0), .precision = precision});
   io::load_weights(m.params(), a.weights);

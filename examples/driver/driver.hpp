@@ -73,6 +73,7 @@ struct TrainArgs {
   std::string time_control = "on";
   // Ours.
   std::string data_dir, weights, log_dir = "logs", profile, classes;
+  std::string head;  // --head: an ONNX model's classifier
   int threads = 0, workers = 1;
   std::uint64_t seed = 1;
   bool resume = false, skip_bad = false;
@@ -88,10 +89,18 @@ struct TrainArgs {
 };
 
 struct ProfileArgs {
-  std::string model_name = "resnet50", out, optimizer, precision = "fp32";
+  std::string model_name = "resnet50", out, optimizer, precision = "fp32", head;
   std::int64_t input_size = 224, batch_size = 4, num_classes = 0;
   int threads = 0, warmup = 3, repeats = 10;
 };
+
+// The model --model_name names: a zoo model (resnet50, vgg16, mobilenetv2, vit) or
+// an ONNX classifier (a path ending in .onnx, its weights loaded from the file;
+// `head` names its classifier, empty: the Gemm feeding the output). `log`
+// receives one line saying what an ONNX import built.
+Model build_named_model(const std::string& name, Context& ctx, const ModelOptions& o, const std::string& head = {},
+                        const std::function<void(const std::string&)>& log = {});
+bool is_onnx_model(const std::string& name);
 
 // Adds every train flag to `c` (a subcommand or an example's app).
 void add_train_options(CLI::App& c, TrainArgs& a);

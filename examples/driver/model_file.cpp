@@ -5,9 +5,29 @@
 #include "driver/driver.hpp"
 #include "elastic/io/weights.hpp"
 #include "elastic/models/zoo.hpp"
+#include "elastic/onnx/import.hpp"
 #include "elastic/train/checkpoint.hpp"
 
 namespace elastic::cli {
+
+bool is_onnx_model(const std::string& name) { return name.ends_with(".onnx"); }
+
+Model build_named_model(const std::string& name, Context& ctx, const ModelOptions& o, const std::string& head,
+                        const std::function<void(const std::string&)>& log) {
+  if (!is_onnx_model(name)) {
+    if (!head.empty()) usage_fail("--head names the classifier of an ONNX model; --model_name is '{}'", name);
+    return build_model(name, ctx, o);
+  }
+  onnx_import::ImportReport r;
+  Model m = onnx_import::import_model(name, ctx, o, {.head = head}, &r);
+  if (log)
+    log(fmt::format("imported '{}': {} ONNX nodes, {} params, graph hash {:016x}; classifier '{}' {}", name, r.nodes,
+                    m.params().size(), r.graph_hash, r.head,
+                    r.head_replaced
+                        ? fmt::format("re-created with {} classes (the file has {})", m.num_classes, r.file_classes)
+                        : fmt::format("kept ({} classes)", m.num_classes)));
+  return m;
+}
 
 io::ModelInfo model_info(const Model& m, const std::string& model_name, std::int64_t input_size,
                          const std::vector<std::string>& dataset_classes) {
@@ -49,8 +69,8 @@ OpenedModel open_model_file(const ModelFileArgs& a, Context& ctx, std::int64_t b
   }
   OpenedModel out{
       .info = *info,
-      .model = build_model(info->model_name, ctx,
-                           {.num_classes = info->num_classes, .input_size = info->input_size, .batch = batch})};
+      .model = build_named_model(info->model_name, ctx,
+                                 {.num_classes = info->num_classes, .input_size = info->input_size, .batch = batch})};
   if (file.metadata().count(io::kModelInfoKey)) {
     for (std::size_t c = 0; c < 3; ++c) {
       out.model.preprocess.mean[c] = info->mean[c];

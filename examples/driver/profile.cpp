@@ -10,7 +10,10 @@
 namespace elastic::cli {
 
 void add_profile_options(CLI::App& c, ProfileArgs& a) {
-  c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
+  c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2, vit, or an ONNX classifier (PATH.onnx)")
+      ->capture_default_str();
+  c.add_option("--head", a.head,
+               "an ONNX model's classifier (a Gemm's layer or node name) [default: the Gemm feeding the output]");
   c.add_option("--input_size", a.input_size, "image side in pixels")
       ->capture_default_str()
       ->check(cli::in_range(16, 4096));
@@ -35,9 +38,10 @@ void add_profile_options(CLI::App& c, ProfileArgs& a) {
 int run_profile(const ProfileArgs& a) {
   const Precision precision = run_precision(a.precision);
   Context ctx(a.threads);
-  Model m = build_model(
+  Model m = build_named_model(
       a.model_name, ctx,
-      {.num_classes = a.num_classes, .input_size = a.input_size, .batch = a.batch_size, .precision = precision});
+      {.num_classes = a.num_classes, .input_size = a.input_size, .batch = a.batch_size, .precision = precision}, a.head,
+      [](const std::string& line) { fmt::print("{}\n", line); });
   // Any input will do: times do not depend on the values.
   Rng rng(1);
   Tensor x(m.input_shape);

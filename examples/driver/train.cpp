@@ -44,7 +44,10 @@ using nlohmann::json;
 
 void add_train_options(CLI::App& c, TrainArgs& a) {
   c.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
-  c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2 or vit")->capture_default_str();
+  c.add_option("--model_name", a.model_name, "resnet50, vgg16, mobilenetv2, vit, or an ONNX classifier (PATH.onnx)")
+      ->capture_default_str();
+  c.add_option("--head", a.head,
+               "an ONNX model's classifier (a Gemm's layer or node name) [default: the Gemm feeding the output]");
   c.add_option("--dataset_name", a.dataset_name,
                "caltech_birds2011, oxford_iiit_pet, stanford_dogs, image_folder or fashion_mnist")
       ->capture_default_str();
@@ -331,16 +334,19 @@ class TrainRun {
 
   // The model, its weights, and the loaders that feed it.
   void build_model() {
-    m_.emplace(elastic::build_model(a_.model_name, ctx_,
-                                    {.num_classes = num_classes_,
-                                     .input_size = a_.input_size,
-                                     .batch = a_.batch_size,
-                                     .dropout = a_.dropout,
-                                     .seed = a_.seed,
-                                     .precision = precision_}));
+    m_.emplace(build_named_model(a_.model_name, ctx_,
+                                 {.num_classes = num_classes_,
+                                  .input_size = a_.input_size,
+                                  .batch = a_.batch_size,
+                                  .dropout = a_.dropout,
+                                  .seed = a_.seed,
+                                  .precision = precision_},
+                                 a_.head, [this](const std::string& line) { log(line); }));
     m_->set_batch_stats(a_.bn_batch_stats);
-    if (a_.weights
-            .empty()) {  // fine-tuning settings on an untrained model learn little: say so before any time is spent
+    if (a_.weights.empty() && is_onnx_model(a_.model_name)) {
+      // the file's initializers are its weights
+    } else if (a_.weights.empty()) {
+      // Fine-tuning settings on an untrained model learn little: say so before any time is spent.
       log(fmt::format(
           "warning: no --weights: {} starts from random initialization{}; give --weights FILE to "
           "fine-tune a pretrained model{}",

@@ -45,7 +45,7 @@ with tempfile.TemporaryDirectory() as tmp:
     logs = os.path.join(tmp, "logs")
     r = run("train", "--model_name", "mobilenetv2", "--dataset_name", "fashion_mnist", "--data_dir", data,
             "--input_size", "32", "--batch_size", "16", "--log_dir", logs, "--run_name", "r", "--threads", "2",
-            "--train_type", "full_training", "--num_epochs", "2", "--learning_rate", "0.05", "--bn_batch_stats",
+            "--train_type", "full_training", "--num_epochs", "2", "--learning_rate", "0.01", "--bn_batch_stats",
             "--save_model")
     check(r.returncode == 0, f"training: {r.stderr[-400:]!r}")
     model = os.path.join(logs, "r", "model.safetensors")

@@ -14,12 +14,14 @@
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/attention.hpp"
 #include "elastic/layers/batchnorm.hpp"
+#include "elastic/layers/concat.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/dropout.hpp"
 #include "elastic/layers/flatten.hpp"
 #include "elastic/layers/layernorm.hpp"
 #include "elastic/layers/linear.hpp"
 #include "elastic/layers/loss.hpp"
+#include "elastic/layers/mul.hpp"
 #include "elastic/layers/pool.hpp"
 #include "elastic/layers/relayout.hpp"
 #include "elastic/layers/tokens.hpp"
@@ -153,6 +155,8 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
                 .blocked_output = true}));
   compare("depthwise conv", {2, 16, 8, 8},
           conv({.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16}));
+  compare("depthwise conv on 2x2 images (weight gradient on the host)", {2, 32, 2, 2},
+          conv({.in_channels = 32, .out_channels = 32, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 32}));
   compare("1x1 conv (matmuls)", {2, 24, 5, 5}, conv({.in_channels = 24, .out_channels = 40}));
   compare("linear, tokens", {2, 5, 24}, [](Graph& g, ValueId x) {
     return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 24, .out_features = 12});
@@ -164,9 +168,19 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
               g.node_as<BatchNorm2d>(y).set_batch_stats(batch_stats);
               return y;
             });
-  for (auto kind : {Activation::relu, Activation::relu6, Activation::gelu})
+  for (auto kind : {Activation::relu, Activation::relu6, Activation::gelu, Activation::sigmoid, Activation::silu,
+                    Activation::hardswish, Activation::hardsigmoid})
     compare(activation_spec(kind).name.data(), {2, 8, 4, 4},
             [kind](Graph& g, ValueId x) { return g.add<Eltwise>({x}, "act", kind); });
+  compare("mul by a channel gate", {2, 16, 4, 4}, [](Graph& g, ValueId x) {
+    const ValueId pooled = g.add<AvgPool2d>({x}, "pool", PoolOptions{.kernel_h = 4, .kernel_w = 4});
+    const ValueId gate = g.add<Eltwise>({pooled}, "gate", Activation::sigmoid);
+    return g.add<Mul>({x, gate}, "mul");
+  });
+  compare("concat", {2, 8, 4, 4}, [](Graph& g, ValueId x) {
+    const ValueId a = g.add<Eltwise>({x}, "gelu", Activation::gelu);
+    return g.add<Concat>({x, a}, "cat");
+  });
   compare("add", {2, 8, 4, 4}, [](Graph& g, ValueId x) {
     const ValueId a = g.add<Eltwise>({x}, "gelu", Activation::gelu);
     return g.add<Add>({a, x}, "add");

@@ -15,6 +15,14 @@ double reference(Activation a, double x) {
       return std::clamp(x, 0.0, 6.0);
     case Activation::gelu:
       return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    case Activation::sigmoid:
+      return 1 / (1 + std::exp(-x));
+    case Activation::silu:
+      return x / (1 + std::exp(-x));
+    case Activation::hardswish:
+      return x * std::clamp(x + 3, 0.0, 6.0) / 6;
+    case Activation::hardsigmoid:
+      return std::clamp(x + 3, 0.0, 6.0) / 6;
   }
   FAIL("no reference for activation kind ", static_cast<int>(a));
   return 0;
@@ -28,25 +36,38 @@ double reference_grad(Activation a, double x) {
       return x > 0 && x < 6 ? 1 : 0;
     case Activation::gelu:
       return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-0.5 * x * x) / std::sqrt(2 * std::numbers::pi);
+    case Activation::sigmoid: {
+      const double s = 1 / (1 + std::exp(-x));
+      return s * (1 - s);
+    }
+    case Activation::silu: {
+      const double s = 1 / (1 + std::exp(-x));
+      return s * (1 + x * (1 - s));
+    }
+    case Activation::hardswish:
+      return x < -3 ? 0 : x > 3 ? 1 : (2 * x + 3) / 6;
+    case Activation::hardsigmoid:
+      return x > -3 && x < 3 ? 1.0 / 6 : 0;
   }
   FAIL("no reference for activation kind ", static_cast<int>(a));
   return 0;
 }
 
-// Inputs in [-8, 8] kept 2e-3 away from the kinks at 0 and 6: with eps = 1e-3 the
-// central differences never straddle a kink.
+// Inputs in [-8, 8] kept 2e-3 away from the kinks at -3, 0, 3 and 6: with eps = 1e-3
+// the central differences never straddle a kink.
 Tensor away_from_kinks(Graph& g, ValueId x, std::uint64_t seed) {
   Rng rng(seed);
   Tensor t(g.shape(x));
   for (auto& v : t.span()) {
     do v = rng.uniform(-8.0f, 8.0f);
-    while (std::abs(v) < 2e-3f || std::abs(v - 6.0f) < 2e-3f);
+    while (std::abs(v) < 2e-3f || std::abs(v - 6.0f) < 2e-3f || std::abs(std::abs(v) - 3.0f) < 2e-3f);
   }
   g.write(x, t);
   return t;
 }
 
-const Activation kAll[] = {Activation::relu, Activation::relu6, Activation::gelu};
+const Activation kAll[] = {Activation::relu, Activation::relu6,     Activation::gelu,       Activation::sigmoid,
+                           Activation::silu, Activation::hardswish, Activation::hardsigmoid};
 }  // namespace
 
 TEST_CASE("activations match their definitions and finite differences on any rank") {
@@ -72,7 +93,8 @@ TEST_CASE("activations match their definitions and finite differences on any ran
     }
 }
 
-TEST_CASE("relu6 clamps to [0, 6] and gelu is the exact erf form, at hand-picked points") {
+TEST_CASE(
+    "every activation matches its definition at hand-picked points (relu6 clamps to [0, 6], gelu is the erf form)") {
   const std::vector<float> points{-7.0f, -1.5f, -0.25f, 0.0f, 0.5f, 1.0f, 3.0f, 5.99f, 6.0f, 6.01f, 9.0f, 100.0f};
   for (auto a : kAll) {
     CAPTURE(static_cast<int>(a));
@@ -88,14 +110,18 @@ TEST_CASE("relu6 clamps to [0, 6] and gelu is the exact erf form, at hand-picked
     g.forward(false);
     const Tensor out = g.read(y);
     for (std::int64_t i = 0; i < n; ++i) CHECK(out[i] == doctest::Approx(reference(a, points[i])).epsilon(1e-6));
-    // The layer itself at x = 1 (points[5]), in numbers written out: relu 1, relu6 1, and
-    // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.8413447 (the tanh approximation gives 0.8411920).
-    const double at_one = a == Activation::gelu ? 0.8413447460685429 : 1.0;
+    // The layer itself at x = 1 (points[5]), in numbers written out: relu 1, relu6 1,
+    // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.8413447 (the tanh approximation gives 0.8411920),
+    // sigmoid(1) = silu(1) = 1 / (1 + e^-1) = 0.7310586, hardswish(1) = hardsigmoid(1) = 4/6.
+    const double at_one = a == Activation::gelu                                        ? 0.8413447460685429
+                          : a == Activation::sigmoid || a == Activation::silu          ? 0.7310585786300049
+                          : a == Activation::hardswish || a == Activation::hardsigmoid ? 4.0 / 6
+                                                                                       : 1.0;
     CHECK(out[5] == doctest::Approx(at_one).epsilon(1e-6));
   }
 }
 
-TEST_CASE("relu and relu6 backward read only the output; gelu's reads the input") {
+TEST_CASE("activations that declare they read only their output (relu, relu6, sigmoid, hardsigmoid) do") {
   // Overwriting the input between forward and backward must not change the
   // gradient of a node that declared it only reads its output.
   for (auto a : kAll) {
@@ -127,14 +153,19 @@ TEST_CASE("relu and relu6 backward read only the output; gelu's reads the input"
   CHECK_FALSE(Eltwise("a", Activation::relu6).data_reads().inputs);
   CHECK(Eltwise("a", Activation::gelu).data_reads().inputs);
   CHECK_FALSE(Eltwise("a", Activation::gelu).data_reads().output);
+  CHECK_FALSE(Eltwise("a", Activation::sigmoid).data_reads().inputs);
+  CHECK_FALSE(Eltwise("a", Activation::hardsigmoid).data_reads().inputs);
+  CHECK(Eltwise("a", Activation::silu).data_reads().inputs);
+  CHECK(Eltwise("a", Activation::hardswish).data_reads().inputs);
 }
 
 TEST_CASE("an activation kind outside the enum is refused, not taken for another kind") {
-  CHECK_THROWS_WITH(Eltwise("a", static_cast<Activation>(3)), doctest::Contains("activation kind 3 is not one of"));
+  CHECK_THROWS_WITH(Eltwise("a", static_cast<Activation>(7)), doctest::Contains("activation kind 7 is not one of"));
 }
 
 TEST_CASE("activation nodes report their kind as type") {
   CHECK(Eltwise("a", Activation::relu).type() == "relu");
   CHECK(Eltwise("a", Activation::relu6).type() == "relu6");
   CHECK(Eltwise("a", Activation::gelu).type() == "gelu");
+  CHECK(Eltwise("a", Activation::hardsigmoid).type() == "hardsigmoid");
 }

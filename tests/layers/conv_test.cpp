@@ -66,10 +66,33 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
         .padding = 1,
         .groups = 12,
         .bias = false}},
+      {"depthwise on 2x2 images, bias",
+       {3, 16, 2, 2},
+       {.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16}},
+      {"depthwise on 1x1 images",
+       {3, 16, 1, 1},
+       {.in_channels = 16,
+        .out_channels = 16,
+        .kernel_h = 3,
+        .kernel_w = 3,
+        .padding = 1,
+        .groups = 16,
+        .bias = false}},
+      {"depthwise stride 2 dilation 2 on 3x3 images",
+       {2, 16, 3, 3},
+       {.in_channels = 16,
+        .out_channels = 16,
+        .kernel_h = 3,
+        .kernel_w = 3,
+        .stride = 2,
+        .padding = 2,
+        .dilation = 2,
+        .groups = 16}},
       {"non-square kernel",
        {3, 5, 6, 7},
        {.in_channels = 5, .out_channels = 4, .kernel_h = 1, .kernel_w = 3, .padding = 1}},
   };
+  int host_weight_grads = 0;
   for (const auto& c : cases) {
     CAPTURE(c.label);
     Context ctx(2);
@@ -77,6 +100,7 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
     auto x = g.input("x", c.input, true);
     auto y = g.add<Conv2d>({x}, "conv", c.o);
     g.finalize(3);
+    host_weight_grads += g.node_as<Conv2d>(y).host_weight_grad();
     const Tensor xin = testing::random_input(g, x, 11);
     g.forward(true);
     const Tensor out = g.read(y);
@@ -90,6 +114,9 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
     CHECK_MESSAGE(res.ok, res.report);
     CHECK(res.checked > 0);
   }
+  // oneDNN 2.6 has no depthwise weight-gradient kernel for the images smaller
+  // than the kernel above: their host loop is what the gradient check checked.
+  CHECK(host_weight_grads >= 2);
 }
 
 TEST_CASE("conv2d rejects an input whose channel count differs from in_channels, naming the layer") {

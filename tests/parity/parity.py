@@ -3,6 +3,9 @@
 
 usage: parity.py ELASTIC_BINARY MODEL_NAME BATCH CLASSES INPUT_SIZE [fp32|bf16]
 
+MODEL_NAME is a zoo model (resnet50, vgg16, mobilenetv2, vit) or onnx:NAME for a torchvision
+classifier NAME exported by scripts/export_onnx.py and imported by elastic from that file.
+
 Builds the torchvision model with random weights (batch-norm statistics and affine
 params randomized too, so frozen batch norm is not an identity), exports them, runs
 one step in elastic and in torch (model.eval(), float64), and compares logits, loss
@@ -26,6 +29,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+import export_onnx  # noqa: E402
 from export_torchvision import build, read_safetensors, relu6_as_clamp, write_safetensors  # noqa: E402
 
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
@@ -44,7 +48,8 @@ def main():
     batch, classes, size = (int(v) for v in sys.argv[3:6])
     precision = sys.argv[6] if len(sys.argv) > 6 else "fp32"
     torch.manual_seed(1234)
-    model = build(model_name, classes, size)
+    onnx_name = model_name[5:] if model_name.startswith("onnx:") else None
+    model = export_onnx.build(onnx_name, classes) if onnx_name else build(model_name, classes, size)
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
@@ -67,7 +72,11 @@ def main():
         weights, inputs, out = (os.path.join(tmp, f) for f in ("w.safetensors", "x.safetensors", "o.safetensors"))
         write_safetensors(weights, model.state_dict())
         write_safetensors(inputs, {"images": images, "labels": labels})
-        cmd = [binary, "step", "--model_name", model_name, "--num_classes", str(classes), "--input_size", str(size),
+        elastic_model = model_name
+        if onnx_name:
+            elastic_model = os.path.join(tmp, onnx_name + ".onnx")
+            export_onnx.export(model, elastic_model, batch, size)
+        cmd = [binary, "step", "--model_name", elastic_model, "--num_classes", str(classes), "--input_size", str(size),
                "--weights", weights, "--inputs", inputs, "--out", out, "--threads", "2", "--precision", precision]
         run = subprocess.run(cmd, capture_output=True, text=True)
         sys.stdout.write(run.stdout)

@@ -10,6 +10,12 @@
 // always fp32.
 #pragma once
 
+#include <algorithm>
+#include <string_view>
+#include <vector>
+
+#include <Eigen/Core>
+
 #include "elastic/graph/node.hpp"
 
 namespace elastic {
@@ -62,6 +68,7 @@ class Conv2d final : public Node {
 
     const auto& eng = ctx.engine();
     fwd_w_ = {};
+    host_dw_ = false;
     bwd_w_reorder_ = dw_reorder_ = db_ = {};
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
         pad{o_.padding, o_.padding};
@@ -93,6 +100,13 @@ class Conv2d final : public Node {
     convolution_backward_weights::primitive_desc bwd_w_pd(
         {algorithm::convolution_direct, src_md, any_dw, bias_md, dst_md, strides, dilates, pad, pad}, user_scratchpad(),
         eng, fwd_pd);
+    // oneDNN 2.6 has no depthwise backward_weights kernel for images smaller
+    // than about the kernel (MobileNetV2's last blocks at 32x32 inputs: 2x2 and
+    // 1x1): it runs a dense grouped kernel that is 5-30x slower than this
+    // loop. Such convolutions compute their weight gradient on the host.
+    host_dw_ = o_.groups > 1 && o_.groups == o_.in_channels && o_.groups == o_.out_channels &&
+               src_md == activation_desc(x, dt) && dst_md == activation_desc(y, dt) &&
+               std::string_view(bwd_w_pd.impl_info_str()).find("dw") == std::string_view::npos;
     const Param& w = store[weight_];
     user_w_ = memory(user_w_md, eng, w.value);
     user_dw_ = grad_memory(weight_, user_w_md);
@@ -109,8 +123,15 @@ class Conv2d final : public Node {
       bwd_w = transient(bwd_data_pd.weights_desc());
       bwd_w_reorder_ = reorder_call(user_w_, bwd_w);
     }
-    memory prim_dw = user_dw_;
-    if (bwd_w_pd.diff_weights_desc() != user_w_md) {
+    if (host_dw_) {
+      x_shape_ = x;
+      y_shape_ = y;
+      dw_acc_.assign(static_cast<std::size_t>(o_.kernel_h * o_.kernel_w * o_.out_channels), 0.0f);
+      dy_row_.assign(static_cast<std::size_t>(o_.out_channels), 0.0f);
+      dt_ = dt;
+    }
+    memory prim_dw = user_dw_;  // the host loop writes the param's gradient directly
+    if (!host_dw_ && bwd_w_pd.diff_weights_desc() != user_w_md) {
       prim_dw = transient(bwd_w_pd.diff_weights_desc());
       dw_reorder_ = reorder_call(prim_dw, user_dw_);
     }
@@ -119,12 +140,12 @@ class Conv2d final : public Node {
     if (o_.bias) {
       const Param& b = store[bias_];
       fwd_args[DNNL_ARG_BIAS] = memory(bias_md, eng, b.value);
-      bwd_weights_args[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, bias_md);
+      if (!host_dw_) bwd_weights_args[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, bias_md);
     }
     fwd_ = Call(convolution_forward(fwd_pd), fwd_args);
     bwd_data_ = Call(convolution_backward_data(bwd_data_pd),
                      {{DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_WEIGHTS, bwd_w}, {DNNL_ARG_DIFF_SRC, diff_src()}});
-    bwd_weights_ = Call(convolution_backward_weights(bwd_w_pd), bwd_weights_args);
+    if (!host_dw_) bwd_weights_ = Call(convolution_backward_weights(bwd_w_pd), bwd_weights_args);
   }
 
   void forward(const RunCtx& run) override {
@@ -142,12 +163,19 @@ class Conv2d final : public Node {
   }
 
   void backward_weights(const RunCtx& run) override {
+    if (host_dw_) {
+      host_depthwise_weight_grad();
+      return;
+    }
     bwd_weights_(run.stream);
     if (dw_reorder_) dw_reorder_(run.stream);
     if (db_) db_(run.stream);
   }
 
   Reads weights_reads() const override { return {.inputs = true}; }
+  // Whether the weight gradient is computed by the host loop (a depthwise
+  // convolution oneDNN has no depthwise backward_weights kernel for).
+  bool host_weight_grad() const { return host_dw_; }
   std::size_t weight_copy_bytes() const override { return fwd_w_.bytes(); }
 
  protected:
@@ -207,6 +235,45 @@ class Conv2d final : public Node {
     }
   }
 
+  // dW (C, 1, KH, KW) (and d bias) of a depthwise convolution from the
+  // channels-last input X (N, H, W, C) and output gradient dY (N, OH, OW, C):
+  // dW[c, i, j] = sum over n, oh, ow of dY[n, oh, ow, c] X[n, oh*s - p + i*d, ow*s - p + j*d, c],
+  // summed in fp32 per tap over a row of channels (vectorized), then written
+  // into the param's layout.
+  void host_depthwise_weight_grad() {
+    const std::int64_t N = x_shape_[0], H = x_shape_[2], W = x_shape_[3], C = o_.out_channels;
+    const std::int64_t OH = y_shape_[2], OW = y_shape_[3], KH = o_.kernel_h, KW = o_.kernel_w;
+    using Row = Eigen::Map<Eigen::ArrayXf>;
+    Row dy_row(dy_row_.data(), C);
+    std::fill(dw_acc_.begin(), dw_acc_.end(), 0.0f);
+    float* db = o_.bias ? grad_of(bias_) : nullptr;
+    if (db) std::fill(db, db + C, 0.0f);
+    with_element(dt_, [&]<class T>(std::type_identity<T>) {
+      using In = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+      const T* x = ptr_as<T>(src());
+      const T* dy = ptr_as<T>(diff_dst());
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t oh = 0; oh < OH; ++oh)
+          for (std::int64_t ow = 0; ow < OW; ++ow) {
+            dy_row = In(dy + ((n * OH + oh) * OW + ow) * C, C).template cast<float>();
+            if (db) Row(db, C) += dy_row;
+            for (std::int64_t i = 0; i < KH; ++i) {
+              const std::int64_t h = oh * o_.stride - o_.padding + i * o_.dilation;
+              if (h < 0 || h >= H) continue;
+              for (std::int64_t j = 0; j < KW; ++j) {
+                const std::int64_t w = ow * o_.stride - o_.padding + j * o_.dilation;
+                if (w < 0 || w >= W) continue;
+                Row(dw_acc_.data() + (i * KW + j) * C, C) +=
+                    dy_row * In(x + ((n * H + h) * W + w) * C, C).template cast<float>();
+              }
+            }
+          }
+    });
+    float* dw = grad_of(weight_);
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t t = 0; t < KH * KW; ++t) dw[c * KH * KW + t] = dw_acc_[std::size_t(t * C + c)];
+  }
+
   Conv2dOptions o_;
   int weight_ = -1, bias_ = -1;
   dnnl::memory user_w_, user_dw_;  // torchvision layout, over the param arenas
@@ -217,7 +284,10 @@ class Conv2d final : public Node {
   dnnl::memory x_, dx_, y_, dy_, dyt_;  // its 2-D views of the bound buffers
   dnnl::memory wv_, wt_;                // its weights as W (K, C) and W^T (C, K)
   dnnl::memory::data_type dt_ = dnnl::memory::data_type::f32;
-  Call db_;  // its bias gradient
+  Call db_;               // its bias gradient
+  bool host_dw_ = false;  // depthwise weight gradient on the host (host_depthwise_weight_grad)
+  Shape x_shape_, y_shape_;
+  std::vector<float> dw_acc_, dy_row_;  // per-tap sums (KH*KW, C); one dY row in fp32
 };
 
 }  // namespace elastic

@@ -1,0 +1,709 @@
+// ONNX models into the layer graph: reads a classifier exported as ONNX (any
+// framework; torchvision's exports keep the state-dict names), checks it with
+// ONNX's checker and builds the engine's Graph from it, one layer per node, the
+// initializers becoming params and buffers under their ONNX names. The result
+// is a Model like the zoo's: it trains with every training type.
+//
+// Needs Debian's libonnx-dev (CMake package ONNX); link `elastic::onnx`.
+//
+// Operators: see kSupportedOps. A node of any other operator, or an attribute
+// the engine's layers cannot express (asymmetric padding, ceil-mode pooling,
+// broadcasting Add), is refused with one line naming the node.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+// <sys/mman.h> (the safetensors reader maps files) defines MAP_TYPE, a name
+// ONNX's parser uses as an enumerator.
+#pragma push_macro("MAP_TYPE")
+#undef MAP_TYPE
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <onnx/shape_inference/implementation.h>
+#pragma pop_macro("MAP_TYPE")
+
+#include "elastic/layers/activation.hpp"
+#include "elastic/layers/add.hpp"
+#include "elastic/layers/batchnorm.hpp"
+#include "elastic/layers/concat.hpp"
+#include "elastic/layers/conv.hpp"
+#include "elastic/layers/dropout.hpp"
+#include "elastic/layers/flatten.hpp"
+#include "elastic/layers/linear.hpp"
+#include "elastic/layers/mul.hpp"
+#include "elastic/layers/pool.hpp"
+#include "elastic/models/model.hpp"
+
+namespace elastic::onnx_import {
+
+inline constexpr std::string_view kSupportedOps[] = {"Add",
+                                                     "AveragePool",
+                                                     "BatchNormalization",
+                                                     "Clip",
+                                                     "Concat",
+                                                     "Constant",
+                                                     "Conv",
+                                                     "Dropout",
+                                                     "Flatten",
+                                                     "Gemm",
+                                                     "GlobalAveragePool",
+                                                     "HardSigmoid",
+                                                     "HardSwish",
+                                                     "Identity",
+                                                     "MaxPool",
+                                                     "Mul",
+                                                     "Pad",
+                                                     "Relu",
+                                                     "Sigmoid"};
+
+// Files larger than this are refused before anything is read (protobuf's
+// limit for one message is 2 GiB; weights beyond it need ONNX's external
+// data, which the importer does not read).
+inline constexpr std::uintmax_t kMaxFileBytes = std::uintmax_t(2) << 30;
+// Any one tensor (initializer or constant) is refused beyond this many elements.
+inline constexpr std::int64_t kMaxTensorElements = std::int64_t(1) << 30;
+
+struct ImportOptions {
+  // The classifier layer to replace when ModelOptions::num_classes differs from
+  // its outputs; empty: the Gemm whose output is the graph's output.
+  std::string head;
+};
+
+// What the import found besides the model (for the command line to print).
+struct ImportReport {
+  std::string head;               // the classifier layer (its name, the prefix of its params)
+  bool head_replaced = false;     // re-created with ModelOptions::num_classes outputs
+  std::int64_t file_classes = 0;  // the classifier's outputs in the file
+  std::uint64_t graph_hash = 0;   // of the nodes, their attributes and the initializers' names and shapes
+  int nodes = 0;
+};
+
+namespace detail {
+
+// A 64-bit FNV-1a hash: stable across runs and machines (profiles store it).
+inline std::uint64_t fnv1a(std::string_view bytes, std::uint64_t h = 0xcbf29ce484222325ull) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+// A tensor of the file as floats, with its dims.
+struct HostTensor {
+  Shape shape;
+  std::vector<float> values;
+};
+
+class Importer {
+ public:
+  Importer(const std::filesystem::path& path, Context& ctx, const ModelOptions& o, const ImportOptions& io)
+      : path_(path), where_("'" + path.string() + "'"), ctx_(ctx), o_(o), io_(io) {}
+
+  Model run(ImportReport& report) {
+    read();
+    const auto& g = model_.graph();
+    for (const auto& t : g.initializer()) consts_[t.name()] = &t;
+    for (int i = 0; i < g.node_size(); ++i)
+      for (const auto& in : g.node(i).input()) consumers_[in].push_back(i);
+    find_head();
+    report.graph_hash = hash_graph();
+    graph_ = std::make_unique<Graph>(ctx_, o_.precision);
+    add_input();
+    infer_shapes();
+    for (int i = 0; i < g.node_size(); ++i) add_node(g.node(i), i);
+    if (g.output_size() != 1)
+      fail("{}: the graph has {} outputs; a classifier has one (the logits)", where_, g.output_size());
+    const std::string& out_name = g.output(0).name();
+    const ValueId logits = value(out_name, "the graph's output");
+    if (shape_of(out_name).size() != 2 && !squeezed_.count(out_name))
+      fail("{}: the graph's output '{}' has shape {}, not (batch, classes)", where_, out_name,
+           to_string(shape_of(out_name)));
+    report.head = head_layer_;
+    report.head_replaced = head_replaced_;
+    report.file_classes = file_classes_;
+    report.nodes = g.node_size();
+    Model m = finish_model(fmt::format("onnx:{}:{:016x}", path_.stem().string(), report.graph_hash), std::move(graph_),
+                           images_, logits, o_.seed);
+    if (head_replaced_) m.head_prefixes = {head_layer_ + "."};
+    load_initializers(m);
+    return m;
+  }
+
+ private:
+  // ---- reading ----------------------------------------------------------
+  void read() {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path_, ec);
+    if (ec) fail("{}: cannot read the ONNX model: {}", where_, ec.message());
+    if (size > kMaxFileBytes)
+      fail("{}: {} bytes; ONNX models over {} bytes (external data) are not supported", where_, size, kMaxFileBytes);
+    std::ifstream in(path_, std::ios::binary);
+    std::string bytes(size, '\0');
+    if (!in.read(bytes.data(), static_cast<std::streamsize>(size))) fail("{}: cannot read the ONNX model", where_);
+    if (!model_.ParseFromString(bytes)) fail("{}: not an ONNX model (its protobuf does not parse)", where_);
+    for (const auto& t : model_.graph().initializer())
+      if (t.data_location() == ::onnx::TensorProto::EXTERNAL)
+        fail("{}: tensor '{}' is stored as external data, which is not supported (weights must be inside the file)",
+             where_, t.name());
+    try {
+      ::onnx::checker::check_model(model_);
+    } catch (const std::exception& e) {
+      fail("{}: ONNX's checker refuses the model: {}", where_, first_line(e.what()));
+    }
+    for (const auto& op : model_.opset_import())
+      if (op.domain().empty() || op.domain() == "ai.onnx") opset_ = op.version();
+  }
+
+  static std::string first_line(std::string_view s) { return std::string(s.substr(0, s.find('\n'))); }
+
+  // ---- values and constants --------------------------------------------
+  ValueId value(const std::string& name, std::string_view what) const {
+    const auto it = values_.find(name);
+    if (it == values_.end())
+      fail(
+          "{}: {} '{}' is not computed by any node before it (or is a constant where a tensor of the "
+          "batch is expected)",
+          where_, what, name);
+    return it->second;
+  }
+
+  const ::onnx::TensorProto* constant(const std::string& name) const {
+    const auto it = consts_.find(name);
+    return it == consts_.end() ? nullptr : it->second;
+  }
+
+  HostTensor to_host(const ::onnx::TensorProto& t, const std::string& name) const {
+    HostTensor h;
+    std::int64_t n = 1;
+    for (auto d : t.dims()) {
+      if (d < 0 || (d > 0 && n > kMaxTensorElements / d))
+        fail("{}: tensor '{}' has dims {} (negative or over {} elements)", where_, name, fmt::join(t.dims(), "x"),
+             kMaxTensorElements);
+      n *= d;
+      h.shape.push_back(d);
+    }
+    if (t.data_location() == ::onnx::TensorProto::EXTERNAL)
+      fail("{}: tensor '{}' is stored as external data, which is not supported", where_, name);
+    const auto count_error = [&](std::size_t got) {
+      fail("{}: tensor '{}' holds {} values for dims {} ({})", where_, name, got, fmt::join(h.shape, "x"), n);
+    };
+    h.values.resize(static_cast<std::size_t>(n));
+    const std::string& raw = t.raw_data();
+    switch (t.data_type()) {
+      case ::onnx::TensorProto::FLOAT:
+        if (!raw.empty()) {
+          if (raw.size() != std::size_t(n) * 4) count_error(raw.size() / 4);
+          std::memcpy(h.values.data(), raw.data(), raw.size());
+        } else {
+          if (t.float_data_size() != n) count_error(std::size_t(t.float_data_size()));
+          std::copy(t.float_data().begin(), t.float_data().end(), h.values.begin());
+        }
+        break;
+      case ::onnx::TensorProto::DOUBLE:
+        if (!raw.empty()) {
+          if (raw.size() != std::size_t(n) * 8) count_error(raw.size() / 8);
+          for (std::int64_t i = 0; i < n; ++i) {
+            double v;
+            std::memcpy(&v, raw.data() + i * 8, 8);
+            h.values[std::size_t(i)] = static_cast<float>(v);
+          }
+        } else {
+          if (t.double_data_size() != n) count_error(std::size_t(t.double_data_size()));
+          std::transform(t.double_data().begin(), t.double_data().end(), h.values.begin(),
+                         [](double v) { return static_cast<float>(v); });
+        }
+        break;
+      case ::onnx::TensorProto::INT64:
+        if (!raw.empty()) {
+          if (raw.size() != std::size_t(n) * 8) count_error(raw.size() / 8);
+          for (std::int64_t i = 0; i < n; ++i) {
+            std::int64_t v;
+            std::memcpy(&v, raw.data() + i * 8, 8);
+            h.values[std::size_t(i)] = static_cast<float>(v);
+          }
+        } else {
+          if (t.int64_data_size() != n) count_error(std::size_t(t.int64_data_size()));
+          std::transform(t.int64_data().begin(), t.int64_data().end(), h.values.begin(),
+                         [](std::int64_t v) { return static_cast<float>(v); });
+        }
+        break;
+      default:
+        fail("{}: tensor '{}' has ONNX data type {}; float, double and int64 are supported", where_, name,
+             t.data_type());
+    }
+    return h;
+  }
+
+  // A scalar constant input (Clip's bounds, Dropout's ratio); `fallback` when
+  // the input is absent.
+  float scalar_input(const ::onnx::NodeProto& n, int i, float fallback) const {
+    if (n.input_size() <= i || n.input(i).empty()) return fallback;
+    const auto* t = constant(n.input(i));
+    if (!t) fail("{}: node '{}' ({}): input {} '{}' must be a constant", where_, n.name(), n.op_type(), i, n.input(i));
+    const HostTensor h = to_host(*t, n.input(i));
+    if (h.values.size() != 1)
+      fail("{}: node '{}' ({}): input '{}' has {} values, expected one", where_, n.name(), n.op_type(), n.input(i),
+           h.values.size());
+    return h.values[0];
+  }
+
+  // ---- attributes ------------------------------------------------------
+  static const ::onnx::AttributeProto* attr(const ::onnx::NodeProto& n, std::string_view name) {
+    for (const auto& a : n.attribute())
+      if (a.name() == name) return &a;
+    return nullptr;
+  }
+  static std::int64_t attr_int(const ::onnx::NodeProto& n, std::string_view name, std::int64_t fallback) {
+    const auto* a = attr(n, name);
+    return a ? a->i() : fallback;
+  }
+  static float attr_float(const ::onnx::NodeProto& n, std::string_view name, float fallback) {
+    const auto* a = attr(n, name);
+    return a ? a->f() : fallback;
+  }
+  static std::vector<std::int64_t> attr_ints(const ::onnx::NodeProto& n, std::string_view name) {
+    const auto* a = attr(n, name);
+    return a ? std::vector<std::int64_t>(a->ints().begin(), a->ints().end()) : std::vector<std::int64_t>{};
+  }
+
+  [[noreturn]] void refuse(const ::onnx::NodeProto& n, std::string_view why) const {
+    fail("{}: node '{}' ({}): {}", where_, n.name(), n.op_type(), why);
+  }
+
+  // A 2-D window's (h, w) from an ints attribute of 2 values; `fallback` when absent.
+  std::pair<std::int64_t, std::int64_t> pair_attr(const ::onnx::NodeProto& n, std::string_view name,
+                                                  std::int64_t fallback) const {
+    const auto v = attr_ints(n, name);
+    if (v.empty()) return {fallback, fallback};
+    if (v.size() != 2) refuse(n, fmt::format("{} has {} values; only 2-D windows are supported", name, v.size()));
+    return {v[0], v[1]};
+  }
+  // ONNX pads (top, left, bottom, right) as symmetric (h, w) padding.
+  std::pair<std::int64_t, std::int64_t> pads(const ::onnx::NodeProto& n) const {
+    const auto* ap = attr(n, "auto_pad");
+    if (ap && ap->s() != "NOTSET") refuse(n, fmt::format("auto_pad {} is not supported (explicit pads are)", ap->s()));
+    const auto p = attr_ints(n, "pads");
+    if (p.empty()) return {0, 0};
+    if (p.size() != 4 || p[0] != p[2] || p[1] != p[3])
+      refuse(n, fmt::format("pads [{}] are not symmetric (top = bottom, left = right)", fmt::join(p, ", ")));
+    return {p[0], p[1]};
+  }
+
+  // ---- naming ----------------------------------------------------------
+  // A layer with params is named after its weight's initializer (torchvision:
+  // "layer1.0.conv1" from "layer1.0.conv1.weight"), so that its params carry
+  // the file's names; other nodes after the node's name, else op and index.
+  std::string layer_name(const ::onnx::NodeProto& n, int index, const std::string& weight = {}) {
+    std::string name;
+    if (weight.size() > 7 && weight.ends_with(".weight"))
+      name = weight.substr(0, weight.size() - 7);
+    else if (!n.name().empty())
+      name = n.name();
+    else
+      name = fmt::format("{}_{}", n.op_type(), index);
+    std::string unique = name;
+    for (int k = 1; !names_.insert(unique).second; ++k) unique = fmt::format("{}_{}", name, k);
+    return unique;
+  }
+
+  // Our param `param` takes its values from the file's tensor `tensor`.
+  void source(const std::string& param, const std::string& tensor, bool transpose = false) {
+    sources_[param] = {tensor, transpose};
+  }
+
+  const ::onnx::TensorProto& weight(const ::onnx::NodeProto& n, int i) const {
+    if (n.input_size() <= i || n.input(i).empty()) refuse(n, fmt::format("input {} is missing", i));
+    const auto* t = constant(n.input(i));
+    if (!t) refuse(n, fmt::format("input {} '{}' must be an initializer (a weight)", i, n.input(i)));
+    return *t;
+  }
+
+  // ---- the graph -------------------------------------------------------
+  void add_input() {
+    const auto& g = model_.graph();
+    const ::onnx::ValueInfoProto* in = nullptr;
+    for (const auto& v : g.input())
+      if (!consts_.count(v.name())) {
+        if (in)
+          fail("{}: the graph has more than one input ('{}', '{}'); a classifier has one", where_, in->name(),
+               v.name());
+        in = &v;
+      }
+    if (!in) fail("{}: the graph has no input", where_);
+    const auto& shape = in->type().tensor_type().shape();
+    if (shape.dim_size() != 4)
+      fail("{}: input '{}' has rank {}; images (N, 3, H, W) are expected", where_, in->name(), shape.dim_size());
+    if (shape.dim(1).has_dim_value() && shape.dim(1).dim_value() != 3)
+      fail("{}: input '{}' has {} channels; RGB images (3 channels) are expected", where_, in->name(),
+           shape.dim(1).dim_value());
+    // Batch and image size come from the options, whatever the file fixed or
+    // left dynamic: convolutional classifiers take any size. The file's input
+    // is given those dims for shape inference.
+    images_ = graph_->input("images", {o_.batch, 3, o_.input_size, o_.input_size});
+    values_[in->name()] = images_;
+    auto* dims = const_cast<::onnx::ValueInfoProto*>(in)->mutable_type()->mutable_tensor_type()->mutable_shape();
+    for (int d = 0; d < 4; ++d) dims->mutable_dim(d)->set_dim_value(d == 0 ? o_.batch : d == 1 ? 3 : o_.input_size);
+  }
+
+  // ONNX's shape inference from the input's dims: every value's shape, which
+  // the layers need before the graph is finalized.
+  void infer_shapes() {
+    auto* g = model_.mutable_graph();
+    g->clear_value_info();
+    for (auto& o : *g->mutable_output()) o.mutable_type()->mutable_tensor_type()->clear_shape();
+    try {
+      ::onnx::shape_inference::InferShapes(model_);
+    } catch (const std::exception& e) {
+      fail("{}: ONNX's shape inference fails for input {}x3x{}x{}: {}", where_, o_.batch, o_.input_size, o_.input_size,
+           first_line(e.what()));
+    }
+    const auto take = [&](const ::onnx::ValueInfoProto& v) {
+      if (!v.type().tensor_type().has_shape()) return;
+      Shape s;
+      for (const auto& d : v.type().tensor_type().shape().dim()) {
+        if (!d.has_dim_value()) return;  // unknown: shape_of refuses where it is needed
+        s.push_back(d.dim_value());
+      }
+      shapes_[v.name()] = s;
+    };
+    for (const auto& v : g->input()) take(v);
+    for (const auto& v : g->value_info()) take(v);
+    for (const auto& v : g->output()) take(v);
+  }
+
+  const Shape& shape_of(const std::string& name) const {
+    const auto it = shapes_.find(name);
+    if (it == shapes_.end()) fail("{}: ONNX's shape inference gives no static shape for '{}'", where_, name);
+    return it->second;
+  }
+
+  // The classifier: the Gemm whose output is the graph's output, or the one
+  // named by ImportOptions::head (by its layer name or node name).
+  void find_head() {
+    const auto& g = model_.graph();
+    for (int i = 0; i < g.node_size(); ++i) {
+      const auto& n = g.node(i);
+      if (n.op_type() != "Gemm" || n.input_size() < 2) continue;
+      const std::string& w = n.input(1);
+      const std::string layer = w.ends_with(".weight") ? w.substr(0, w.size() - 7) : n.name();
+      const bool named = !io_.head.empty() && (io_.head == layer || io_.head == n.name());
+      const bool output = io_.head.empty() && g.output_size() == 1 && n.output(0) == g.output(0).name();
+      if (named || output) head_node_ = i;
+    }
+    if (head_node_ < 0 && !io_.head.empty())
+      fail("{}: no Gemm named '{}' (--head): name a Gemm layer or node of the graph", where_, io_.head);
+  }
+
+  void add_node(const ::onnx::NodeProto& n, int index) {
+    const std::string& op = n.op_type();
+    if (!n.domain().empty() && n.domain() != "ai.onnx")
+      refuse(n, fmt::format("operators of domain '{}' are not supported", n.domain()));
+    const auto input = [&](int i) { return value(n.input(i), fmt::format("node '{}' input", n.name())); };
+    const auto out = [&](ValueId v) { values_[n.output(0)] = v; };
+    // Extra outputs (batch norm's running statistics in training-mode exports,
+    // Dropout's mask) must not be used by any node.
+    for (int k = 1; k < n.output_size(); ++k)
+      if (!n.output(k).empty()) unused_outputs_.insert(n.output(k));
+    for (const auto& in : n.input())
+      if (unused_outputs_.count(in)) refuse(n, fmt::format("reads '{}', an output the engine does not compute", in));
+    Graph& g = *graph_;
+    if (op == "Constant") {
+      const auto* a = attr(n, "value");
+      if (!a || !a->has_t()) refuse(n, "only tensor constants ('value') are supported");
+      consts_[n.output(0)] = &a->t();
+    } else if (op == "Conv") {
+      const auto& w = weight(n, 1);
+      if (w.dims_size() != 4) refuse(n, "only 2-D convolutions are supported");
+      const auto [kh, kw] = pair_attr(n, "kernel_shape", -1);
+      const auto [sh, sw] = pair_attr(n, "strides", 1);
+      const auto [dh, dw] = pair_attr(n, "dilations", 1);
+      const auto [ph, pw] = pads(n);
+      if (sh != sw || dh != dw || ph != pw)
+        refuse(n, "strides, dilations and pads must be the same along height and width");
+      const std::int64_t groups = attr_int(n, "group", 1);
+      const std::int64_t out_ch = w.dims(0), in_ch = w.dims(1) * groups;
+      if ((kh >= 0 && kh != w.dims(2)) || (kw >= 0 && kw != w.dims(3)))
+        refuse(n, "kernel_shape differs from the weight's shape");
+      const bool bias = n.input_size() > 2 && !n.input(2).empty();
+      const std::string name = layer_name(n, index, n.input(1));
+      source(name + ".weight", n.input(1));
+      if (bias) source(name + ".bias", weight(n, 2).name());
+      out(g.add<Conv2d>({input(0)}, name,
+                        Conv2dOptions{.in_channels = in_ch,
+                                      .out_channels = out_ch,
+                                      .kernel_h = w.dims(2),
+                                      .kernel_w = w.dims(3),
+                                      .stride = sh,
+                                      .padding = ph,
+                                      .dilation = dh,
+                                      .groups = groups,
+                                      .bias = bias}));
+    } else if (op == "BatchNormalization") {
+      const auto& scale = weight(n, 1);
+      for (int i = 2; i < 5; ++i) weight(n, i);
+      if (scale.dims_size() != 1) refuse(n, "scale must be 1-D");
+      const std::string name = layer_name(n, index, n.input(1));
+      source(name + ".weight", n.input(1));
+      source(name + ".bias", n.input(2));
+      source(name + ".running_mean", n.input(3));
+      source(name + ".running_var", n.input(4));
+      // ONNX's momentum weighs the running statistic, torch's the batch's.
+      out(g.add<BatchNorm2d>({input(0)}, name,
+                             BatchNorm2dOptions{.num_features = scale.dims(0),
+                                                .eps = attr_float(n, "epsilon", 1e-5f),
+                                                .momentum = 1.0f - attr_float(n, "momentum", 0.9f)}));
+    } else if (op == "Sigmoid") {
+      // x * sigmoid(x), spread over Sigmoid and Mul, is one SiLU node (at the Mul).
+      const auto& users = consumers_[n.output(0)];
+      const auto& g_nodes = model_.graph().node();
+      if (users.size() == 1 && g_nodes[users[0]].op_type() == "Mul") {
+        const auto& m = g_nodes[users[0]];
+        if ((m.input(0) == n.input(0) && m.input(1) == n.output(0)) ||
+            (m.input(1) == n.input(0) && m.input(0) == n.output(0))) {
+          silu_at_[users[0]] = n.input(0);
+          return;
+        }
+      }
+      out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::sigmoid));
+    } else if (op == "HardSigmoid") {
+      if (std::abs(attr_float(n, "alpha", 0.2f) - 1.0f / 6) > 1e-6f ||
+          std::abs(attr_float(n, "beta", 0.5f) - 0.5f) > 1e-6f)
+        refuse(n, "only alpha 1/6 and beta 1/2 (torch's Hardsigmoid) are supported");
+      out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::hardsigmoid));
+    } else if (op == "HardSwish") {
+      out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::hardswish));
+    } else if (op == "Mul") {
+      if (const auto it = silu_at_.find(index); it != silu_at_.end()) {
+        out(g.add<Eltwise>({value(it->second, "SiLU input")}, layer_name(n, index), Activation::silu));
+        return;
+      }
+      // The image first, a (N, C, 1, 1) gate second.
+      int big = 0;
+      if (shape_of(n.input(0)) != shape_of(n.input(1)) && numel(shape_of(n.input(1))) > numel(shape_of(n.input(0))))
+        big = 1;
+      out(g.add<Mul>({input(big), input(1 - big)}, layer_name(n, index)));
+    } else if (op == "Concat") {
+      const std::int64_t rank = static_cast<std::int64_t>(shape_of(n.output(0)).size());
+      std::int64_t axis = attr_int(n, "axis", 1);
+      if (axis < 0) axis += rank;
+      std::vector<ValueId> ins;
+      for (int i = 0; i < n.input_size(); ++i) ins.push_back(input(i));
+      out(g.add<Concat>(ins, layer_name(n, index), static_cast<int>(axis)));
+    } else if (op == "Relu") {
+      out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
+    } else if (op == "Clip") {
+      float lo, hi;
+      if (opset_ < 11) {
+        lo = attr_float(n, "min", -std::numeric_limits<float>::max());
+        hi = attr_float(n, "max", std::numeric_limits<float>::max());
+      } else {
+        lo = scalar_input(n, 1, -std::numeric_limits<float>::infinity());
+        hi = scalar_input(n, 2, std::numeric_limits<float>::infinity());
+      }
+      if (lo == 0.0f && hi == 6.0f)
+        out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu6));
+      else if (lo == 0.0f && hi >= std::numeric_limits<float>::max())
+        out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
+      else
+        refuse(n, fmt::format("Clip to [{}, {}] is not supported (only [0, 6] and [0, inf))", lo, hi));
+    } else if (op == "Add") {
+      const ValueId a = input(0), b = input(1);
+      if (shape_of(n.input(0)) != shape_of(n.input(1)))
+        refuse(n, fmt::format("adds shapes {} and {}; broadcasting Add is not supported",
+                              to_string(shape_of(n.input(0))), to_string(shape_of(n.input(1)))));
+      out(g.add<Add>({a, b}, layer_name(n, index)));
+    } else if (op == "MaxPool" || op == "AveragePool") {
+      const auto [kh, kw] = pair_attr(n, "kernel_shape", -1);
+      const auto [sh, sw] = pair_attr(n, "strides", 1);
+      const auto [ph, pw] = pads(n);
+      if (kh < 1) refuse(n, "kernel_shape is missing");
+      if (attr_int(n, "ceil_mode", 0) != 0) refuse(n, "ceil_mode 1 is not supported");
+      if (op == "MaxPool" && (n.output_size() > 1 && !n.output(1).empty()))
+        refuse(n, "the Indices output is not supported");
+      const auto dil = attr_ints(n, "dilations");
+      if (std::any_of(dil.begin(), dil.end(), [](auto d) { return d != 1; })) refuse(n, "dilations are not supported");
+      if (op == "AveragePool" && (ph || pw) && attr_int(n, "count_include_pad", 0) != 0)
+        refuse(n, "count_include_pad 1 with padding is not supported");
+      const PoolOptions po{
+          .kernel_h = kh, .kernel_w = kw, .stride_h = sh, .stride_w = sw, .padding_h = ph, .padding_w = pw};
+      if (op == "MaxPool")
+        out(g.add<MaxPool2d>({input(0)}, layer_name(n, index), po));
+      else
+        out(g.add<AvgPool2d>({input(0)}, layer_name(n, index), po));
+    } else if (op == "GlobalAveragePool") {
+      // ONNX's output is (N, C, 1, 1). Feeding only Flatten or Gemm (a
+      // classifier's pooling) it is the engine's global pooling, (N, C);
+      // elsewhere (squeeze-and-excitation) an average pool over the whole image.
+      const auto& users = consumers_[n.output(0)];
+      const auto& g_nodes = model_.graph().node();
+      const bool to_classifier = std::all_of(users.begin(), users.end(), [&](int u) {
+        return g_nodes[u].op_type() == "Flatten" || g_nodes[u].op_type() == "Gemm";
+      });
+      if (to_classifier) {
+        out(g.add<GlobalAvgPool>({input(0)}, layer_name(n, index)));
+        squeezed_.insert(n.output(0));
+      } else {
+        const Shape& x = shape_of(n.input(0));
+        if (x.size() != 4) refuse(n, "only images (N, C, H, W) are supported");
+        out(g.add<AvgPool2d>({input(0)}, layer_name(n, index), PoolOptions{.kernel_h = x[2], .kernel_w = x[3]}));
+      }
+    } else if (op == "Flatten") {
+      if (attr_int(n, "axis", 1) != 1) refuse(n, "only axis 1 is supported");
+      const ValueId x = input(0);
+      out(squeezed_.count(n.input(0)) || shape_of(n.input(0)).size() == 2 ? x
+                                                                          : g.add<Flatten>({x}, layer_name(n, index)));
+    } else if (op == "Gemm") {
+      add_gemm(n, index, input(0));
+    } else if (op == "Dropout") {
+      const float ratio = opset_ < 12 ? attr_float(n, "ratio", 0.5f) : scalar_input(n, 1, 0.5f);
+      out(g.add<Dropout>({input(0)}, layer_name(n, index), ratio, o_.seed));
+      if (squeezed_.count(n.input(0))) squeezed_.insert(n.output(0));
+    } else if (op == "Pad") {
+      // PyTorch writes a zero Pad before some average pools: the identity.
+      std::vector<float> amounts;
+      if (opset_ < 11) {
+        for (auto v : attr_ints(n, "pads")) amounts.push_back(float(v));
+      } else {
+        const auto* t = n.input_size() > 1 ? constant(n.input(1)) : nullptr;
+        if (!t) refuse(n, "pads must be a constant");
+        amounts = to_host(*t, n.input(1)).values;
+      }
+      if (std::any_of(amounts.begin(), amounts.end(), [](float v) { return v != 0; }))
+        refuse(n, "only all-zero padding (the identity) is supported");
+      out(input(0));
+      if (squeezed_.count(n.input(0))) squeezed_.insert(n.output(0));
+    } else if (op == "Identity" && constant(n.input(0))) {
+      consts_[n.output(0)] = constant(n.input(0));  // PyTorch shares equal initializers this way
+    } else if (op == "Identity") {
+      out(input(0));
+      if (squeezed_.count(n.input(0))) squeezed_.insert(n.output(0));
+    } else {
+      fail("{}: node '{}' has operator {}, which is not supported; supported: {}", where_, n.name(), op,
+           fmt::join(kSupportedOps, ", "));
+    }
+  }
+
+  // Gemm as a Linear layer: Y = X W^T + b (transB 1, torch's layout) or X W + b
+  // (transB 0: the weight is transposed when loaded).
+  void add_gemm(const ::onnx::NodeProto& n, int index, ValueId x) {
+    const auto& w = weight(n, 1);
+    if (attr_int(n, "transA", 0) != 0) refuse(n, "transA 1 is not supported");
+    if (attr_float(n, "alpha", 1.0f) != 1.0f || attr_float(n, "beta", 1.0f) != 1.0f)
+      refuse(n, "alpha and beta other than 1 are not supported");
+    if (w.dims_size() != 2) refuse(n, "the weight must be 2-D");
+    const bool trans_b = attr_int(n, "transB", 0) != 0;
+    const std::int64_t out_f = trans_b ? w.dims(0) : w.dims(1), in_f = trans_b ? w.dims(1) : w.dims(0);
+    const bool bias = n.input_size() > 2 && !n.input(2).empty();
+    Shape xs = shape_of(n.input(0));
+    if (squeezed_.count(n.input(0))) xs.resize(2);
+    if (xs.size() != 2 || xs[1] != in_f)
+      refuse(n, fmt::format("input shape {} does not fit a weight of {} inputs", to_string(xs), in_f));
+    const std::string name = layer_name(n, index, n.input(1));
+    std::int64_t classes = out_f;
+    if (index == head_node_) {
+      head_layer_ = name;
+      file_classes_ = out_f;
+      if (o_.num_classes != out_f) {
+        head_replaced_ = true;
+        classes = o_.num_classes;
+      }
+    }
+    if (!head_replaced_ || index != head_node_) {
+      source(name + ".weight", n.input(1), !trans_b);
+      if (bias) source(name + ".bias", weight(n, 2).name());
+    }
+    values_[n.output(0)] = graph_->add<Linear>(
+        {x}, name, LinearOptions{.in_features = in_f, .out_features = classes, .bias = bias || head_replaced_});
+  }
+
+  // ---- weights ---------------------------------------------------------
+  void load_initializers(Model& m) {
+    ParamStore& store = m.params();
+    const auto fill = [&](const std::string& name, const Shape& shape, std::span<float> dst) {
+      const auto it = sources_.find(name);
+      if (it == sources_.end()) return;
+      const auto& [tensor, transpose] = it->second;
+      const HostTensor h = to_host(*constant(tensor), tensor);
+      Shape want = shape;
+      if (transpose) std::swap(want[0], want[1]);
+      if (numel(h.shape) != numel(want) || (h.shape != want && !(h.shape.size() == 1 && want.size() == 1)))
+        fail("{}: tensor '{}' has shape {}; layer param '{}' needs {}", where_, tensor, to_string(h.shape), name,
+             to_string(want));
+      if (!transpose) {
+        std::copy(h.values.begin(), h.values.end(), dst.begin());
+      } else {
+        const std::int64_t rows = want[0], cols = want[1];  // the file's (in, out) into our (out, in)
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t c = 0; c < cols; ++c) dst[std::size_t(c * rows + r)] = h.values[std::size_t(r * cols + c)];
+      }
+      ++loaded_;
+    };
+    for (auto& p : store.params()) fill(p.name, p.shape, p.values());
+    for (auto& b : store.buffers()) fill(b.name, b.shape, b.values());
+  }
+
+  std::uint64_t hash_graph() const {
+    const auto& g = model_.graph();
+    std::uint64_t h = fnv1a(std::to_string(opset_));
+    for (const auto& n : g.node()) h = fnv1a(n.SerializeAsString(), h);
+    for (const auto& t : g.initializer()) {
+      h = fnv1a(t.name(), h);
+      for (auto d : t.dims()) h = fnv1a(std::to_string(d) + ",", h);
+    }
+    return h;
+  }
+
+  std::filesystem::path path_;
+  std::string where_;
+  Context& ctx_;
+  ModelOptions o_;
+  ImportOptions io_;
+  ::onnx::ModelProto model_;
+  std::int64_t opset_ = 0;
+  std::unique_ptr<Graph> graph_;
+  ValueId images_ = -1;
+  std::map<std::string, ValueId> values_;
+  std::map<std::string, const ::onnx::TensorProto*> consts_;
+  std::set<std::string> names_, unused_outputs_;
+  std::map<std::string, Shape> shapes_;                          // ONNX's inferred shapes
+  std::set<std::string> squeezed_;                               // ONNX (N, C, 1, 1) values the engine holds as (N, C)
+  std::map<std::string, std::vector<int>> consumers_;            // value -> the nodes reading it
+  std::map<int, std::string> silu_at_;                           // Mul node -> the input of its fused SiLU
+  std::map<std::string, std::pair<std::string, bool>> sources_;  // param -> (file tensor, transposed)
+  int head_node_ = -1;
+  std::string head_layer_;
+  bool head_replaced_ = false;
+  std::int64_t file_classes_ = 0;
+  int loaded_ = 0;
+};
+
+}  // namespace detail
+
+// Builds the model of the ONNX file at `path` for ModelOptions' batch, input
+// size, precision and classes (the classifier re-created when they differ
+// from the file's); the file's initializers are loaded into its params and
+// batch-norm buffers, except a re-created classifier's.
+inline Model import_model(const std::filesystem::path& path, Context& ctx, const ModelOptions& o,
+                          const ImportOptions& io = {}, ImportReport* report = nullptr) {
+  if (o.num_classes < 1) usage_fail("--num_classes must be at least 1, got {}", o.num_classes);
+  if (o.batch < 1) usage_fail("--batch_size must be at least 1, got {}", o.batch);
+  ImportReport r;
+  Model m = detail::Importer(path, ctx, o, io).run(r);
+  if (report) *report = r;
+  return m;
+}
+
+}  // namespace elastic::onnx_import

@@ -1,0 +1,329 @@
+#include "elastic/onnx/import.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include <doctest/doctest.h>
+
+#include "elastic/core/random.hpp"
+
+using namespace elastic;
+namespace fs = std::filesystem;
+
+namespace {
+
+// ONNX models written by the test with protobuf: a small classifier
+// conv -> batch norm -> relu -> max pool -> global average pool -> flatten -> gemm.
+struct Builder {
+  ::onnx::ModelProto m;
+  Rng rng{5};
+
+  Builder() {
+    m.set_ir_version(8);
+    m.add_opset_import()->set_version(14);
+    auto* in = m.mutable_graph()->add_input();
+    in->set_name("x");
+    auto* shape = in->mutable_type()->mutable_tensor_type();
+    shape->set_elem_type(::onnx::TensorProto::FLOAT);
+    for (auto d : {std::string("batch"), std::string("3"), std::string("h"), std::string("w")}) {
+      auto* dim = shape->mutable_shape()->add_dim();
+      if (d == "3")
+        dim->set_dim_value(3);
+      else
+        dim->set_dim_param(d);
+    }
+    m.mutable_graph()->set_name("test");
+  }
+
+  std::vector<float> init(const std::string& name, const std::vector<std::int64_t>& dims, float lo = -0.5f,
+                          float hi = 0.5f) {
+    auto* t = m.mutable_graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(::onnx::TensorProto::FLOAT);
+    std::int64_t n = 1;
+    for (auto d : dims) {
+      t->add_dims(d);
+      n *= d;
+    }
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (auto& x : v) x = rng.uniform(lo, hi);
+    t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+    return v;
+  }
+
+  ::onnx::NodeProto* node(const std::string& op, const std::string& name, std::vector<std::string> in,
+                          std::vector<std::string> out) {
+    auto* n = m.mutable_graph()->add_node();
+    n->set_op_type(op);
+    n->set_name(name);
+    for (auto& i : in) n->add_input(i);
+    for (auto& o : out) n->add_output(o);
+    return n;
+  }
+
+  static void ints(::onnx::NodeProto* n, const std::string& name, std::vector<std::int64_t> v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(::onnx::AttributeProto::INTS);
+    for (auto x : v) a->add_ints(x);
+  }
+  static void integer(::onnx::NodeProto* n, const std::string& name, std::int64_t v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(::onnx::AttributeProto::INT);
+    a->set_i(v);
+  }
+
+  void output(const std::string& name) {
+    auto* o = m.mutable_graph()->add_output();
+    o->set_name(name);
+    auto* type = o->mutable_type()->mutable_tensor_type();
+    type->set_elem_type(::onnx::TensorProto::FLOAT);
+    type->mutable_shape()->add_dim()->set_dim_param("batch");
+    type->mutable_shape()->add_dim()->set_dim_value(5);
+  }
+
+  fs::path write(const std::string& file) const {
+    const fs::path p = fs::temp_directory_path() / file;
+    std::ofstream(p, std::ios::binary) << m.SerializeAsString();
+    return p;
+  }
+};
+
+// The small classifier; `trans_b` 0 stores the head's weight as (in, out).
+Builder small_classifier(int trans_b = 1, std::vector<std::int64_t> conv_pads = {1, 1, 1, 1}) {
+  Builder b;
+  b.init("conv.weight", {4, 3, 3, 3});
+  b.init("conv.bias", {4});
+  b.init("bn.weight", {4}, 0.5f, 1.5f);
+  b.init("bn.bias", {4});
+  b.init("bn.running_mean", {4});
+  b.init("bn.running_var", {4}, 0.5f, 1.5f);
+  b.init("fc.weight", trans_b ? std::vector<std::int64_t>{5, 4} : std::vector<std::int64_t>{4, 5});
+  b.init("fc.bias", {5});
+  auto* c = b.node("Conv", "/conv/Conv", {"x", "conv.weight", "conv.bias"}, {"c"});
+  Builder::ints(c, "kernel_shape", {3, 3});
+  Builder::ints(c, "pads", conv_pads);
+  b.node("BatchNormalization", "/bn/BatchNormalization",
+         {"c", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"}, {"n"});
+  b.node("Relu", "/relu/Relu", {"n"}, {"r"});
+  auto* p = b.node("MaxPool", "/pool/MaxPool", {"r"}, {"p"});
+  Builder::ints(p, "kernel_shape", {2, 2});
+  Builder::ints(p, "strides", {2, 2});
+  b.node("GlobalAveragePool", "/gap/GlobalAveragePool", {"p"}, {"g"});
+  auto* f = b.node("Flatten", "/Flatten", {"g"}, {"f"});
+  Builder::integer(f, "axis", 1);
+  auto* gemm = b.node("Gemm", "/fc/Gemm", {"f", "fc.weight", "fc.bias"}, {"logits"});
+  Builder::integer(gemm, "transB", trans_b);
+  b.output("logits");
+  return b;
+}
+
+Tensor random_images(const Shape& s, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor x(s);
+  for (auto& v : x.span()) v = rng.normal();
+  return x;
+}
+
+std::string error_of(const fs::path& p, const ModelOptions& o = {.num_classes = 5, .input_size = 8, .batch = 2}) {
+  Context ctx(1);
+  try {
+    onnx_import::import_model(p, ctx, o);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("an imported ONNX classifier computes what the same layers built by hand compute, with the file's weights") {
+  const Builder b = small_classifier();
+  const fs::path p = b.write("elastic_import_small.onnx");
+  Context ctx(2);
+  const ModelOptions o{.num_classes = 5, .input_size = 8, .batch = 3};
+  onnx_import::ImportReport report;
+  Model m = onnx_import::import_model(p, ctx, o, {}, &report);
+  CHECK(report.head == "fc");
+  CHECK_FALSE(report.head_replaced);
+  CHECK(report.nodes == 7);
+  CHECK(m.input_shape == Shape{3, 3, 8, 8});
+  CHECK(m.num_classes == 5);
+  CHECK(m.head_prefixes.empty());
+  CHECK(m.batch_norms.size() == 1);
+  // Params and buffers under the file's names, holding the file's values.
+  const auto& g = b.m.graph();
+  std::map<std::string, std::vector<float>> file;
+  for (const auto& t : g.initializer()) {
+    std::vector<float> v(t.raw_data().size() / 4);
+    std::memcpy(v.data(), t.raw_data().data(), t.raw_data().size());
+    file[t.name()] = v;
+  }
+  std::vector<std::string> names;
+  for (auto& q : m.params().params()) {
+    names.push_back(q.name);
+    REQUIRE(file.count(q.name));
+    CHECK(std::vector<float>(q.values().begin(), q.values().end()) == file[q.name]);
+  }
+  CHECK(names == std::vector<std::string>{"conv.weight", "conv.bias", "bn.weight", "bn.bias", "fc.weight", "fc.bias"});
+  for (auto& q : m.params().buffers())
+    CHECK(std::vector<float>(q.values().begin(), q.values().end()) == file.at(q.name));
+
+  // The same network built from the engine's layers with the same values.
+  Graph h(ctx);
+  const ValueId x = h.input("x", {3, 3, 8, 8});
+  ValueId v = h.add<Conv2d>(
+      {x}, "conv", Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  v = h.add<BatchNorm2d>({v}, "bn", BatchNorm2dOptions{.num_features = 4});
+  v = h.add<Eltwise>({v}, "relu", Activation::relu);
+  v = h.add<MaxPool2d>({v}, "pool", PoolOptions{.kernel_h = 2, .kernel_w = 2, .stride_h = 2, .stride_w = 2});
+  v = h.add<GlobalAvgPool>({v}, "gap");
+  const ValueId y = h.add<Linear>({v}, "fc", LinearOptions{.in_features = 4, .out_features = 5});
+  h.finalize(1);
+  for (auto& q : h.params().params()) std::copy(file[q.name].begin(), file[q.name].end(), q.values().begin());
+  for (auto& q : h.params().buffers()) std::copy(file[q.name].begin(), file[q.name].end(), q.values().begin());
+  const Tensor images = random_images({3, 3, 8, 8}, 9);
+  m.graph->write(m.images, images);
+  h.write(x, images);
+  m.graph->forward(false);
+  h.forward(false);
+  const Tensor a = m.graph->read(m.logits), e = h.read(y);
+  REQUIRE(a.shape() == e.shape());
+  double worst = 0, scale = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    worst = std::max(worst, double(std::abs(a[i] - e[i])));
+    scale = std::max(scale, double(std::abs(e[i])));
+  }
+  CHECK(worst == 0.0);
+  CHECK(scale > 1e-3);  // not a vacuous comparison
+  fs::remove(p);
+}
+
+TEST_CASE("a Gemm with transB 0 holds its weight transposed: imported, it computes the same logits") {
+  Builder t1 = small_classifier(1), t0 = small_classifier(0);
+  // t0's head weight: t1's transposed.
+  const auto& w1 = t1.m.graph().initializer(6);
+  auto* w0 = t0.m.mutable_graph()->mutable_initializer(6);
+  REQUIRE(w1.name() == "fc.weight");
+  std::vector<float> a(20), b(20);
+  std::memcpy(a.data(), w1.raw_data().data(), 80);
+  for (int o = 0; o < 5; ++o)
+    for (int i = 0; i < 4; ++i) b[std::size_t(i * 5 + o)] = a[std::size_t(o * 4 + i)];
+  w0->set_raw_data(std::string(reinterpret_cast<const char*>(b.data()), 80));
+  for (int k = 0; k < 6; ++k) *t0.m.mutable_graph()->mutable_initializer(k) = t1.m.graph().initializer(k);
+  *t0.m.mutable_graph()->mutable_initializer(7) = t1.m.graph().initializer(7);
+  const fs::path p1 = t1.write("elastic_import_t1.onnx"), p0 = t0.write("elastic_import_t0.onnx");
+  Context ctx(2);
+  const ModelOptions o{.num_classes = 5, .input_size = 8, .batch = 2};
+  Model m1 = onnx_import::import_model(p1, ctx, o), m0 = onnx_import::import_model(p0, ctx, o);
+  const Tensor images = random_images({2, 3, 8, 8}, 4);
+  for (Model* m : {&m1, &m0}) {
+    m->graph->write(m->images, images);
+    m->graph->forward(false);
+  }
+  const Tensor y1 = m1.graph->read(m1.logits), y0 = m0.graph->read(m0.logits);
+  for (std::int64_t i = 0; i < y1.numel(); ++i) CHECK(y1[i] == y0[i]);
+  fs::remove(p1);
+  fs::remove(p0);
+}
+
+TEST_CASE("a different class count re-creates the classifier, which is not loaded from the file") {
+  const fs::path p = small_classifier().write("elastic_import_head.onnx");
+  Context ctx(1);
+  onnx_import::ImportReport r;
+  Model m = onnx_import::import_model(p, ctx, {.num_classes = 9, .input_size = 8, .batch = 2}, {}, &r);
+  CHECK(r.head_replaced);
+  CHECK(r.file_classes == 5);
+  CHECK(m.num_classes == 9);
+  CHECK(m.head_prefixes == std::vector<std::string>{"fc."});
+  CHECK(m.params().params().back().shape == Shape{9});
+  // --head naming a layer that is not a Gemm is refused, naming it.
+  const std::string e = [&] {
+    try {
+      onnx_import::import_model(p, ctx, {.num_classes = 9, .input_size = 8, .batch = 2}, {.head = "conv"});
+    } catch (const Error& err) {
+      return std::string(err.what());
+    }
+    return std::string();
+  }();
+  CHECK(e.find("no Gemm named 'conv'") != std::string::npos);
+  fs::remove(p);
+}
+
+TEST_CASE("the graph hash identifies the graph, not its weights or file name") {
+  Builder a = small_classifier(), b = small_classifier();
+  b.m.mutable_graph()->mutable_initializer(0)->mutable_raw_data()->at(0) ^= 1;  // other weights
+  Builder c = small_classifier(1, {1, 1, 1, 1});
+  Builder::ints(c.m.mutable_graph()->mutable_node(3), "pads", {0, 0, 0, 0});  // another graph
+  const fs::path pa = a.write("elastic_hash_a.onnx"), pb = b.write("elastic_hash_b.onnx"),
+                 pc = c.write("elastic_hash_c.onnx");
+  Context ctx(1);
+  const ModelOptions o{.num_classes = 5, .input_size = 8, .batch = 2};
+  onnx_import::ImportReport ra, rb, rc;
+  onnx_import::import_model(pa, ctx, o, {}, &ra);
+  onnx_import::import_model(pb, ctx, o, {}, &rb);
+  onnx_import::import_model(pc, ctx, o, {}, &rc);
+  CHECK(ra.graph_hash == rb.graph_hash);
+  CHECK(ra.graph_hash != rc.graph_hash);
+  for (const auto& p : {pa, pb, pc}) fs::remove(p);
+}
+
+TEST_CASE("bad ONNX input is refused with one line naming the file and the node") {
+  SUBCASE("an unsupported operator names itself, its node and the supported operators") {
+    Builder b = small_classifier();
+    b.m.mutable_graph()->mutable_node(2)->set_op_type("Selu");
+    const std::string e = error_of(b.write("elastic_import_op.onnx"));
+    CHECK(e.find("node '/relu/Relu' has operator Selu, which is not supported") != std::string::npos);
+    CHECK(e.find("supported: Add, AveragePool") != std::string::npos);
+    CHECK(e.find("elastic_import_op.onnx") != std::string::npos);
+  }
+  SUBCASE("asymmetric padding") {
+    const std::string e = error_of(small_classifier(1, {1, 1, 0, 0}).write("elastic_import_pads.onnx"));
+    CHECK(e.find("node '/conv/Conv' (Conv): pads [1, 1, 0, 0] are not symmetric") != std::string::npos);
+  }
+  SUBCASE("a file that is not protobuf") {
+    const fs::path p = fs::temp_directory_path() / "elastic_import_text.onnx";
+    std::ofstream(p) << "this is not a model\n";
+    CHECK(error_of(p).find("elastic_import_text.onnx': not an ONNX model") != std::string::npos);
+  }
+  SUBCASE("a truncated file") {
+    const std::string bytes = small_classifier().m.SerializeAsString();
+    const fs::path p = fs::temp_directory_path() / "elastic_import_cut.onnx";
+    std::ofstream(p, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    CHECK(error_of(p).find("elastic_import_cut.onnx'") != std::string::npos);
+  }
+  SUBCASE("a missing file") {
+    CHECK(error_of("/nonexistent/model.onnx").find("'/nonexistent/model.onnx': cannot read") != std::string::npos);
+  }
+  SUBCASE("weights as external data") {
+    Builder b = small_classifier();
+    auto* t = b.m.mutable_graph()->mutable_initializer(0);
+    t->clear_raw_data();
+    t->set_data_location(::onnx::TensorProto::EXTERNAL);
+    auto* entry = t->add_external_data();
+    entry->set_key("location");
+    entry->set_value("weights.bin");
+    const std::string e = error_of(b.write("elastic_import_ext.onnx"));
+    CAPTURE(e);
+    CHECK(e.find("tensor 'conv.weight' is stored as external data") != std::string::npos);
+  }
+  SUBCASE("an initializer whose data does not fit its dims") {
+    Builder b = small_classifier();
+    b.m.mutable_graph()->mutable_initializer(1)->mutable_raw_data()->resize(8);
+    const std::string e = error_of(b.write("elastic_import_short.onnx"));
+    CHECK(e.find("tensor 'conv.bias' holds 2 values for dims 4") != std::string::npos);
+  }
+  SUBCASE("a graph input that is not an image") {
+    Builder b = small_classifier();
+    b.m.mutable_graph()
+        ->mutable_input(0)
+        ->mutable_type()
+        ->mutable_tensor_type()
+        ->mutable_shape()
+        ->mutable_dim(1)
+        ->set_dim_value(1);
+    const std::string e = error_of(b.write("elastic_import_gray.onnx"));
+    CHECK(e.find("input 'x' has 1 channels") != std::string::npos);
+  }
+}
