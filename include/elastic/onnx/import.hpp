@@ -18,6 +18,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -44,29 +45,18 @@
 #include "elastic/layers/linear.hpp"
 #include "elastic/layers/mul.hpp"
 #include "elastic/layers/pool.hpp"
+#include "elastic/layers/shuffle.hpp"
+#include "elastic/layers/slice.hpp"
 #include "elastic/models/model.hpp"
 
 namespace elastic::onnx_import {
 
-inline constexpr std::string_view kSupportedOps[] = {"Add",
-                                                     "AveragePool",
-                                                     "BatchNormalization",
-                                                     "Clip",
-                                                     "Concat",
-                                                     "Constant",
-                                                     "Conv",
-                                                     "Dropout",
-                                                     "Flatten",
-                                                     "Gemm",
-                                                     "GlobalAveragePool",
-                                                     "HardSigmoid",
-                                                     "HardSwish",
-                                                     "Identity",
-                                                     "MaxPool",
-                                                     "Mul",
-                                                     "Pad",
-                                                     "Relu",
-                                                     "Sigmoid"};
+inline constexpr std::string_view kSupportedOps[] = {
+    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout", "Flatten", "Gemm",
+    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MaxPool", "Mul", "Pad", "ReduceMean", "Relu",
+    "Reshape", "Sigmoid", "Slice", "Split", "Transpose",
+    // On integer constants only (the shape arithmetic exporters write), computed at import:
+    "Cast", "Div", "Gather", "Shape", "Squeeze", "Sub", "Unsqueeze"};
 
 // Files larger than this are refused before anything is read (protobuf's
 // limit for one message is 2 GiB; weights beyond it need ONNX's external
@@ -122,7 +112,7 @@ class Importer {
     report.graph_hash = hash_graph();
     graph_ = std::make_unique<Graph>(ctx_, o_.precision);
     add_input();
-    infer_shapes();
+    resolve_shapes();
     for (int i = 0; i < g.node_size(); ++i) add_node(g.node(i), i);
     if (g.output_size() != 1)
       fail("{}: the graph has {} outputs; a classifier has one (the logits)", where_, g.output_size());
@@ -172,6 +162,11 @@ class Importer {
   // ---- values and constants --------------------------------------------
   ValueId value(const std::string& name, std::string_view what) const {
     const auto it = values_.find(name);
+    if (it == values_.end() && shuffles_.count(name))
+      fail(
+          "{}: {} '{}' is a 5-D reshape or transpose of an image, which is supported only as a channel shuffle "
+          "(reshape, transpose(1, 2), reshape)",
+          where_, what, name);
     if (it == values_.end())
       fail(
           "{}: {} '{}' is not computed by any node before it (or is a constant where a tensor of the "
@@ -258,6 +253,119 @@ class Importer {
       fail("{}: node '{}' ({}): input '{}' has {} values, expected one", where_, n.name(), n.op_type(), n.input(i),
            h.values.size());
     return h.values[0];
+  }
+
+  // ---- integer constants (shape arithmetic) ---------------------------
+  struct IntTensor {
+    Shape shape;
+    std::vector<std::int64_t> v;
+  };
+
+  std::optional<IntTensor> int_const(const std::string& name) const {
+    if (const auto it = ints_.find(name); it != ints_.end()) return it->second;
+    const auto* t = constant(name);
+    if (!t) return std::nullopt;
+    const bool i64 = t->data_type() == ::onnx::TensorProto::INT64;
+    if (!i64 && t->data_type() != ::onnx::TensorProto::INT32) return std::nullopt;
+    IntTensor r;
+    std::int64_t n = 1;
+    for (auto d : t->dims()) {
+      if (d < 0 || d > 4096) fail("{}: integer tensor '{}' has dims {}", where_, name, fmt::join(t->dims(), "x"));
+      n *= d;
+      r.shape.push_back(d);
+    }
+    if (n > 4096) fail("{}: integer tensor '{}' has {} values (at most 4096 are read)", where_, name, n);
+    const std::string& raw = t->raw_data();
+    const std::size_t width = i64 ? 8 : 4;
+    const std::size_t got = !raw.empty() ? raw.size() / width
+                            : i64        ? std::size_t(t->int64_data_size())
+                                         : std::size_t(t->int32_data_size());
+    if (got != std::size_t(n) || (!raw.empty() && raw.size() % width))
+      fail("{}: tensor '{}' holds {} values for dims {} ({})", where_, name, got, fmt::join(r.shape, "x"), n);
+    for (std::size_t i = 0; i < got; ++i) {
+      if (raw.empty()) {
+        r.v.push_back(i64 ? t->int64_data(int(i)) : t->int32_data(int(i)));
+      } else if (i64) {
+        std::int64_t v;
+        std::memcpy(&v, raw.data() + i * 8, 8);
+        r.v.push_back(v);
+      } else {
+        std::int32_t v;
+        std::memcpy(&v, raw.data() + i * 4, 4);
+        r.v.push_back(v);
+      }
+    }
+    return r;
+  }
+
+  // Computes a node whose inputs are all integer constants (or, for Shape, a
+  // value of known shape); false when it is not such a node.
+  bool fold(const ::onnx::NodeProto& n) {
+    const std::string& op = n.op_type();
+    static const std::set<std::string_view> foldable{"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Add",
+                                                     "Sub",   "Mul",    "Div",       "Cast",    "Slice"};
+    if (!foldable.count(op) || n.output_size() != 1) return false;
+    if (op == "Shape") {
+      const auto it = shapes_.find(n.input(0));
+      if (it == shapes_.end()) return false;  // not inferred (yet)
+      ints_[n.output(0)] = IntTensor{{std::int64_t(it->second.size())}, it->second};
+      return true;
+    }
+    std::vector<IntTensor> in;
+    for (const auto& name : n.input()) {
+      if (name.empty()) {
+        in.push_back({});
+        continue;
+      }
+      auto c = int_const(name);
+      if (!c) return false;
+      in.push_back(*c);
+    }
+    IntTensor r;
+    const auto scalar_or_vector = [&](const IntTensor& t) {
+      if (t.shape.size() > 1) refuse(n, "integer constants of rank above 1 are not supported");
+    };
+    for (const auto& t : in) scalar_or_vector(t);
+    if (op == "Gather") {
+      if (attr_int(n, "axis", 0) != 0) refuse(n, "only axis 0 is supported on integer constants");
+      r.shape = in[1].shape;
+      for (auto i : in[1].v) {
+        if (i < 0) i += std::int64_t(in[0].v.size());
+        if (i < 0 || i >= std::int64_t(in[0].v.size())) refuse(n, "index out of range");
+        r.v.push_back(in[0].v[std::size_t(i)]);
+      }
+    } else if (op == "Unsqueeze" || op == "Squeeze" || op == "Cast") {
+      r.v = in[0].v;
+      r.shape = {std::int64_t(r.v.size())};
+      if (op == "Squeeze" && r.v.size() == 1) r.shape = {};
+    } else if (op == "Concat") {
+      for (const auto& t : in) r.v.insert(r.v.end(), t.v.begin(), t.v.end());
+      r.shape = {std::int64_t(r.v.size())};
+    } else if (op == "Slice") {
+      const std::int64_t size = std::int64_t(in[0].v.size());
+      if (in.size() > 4 && !in[4].v.empty() && in[4].v[0] != 1) refuse(n, "only step 1 is supported");
+      std::int64_t b = in[1].v.at(0), e = in[2].v.at(0);
+      if (b < 0) b += size;
+      if (e < 0) e += size;
+      b = std::clamp<std::int64_t>(b, 0, size);
+      e = std::clamp<std::int64_t>(e, 0, size);
+      for (std::int64_t i = b; i < e; ++i) r.v.push_back(in[0].v[std::size_t(i)]);
+      r.shape = {std::int64_t(r.v.size())};
+    } else {  // Add, Sub, Mul, Div with a broadcast scalar
+      const auto& a = in[0];
+      const auto& b = in[1];
+      const std::size_t count = std::max(a.v.size(), b.v.size());
+      if ((a.v.size() != count && a.v.size() != 1) || (b.v.size() != count && b.v.size() != 1))
+        refuse(n, "integer operands of different sizes");
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::int64_t x = a.v[a.v.size() == 1 ? 0 : i], y = b.v[b.v.size() == 1 ? 0 : i];
+        if (op == "Div" && y == 0) refuse(n, "division by zero");
+        r.v.push_back(op == "Add" ? x + y : op == "Sub" ? x - y : op == "Mul" ? x * y : x / y);
+      }
+      r.shape = a.v.size() >= b.v.size() ? a.shape : b.shape;
+    }
+    ints_[n.output(0)] = std::move(r);
+    return true;
   }
 
   // ---- attributes ------------------------------------------------------
@@ -365,7 +473,10 @@ class Importer {
     g->clear_value_info();
     for (auto& o : *g->mutable_output()) o.mutable_type()->mutable_tensor_type()->clear_shape();
     try {
-      ::onnx::shape_inference::InferShapes(model_);
+      // Data propagation carries shapes through the shape arithmetic in front
+      // of a Reshape (Shape, Gather, Concat, ...).
+      ::onnx::shape_inference::InferShapes(model_, ::onnx::OpSchemaRegistry::Instance(),
+                                           ::onnx::ShapeInferenceOptions(false, 0, true));
     } catch (const std::exception& e) {
       fail("{}: ONNX's shape inference fails for input {}x3x{}x{}: {}", where_, o_.batch, o_.input_size, o_.input_size,
            first_line(e.what()));
@@ -382,6 +493,46 @@ class Importer {
     for (const auto& v : g->input()) take(v);
     for (const auto& v : g->value_info()) take(v);
     for (const auto& v : g->output()) take(v);
+  }
+
+  // Shape inference, then the integer arithmetic on shapes that exporters
+  // write in front of Reshape and Slice (Shape, Gather, Div, Concat, ...):
+  // computed here and handed back to the model as constants, so that the next
+  // inference knows the shapes behind them. Repeated until nothing changes
+  // (each round reaches at least one more Reshape of a chain).
+  void resolve_shapes() {
+    auto* g = model_.mutable_graph();
+    for (int round = 0; round < 256; ++round) {
+      infer_shapes();
+      ints_.clear();
+      for (const auto& n : g->node()) fold(n);
+      bool changed = false;
+      for (auto& n : *g->mutable_node()) {
+        if (ints_.count(n.output(0)) || n.op_type() == "Shape") continue;
+        for (int i = 0; i < n.input_size(); ++i) {
+          const auto it = ints_.find(n.input(i));
+          if (it == ints_.end()) continue;
+          const std::string name = "elastic.folded." + n.input(i);
+          if (!consts_.count(name)) {
+            auto* t = g->add_initializer();
+            t->set_name(name);
+            t->set_data_type(::onnx::TensorProto::INT64);
+            for (auto d : it->second.shape) t->add_dims(d);
+            for (auto v : it->second.v) t->add_int64_data(v);
+          }
+          n.set_input(i, name);
+          changed = true;
+        }
+      }
+      // Initializers moved when the list grew: their pointers are taken again.
+      consts_.clear();
+      for (const auto& t : g->initializer()) consts_[t.name()] = &t;
+      for (const auto& n : g->node())
+        if (n.op_type() == "Constant")
+          if (const auto* a = attr(n, "value"); a && a->has_t()) consts_[n.output(0)] = &a->t();
+      if (!changed) return;
+    }
+    fail("{}: the shape arithmetic does not settle", where_);
   }
 
   const Shape& shape_of(const std::string& name) const {
@@ -413,6 +564,11 @@ class Importer {
       refuse(n, fmt::format("operators of domain '{}' are not supported", n.domain()));
     const auto input = [&](int i) { return value(n.input(i), fmt::format("node '{}' input", n.name())); };
     const auto out = [&](ValueId v) { values_[n.output(0)] = v; };
+    if (fold(n)) return;
+    if (op == "Split") {
+      add_split(n, index);
+      return;
+    }
     // Extra outputs (batch norm's running statistics in training-mode exports,
     // Dropout's mask) must not be used by any node.
     for (int k = 1; k < n.output_size(); ++k)
@@ -502,6 +658,45 @@ class Importer {
       std::vector<ValueId> ins;
       for (int i = 0; i < n.input_size(); ++i) ins.push_back(input(i));
       out(g.add<Concat>(ins, layer_name(n, index), static_cast<int>(axis)));
+    } else if (op == "Reshape") {
+      add_reshape(n, index);
+    } else if (op == "Transpose") {
+      const auto perm = attr_ints(n, "perm");
+      const auto it = shuffles_.find(n.input(0));
+      if (it == shuffles_.end() || it->second.transposed || perm != std::vector<std::int64_t>{0, 2, 1, 3, 4})
+        refuse(n,
+               fmt::format("Transpose with perm [{}] is supported only in a channel shuffle", fmt::join(perm, ", ")));
+      shuffles_[n.output(0)] = {it->second.input, it->second.groups, true};
+    } else if (op == "Slice") {
+      const Shape& x = shape_of(n.input(0));
+      const auto starts = int_const(n.input(1)), ends = int_const(n.input(2));
+      const auto axes = n.input_size() > 3 && !n.input(3).empty() ? int_const(n.input(3)) : std::optional<IntTensor>();
+      const auto steps = n.input_size() > 4 && !n.input(4).empty() ? int_const(n.input(4)) : std::optional<IntTensor>();
+      if (!starts || !ends || (n.input_size() > 3 && !n.input(3).empty() && !axes) ||
+          (n.input_size() > 4 && !n.input(4).empty() && !steps))
+        refuse(n, "starts, ends, axes and steps must be constants");
+      if (starts->v.size() != 1 || (steps && steps->v != std::vector<std::int64_t>{1}))
+        refuse(n, "only a slice along one axis with step 1 is supported");
+      std::int64_t axis = axes ? axes->v.at(0) : 0;
+      if (axis < 0) axis += std::int64_t(x.size());
+      const std::int64_t size = x.at(std::size_t(axis));
+      std::int64_t b = starts->v[0], e = ends->v.at(0);
+      if (b < 0) b += size;
+      if (e < 0) e += size;
+      b = std::clamp<std::int64_t>(b, 0, size);
+      e = std::clamp<std::int64_t>(e, 0, size);
+      out(g.add<Slice>({input(0)}, layer_name(n, index), static_cast<int>(axis), b, e));
+    } else if (op == "ReduceMean") {
+      auto axes = attr_ints(n, "axes");
+      const Shape& x = shape_of(n.input(0));
+      for (auto& a : axes)
+        if (a < 0) a += std::int64_t(x.size());
+      if (x.size() != 4 || axes != std::vector<std::int64_t>{2, 3})
+        refuse(n, "only the mean over height and width of an image (axes [2, 3]) is supported");
+      if (attr_int(n, "keepdims", 1) == 0)
+        out(g.add<GlobalAvgPool>({input(0)}, layer_name(n, index)));
+      else
+        add_global_pool(n, index);
     } else if (op == "Relu") {
       out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
     } else if (op == "Clip") {
@@ -544,22 +739,7 @@ class Importer {
       else
         out(g.add<AvgPool2d>({input(0)}, layer_name(n, index), po));
     } else if (op == "GlobalAveragePool") {
-      // ONNX's output is (N, C, 1, 1). Feeding only Flatten or Gemm (a
-      // classifier's pooling) it is the engine's global pooling, (N, C);
-      // elsewhere (squeeze-and-excitation) an average pool over the whole image.
-      const auto& users = consumers_[n.output(0)];
-      const auto& g_nodes = model_.graph().node();
-      const bool to_classifier = std::all_of(users.begin(), users.end(), [&](int u) {
-        return g_nodes[u].op_type() == "Flatten" || g_nodes[u].op_type() == "Gemm";
-      });
-      if (to_classifier) {
-        out(g.add<GlobalAvgPool>({input(0)}, layer_name(n, index)));
-        squeezed_.insert(n.output(0));
-      } else {
-        const Shape& x = shape_of(n.input(0));
-        if (x.size() != 4) refuse(n, "only images (N, C, H, W) are supported");
-        out(g.add<AvgPool2d>({input(0)}, layer_name(n, index), PoolOptions{.kernel_h = x[2], .kernel_w = x[3]}));
-      }
+      add_global_pool(n, index);
     } else if (op == "Flatten") {
       if (attr_int(n, "axis", 1) != 1) refuse(n, "only axis 1 is supported");
       const ValueId x = input(0);
@@ -594,6 +774,98 @@ class Importer {
       fail("{}: node '{}' has operator {}, which is not supported; supported: {}", where_, n.name(), op,
            fmt::join(kSupportedOps, ", "));
     }
+  }
+
+  // A mean over the whole image, ONNX's output (N, C, 1, 1). Feeding only
+  // Flatten or Gemm (a classifier's pooling) it is the engine's global
+  // pooling, (N, C); elsewhere (squeeze-and-excitation) an average pool over
+  // the whole image.
+  void add_global_pool(const ::onnx::NodeProto& n, int index) {
+    const auto& users = consumers_[n.output(0)];
+    const auto& g_nodes = model_.graph().node();
+    const bool to_classifier = std::all_of(users.begin(), users.end(), [&](int u) {
+      return g_nodes[u].op_type() == "Flatten" || g_nodes[u].op_type() == "Gemm";
+    });
+    const ValueId x = value(n.input(0), fmt::format("node '{}' input", n.name()));
+    if (to_classifier) {
+      values_[n.output(0)] = graph_->add<GlobalAvgPool>({x}, layer_name(n, index));
+      squeezed_.insert(n.output(0));
+      return;
+    }
+    const Shape& s = shape_of(n.input(0));
+    if (s.size() != 4) refuse(n, "only images (N, C, H, W) are supported");
+    values_[n.output(0)] =
+        graph_->add<AvgPool2d>({x}, layer_name(n, index), PoolOptions{.kernel_h = s[2], .kernel_w = s[3]});
+  }
+
+  // Reshape: the identity when the shape does not change, a Flatten to
+  // (N, rest), or the first and last steps of a channel shuffle.
+  void add_reshape(const ::onnx::NodeProto& n, int index) {
+    const auto target = int_const(n.input(1));
+    if (!target) refuse(n, "the target shape must be a constant (or computed from shapes)");
+    const bool from_shuffle = shuffles_.count(n.input(0)) > 0;
+    const Shape& x = shape_of(n.input(0));
+    // The target with 0 (copy the input's dim) and -1 (the rest) resolved.
+    Shape t = target->v;
+    std::int64_t known = 1, infer = -1;
+    for (std::size_t d = 0; d < t.size(); ++d) {
+      if (t[d] == 0 && attr_int(n, "allowzero", 0) == 0) t[d] = x.at(d);
+      if (t[d] == -1)
+        infer = std::int64_t(d);
+      else
+        known *= t[d];
+    }
+    if (infer >= 0) t[std::size_t(infer)] = known ? numel(x) / known : 0;
+    if (numel(t) != numel(x)) refuse(n, fmt::format("reshapes {} into {}", to_string(x), fmt::join(target->v, "x")));
+    if (from_shuffle) {
+      const auto& sh = shuffles_.at(n.input(0));
+      const Shape& in = shape_of(sh.input);
+      if (!sh.transposed || t != in) refuse(n, "a 5-D reshape is supported only as a channel shuffle");
+      values_[n.output(0)] =
+          graph_->add<ChannelShuffle>({value(sh.input, "channel shuffle input")}, layer_name(n, index), sh.groups);
+      return;
+    }
+    const ValueId v = value(n.input(0), fmt::format("node '{}' input", n.name()));
+    if (t == x || (squeezed_.count(n.input(0)) && t.size() == 2 && t[0] == x[0] && t[1] == x[1])) {
+      values_[n.output(0)] = v;
+      if (squeezed_.count(n.input(0))) squeezed_.insert(n.output(0));
+    } else if (t.size() == 2 && t[0] == x[0]) {
+      values_[n.output(0)] = graph_->add<Flatten>({v}, layer_name(n, index));
+    } else if (x.size() == 4 && t.size() == 5 && t[0] == x[0] && t[1] * t[2] == x[1] && t[3] == x[2] && t[4] == x[3]) {
+      shuffles_[n.output(0)] = {n.input(0), t[1], false};
+    } else {
+      refuse(n, fmt::format("reshapes {} into {}; supported: flattening to (N, rest) and channel shuffles",
+                            to_string(x), to_string(t)));
+    }
+  }
+
+  // Split along one axis: one Slice layer per output.
+  void add_split(const ::onnx::NodeProto& n, int index) {
+    const Shape& x = shape_of(n.input(0));
+    std::int64_t axis = attr_int(n, "axis", 0);
+    if (axis < 0) axis += std::int64_t(x.size());
+    if (axis < 0 || axis >= std::int64_t(x.size())) refuse(n, "axis out of range");
+    std::vector<std::int64_t> sizes = attr_ints(n, "split");
+    if (n.input_size() > 1 && !n.input(1).empty()) {
+      const auto c = int_const(n.input(1));
+      if (!c) refuse(n, "split sizes must be constants");
+      sizes = c->v;
+    }
+    const std::int64_t total = x[std::size_t(axis)], parts = n.output_size();
+    if (sizes.empty()) {
+      if (total % parts) refuse(n, fmt::format("{} does not split into {} equal parts", total, parts));
+      sizes.assign(std::size_t(parts), total / parts);
+    }
+    if (std::int64_t(sizes.size()) != parts) refuse(n, "split sizes and outputs differ in number");
+    const ValueId v = value(n.input(0), fmt::format("node '{}' input", n.name()));
+    std::int64_t begin = 0;
+    for (int k = 0; k < n.output_size(); ++k) {
+      const std::string name = layer_name(n, index) + fmt::format("_{}", k);
+      values_[n.output(k)] =
+          graph_->add<Slice>({v}, name, static_cast<int>(axis), begin, begin + sizes[std::size_t(k)]);
+      begin += sizes[std::size_t(k)];
+    }
+    if (begin != total) refuse(n, fmt::format("split sizes add up to {}, not {}", begin, total));
   }
 
   // Gemm as a Linear layer: Y = X W^T + b (transB 1, torch's layout) or X W + b
@@ -678,9 +950,16 @@ class Importer {
   std::map<std::string, ValueId> values_;
   std::map<std::string, const ::onnx::TensorProto*> consts_;
   std::set<std::string> names_, unused_outputs_;
-  std::map<std::string, Shape> shapes_;                          // ONNX's inferred shapes
-  std::set<std::string> squeezed_;                               // ONNX (N, C, 1, 1) values the engine holds as (N, C)
-  std::map<std::string, std::vector<int>> consumers_;            // value -> the nodes reading it
+  std::map<std::string, Shape> shapes_;                // ONNX's inferred shapes
+  std::set<std::string> squeezed_;                     // ONNX (N, C, 1, 1) values the engine holds as (N, C)
+  std::map<std::string, std::vector<int>> consumers_;  // value -> the nodes reading it
+  std::map<std::string, IntTensor> ints_;              // integer constants computed at import
+  struct PendingShuffle {
+    std::string input;  // the 4-D image being shuffled
+    std::int64_t groups;
+    bool transposed;  // after its Transpose
+  };
+  std::map<std::string, PendingShuffle> shuffles_;               // 5-D steps of channel shuffles
   std::map<int, std::string> silu_at_;                           // Mul node -> the input of its fused SiLU
   std::map<std::string, std::pair<std::string, bool>> sources_;  // param -> (file tensor, transposed)
   int head_node_ = -1;
