@@ -3,12 +3,17 @@
 scripts/export_onnx.py, profiled, then trained elastically for two short epochs on
 Fashion-MNIST-layout data whose class is drawn into the image (runs.make_data), so that a
 working run lowers its loss. Checks the import line, the profile key, that selections stay
-within rho and leave units frozen, and that the loss falls.
+within rho and leave units frozen, and that the loss falls well below chance.
 
-usage: onnx_train_test.py ELASTIC_BINARY
+usage: onnx_train_test.py ELASTIC_BINARY [MODEL]
+
+MODEL is a torchvision classifier (default resnet18, which also checks --num_classes and
+--head); the others run the profile and the elastic run only.
 """
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"
 import export_onnx  # noqa: E402
 
 ELASTIC = sys.argv[1]
+MODEL = sys.argv[2] if len(sys.argv) > 2 else "resnet18"
 
 
 def run(*args):
@@ -31,47 +37,60 @@ with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, "data")
     make_data(data, train=1200, test=200)
     torch.manual_seed(0)
-    model_file = os.path.join(tmp, "resnet18.onnx")
-    export_onnx.export(export_onnx.build("resnet18", 10), model_file, 2, 32)
+    model_file = os.path.join(tmp, f"{MODEL}.onnx")
+    export_onnx.export(export_onnx.build(MODEL, 10), model_file, 2, 32)
 
     profile = os.path.join(tmp, "profile.json")
     p = run("profile", "--model_name", model_file, "--input_size", "32", "--batch_size", "16", "--num_classes", "10",
             "--threads", "2", "--repeats", "3", "--out", profile)
     check(p.returncode == 0, f"profile of the ONNX model: {p.stderr}")
-    check("classifier 'fc' kept (10 classes)" in p.stdout, f"profile prints the import: {p.stdout[:300]}")
+    check("kept (10 classes)" in p.stdout, f"profile prints the import: {p.stdout[:300]}")
     with open(profile) as f:
         key = json.load(f)["key"]
-    check(key["model"].startswith("onnx:resnet18:"), f"the profile names the model by file and hash: {key}")
+    check(key["model"].startswith(f"onnx:{MODEL}:"), f"the profile names the model by file and hash: {key}")
 
     logs = os.path.join(tmp, "logs")
     common = ["train", "--model_name", model_file, "--dataset_name", "fashion_mnist", "--data_dir", data,
               "--input_size", "32", "--batch_size", "16", "--threads", "2", "--log_dir", logs, "--no_augment"]
-    r = run(*common, "--train_type", "elastic_training", "--interval", "1", "--rho", "0.5", "--num_epochs", "2",
-            "--steps_per_epoch", "40", "--learning_rate", "0.01", "--bn_batch_stats", "--profile", profile,
-            "--run_name", "elastic")
+    # rho 0.5, or, where this profile's forward pass alone is most of a step (small
+    # models at 32x32), half-way between the smallest useful rho the command names and 1.
+    rho = 0.5
+    for attempt in range(2):
+        r = run(*common, "--train_type", "elastic_training", "--interval", "1", "--rho", str(rho), "--num_epochs",
+                "2", "--steps_per_epoch", "40", "--learning_rate", "0.01", "--bn_batch_stats", "--profile", profile,
+                "--run_name", f"elastic{attempt}")
+        needed = re.search(r"needs rho >= ([0-9.]+)", r.stderr)
+        if r.returncode != 2 or not needed:
+            break
+        rho = round((float(needed.group(1)) + 1) / 2, 3)
+    run_dir = os.path.join(logs, f"elastic{attempt}")
     check(r.returncode == 0, f"elastic training of the ONNX model: {r.stderr[-2000:]}")
     check("imported '" in r.stderr + r.stdout, "train prints the import line")
-    with open(os.path.join(logs, "elastic", "summary.json")) as f:
+    with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     sel = summary.get("rho_per_selection", [])
-    check(len(sel) >= 2 and all(0 < s["predicted_share"] <= 0.5 for s in sel), f"selections within rho: {sel}")
-    with open(os.path.join(logs, "elastic", "metrics.jsonl")) as f:
+    check(len(sel) >= 2 and all(0 < s["predicted_share"] <= rho for s in sel), f"selections within rho {rho}: {sel}")
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     epochs = [j for j in records if j["type"] == "train_epoch"]
-    check(len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"],
-          f"the loss falls: {[e.get('loss') for e in epochs]}")
+    # Training lowers the loss from chance (ln 10 = 2.30 with 10 classes), whichever epoch is lower.
+    check(len(epochs) == 2 and min(e["loss"] for e in epochs) < 0.8 * math.log(10),
+          f"the loss falls below chance: {[e.get('loss') for e in epochs]}")
     selections = [j for j in records if j["type"] == "selection"]
     masks = [s["unit_mask"] for s in selections]
     check(len(masks) >= 2 and all(0 < m.count("1") < len(m) for m in masks),
           f"each selection trains some units and freezes others: {masks}")
 
     # Another class count re-creates the classifier; an unknown --head is refused.
-    r = run(*common, "--train_type", "full_training", "--num_epochs", "1", "--steps_per_epoch", "2",
-            "--num_classes", "12", "--run_name", "head")
-    check(r.returncode == 0 and "classifier 'fc' re-created with 12 classes (the file has 10)" in r.stderr + r.stdout,
-          f"head re-created: {r.returncode} {r.stderr[-500:]}")
-    r = run(*common, "--train_type", "full_training", "--num_epochs", "1", "--head", "nope", "--run_name", "nohead")
-    check(r.returncode == 1 and "no Gemm named 'nope'" in r.stderr, f"unknown --head: {r.returncode} {r.stderr}")
+    if MODEL == "resnet18":
+        r = run(*common, "--train_type", "full_training", "--num_epochs", "1", "--steps_per_epoch", "2",
+                "--num_classes", "12", "--run_name", "head")
+        check(r.returncode == 0
+              and "classifier 'fc' re-created with 12 classes (the file has 10)" in r.stderr + r.stdout,
+              f"head re-created: {r.returncode} {r.stderr[-500:]}")
+        r = run(*common, "--train_type", "full_training", "--num_epochs", "1", "--head", "nope", "--run_name",
+                "nohead")
+        check(r.returncode == 1 and "no Gemm named 'nope'" in r.stderr, f"unknown --head: {r.returncode} {r.stderr}")
 
 print("FAILED" if failures else "ok")
 sys.exit(1 if failures else 0)

@@ -177,6 +177,13 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
     const ValueId gate = g.add<Eltwise>({pooled}, "gate", Activation::sigmoid);
     return g.add<Mul>({x, gate}, "mul");
   });
+  compare("channel scale (a trained per-channel param)", {2, 8, 4, 4},
+          [](Graph& g, ValueId x) { return g.add<ChannelScale>({x}, "block", "block.layer_scale", 8); });
+  compare("tokens and back", {2, 8, 4, 4}, [](Graph& g, ValueId x) {
+    const ValueId t = g.add<PatchTokens>({x}, "tokens");
+    const ValueId a = g.add<Eltwise>({t}, "gelu", Activation::gelu);
+    return g.add<TokenImage>({a}, "image", 4, 4);
+  });
   compare("concat", {2, 8, 4, 4}, [](Graph& g, ValueId x) {
     const ValueId a = g.add<Eltwise>({x}, "gelu", Activation::gelu);
     return g.add<Concat>({x, a}, "cat");

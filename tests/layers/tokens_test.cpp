@@ -23,6 +23,26 @@ TEST_CASE("patch tokens are the channels-last rows in torch's (N, H*W, C) order"
   CHECK_MESSAGE(res.ok, res.report);
 }
 
+TEST_CASE("token image turns (N, H*W, C) tokens back into the (N, C, H, W) image") {
+  Context ctx(2);
+  Graph g(ctx);
+  const auto x = g.input("x", {3, 6, 5}, true);
+  const auto y = g.add<TokenImage>({x}, "image", 2, 3);
+  g.finalize();
+  const Tensor in = testing::random_input(g, x, 8);
+  g.forward(true);
+  const Tensor out = g.read(y);
+  REQUIRE(out.shape() == Shape{3, 5, 2, 3});
+  bool same = true;
+  for (std::int64_t n = 0; n < 3; ++n)
+    for (std::int64_t c = 0; c < 5; ++c)
+      for (std::int64_t p = 0; p < 6; ++p) same &= out[(n * 5 + c) * 6 + p] == in[(n * 6 + p) * 5 + c];
+  CHECK(same);
+  const auto res = testing::check_gradients(g, {x}, y);
+  CHECK_MESSAGE(res.ok, res.report);
+  CHECK(res.checked > 0);
+}
+
 TEST_CASE("class token and position embedding: forward by hand, gradients by finite differences") {
   Context ctx(2);
   Graph g(ctx);

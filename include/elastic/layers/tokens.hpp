@@ -48,6 +48,33 @@ class PatchTokens final : public Node {
   std::int64_t bytes_ = 0;
 };
 
+// (N, H*W, C) tokens -> (N, C, H, W) in channels-last memory: PatchTokens'
+// inverse (torch's permute(0, 3, 1, 2) of an (N, H, W, C) tensor, ConvNeXt's
+// return from its channels-last blocks). Both directions are copies.
+class TokenImage final : public Node {
+ public:
+  TokenImage(std::string name, std::int64_t height, std::int64_t width)
+      : Node(std::move(name)), height_(height), width_(width) {}
+  std::string_view type() const override { return "token_image"; }
+
+  void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
+    expect(in.size() == 1 && in[0].dims().size() == 3, "expects one (N, T, C) input");
+    const auto d = in[0].dims();
+    expect(d[1] == height_ * width_, fmt::format("{} tokens are not a {}x{} image", d[1], height_, width_));
+    const auto dt = in[0].data_type();
+    set_output(activation_desc({d[0], d[2], height_, width_}, dt));
+    bytes_ = static_cast<std::int64_t>(in[0].get_size());
+  }
+  void forward(const RunCtx&) override { detail::parallel_copy(ptr(dst()), ptr(src()), bytes_); }
+  void backward_data(const RunCtx&) override {
+    if (has_diff_src()) detail::parallel_copy(ptr(diff_src()), ptr(diff_dst()), bytes_);
+  }
+
+ private:
+  std::int64_t height_, width_;
+  std::int64_t bytes_ = 0;
+};
+
 // (N, T, E) -> (N, T+1, E): prepends the class token and adds the position
 // embedding. Params: `class_token` (1, 1, E) and `encoder.pos_embedding`
 // (1, T+1, E), torchvision's top-level names.

@@ -42,19 +42,24 @@
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/dropout.hpp"
 #include "elastic/layers/flatten.hpp"
+#include "elastic/layers/layernorm.hpp"
 #include "elastic/layers/linear.hpp"
 #include "elastic/layers/mul.hpp"
 #include "elastic/layers/pool.hpp"
 #include "elastic/layers/shuffle.hpp"
 #include "elastic/layers/slice.hpp"
+#include "elastic/layers/tokens.hpp"
 #include "elastic/models/model.hpp"
 
 namespace elastic::onnx_import {
 
 inline constexpr std::string_view kSupportedOps[] = {
     "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout", "Flatten", "Gemm",
-    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MaxPool", "Mul", "Pad", "ReduceMean", "Relu",
-    "Reshape", "Sigmoid", "Slice", "Split", "Transpose",
+    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MatMul", "MaxPool", "Mul", "Pad", "ReduceMean",
+    "Relu", "Reshape", "Sigmoid", "Slice", "Split", "Transpose",
+    // As parts of a LayerNorm (ReduceMean, Sub, Pow, Add, Sqrt, Div, Mul, Add) or a GELU
+    // (Div, Erf, Add, Mul, Mul) decomposition:
+    "Erf", "Pow", "Sqrt",
     // On integer constants only (the shape arithmetic exporters write), computed at import:
     "Cast", "Div", "Gather", "Shape", "Squeeze", "Sub", "Unsqueeze"};
 
@@ -429,6 +434,8 @@ class Importer {
 
   // Our param `param` takes its values from the file's tensor `tensor`.
   void source(const std::string& param, const std::string& tensor, bool transpose = false) {
+    if (!constant(tensor))
+      fail("{}: '{}' must be a constant (an initializer) to be the param '{}'", where_, tensor, param);
     sources_[param] = {tensor, transpose};
   }
 
@@ -564,6 +571,7 @@ class Importer {
       refuse(n, fmt::format("operators of domain '{}' are not supported", n.domain()));
     const auto input = [&](int i) { return value(n.input(i), fmt::format("node '{}' input", n.name())); };
     const auto out = [&](ValueId v) { values_[n.output(0)] = v; };
+    if (done_.count(index)) return;  // part of a pattern built at its first node
     if (fold(n)) return;
     if (op == "Split") {
       add_split(n, index);
@@ -596,7 +604,7 @@ class Importer {
       const bool bias = n.input_size() > 2 && !n.input(2).empty();
       const std::string name = layer_name(n, index, n.input(1));
       source(name + ".weight", n.input(1));
-      if (bias) source(name + ".bias", weight(n, 2).name());
+      if (bias) source(name + ".bias", n.input(2));
       out(g.add<Conv2d>({input(0)}, name,
                         Conv2dOptions{.in_channels = in_ch,
                                       .out_channels = out_ch,
@@ -646,6 +654,16 @@ class Importer {
         out(g.add<Eltwise>({value(it->second, "SiLU input")}, layer_name(n, index), Activation::silu));
         return;
       }
+      // A constant (C, 1, 1) operand is a trained per-channel scale (ConvNeXt's layer_scale).
+      for (int k = 0; k < 2; ++k)
+        if (const auto* c = constant(n.input(k))) {
+          const Shape& x = shape_of(n.input(1 - k));
+          if (c->dims_size() != 3 || c->dims(1) != 1 || c->dims(2) != 1 || x.size() != 4 || x[1] != c->dims(0))
+            refuse(n, "a constant operand must be a per-channel scale (C, 1, 1) of an image (N, C, H, W)");
+          source(n.input(k), n.input(k));
+          out(g.add<ChannelScale>({input(1 - k)}, layer_name(n, index), n.input(k), c->dims(0)));
+          return;
+        }
       // The image first, a (N, C, 1, 1) gate second.
       int big = 0;
       if (shape_of(n.input(0)) != shape_of(n.input(1)) && numel(shape_of(n.input(1))) > numel(shape_of(n.input(0))))
@@ -661,12 +679,7 @@ class Importer {
     } else if (op == "Reshape") {
       add_reshape(n, index);
     } else if (op == "Transpose") {
-      const auto perm = attr_ints(n, "perm");
-      const auto it = shuffles_.find(n.input(0));
-      if (it == shuffles_.end() || it->second.transposed || perm != std::vector<std::int64_t>{0, 2, 1, 3, 4})
-        refuse(n,
-               fmt::format("Transpose with perm [{}] is supported only in a channel shuffle", fmt::join(perm, ", ")));
-      shuffles_[n.output(0)] = {it->second.input, it->second.groups, true};
+      add_transpose(n, index);
     } else if (op == "Slice") {
       const Shape& x = shape_of(n.input(0));
       const auto starts = int_const(n.input(1)), ends = int_const(n.input(2));
@@ -691,12 +704,20 @@ class Importer {
       const Shape& x = shape_of(n.input(0));
       for (auto& a : axes)
         if (a < 0) a += std::int64_t(x.size());
+      if (axes == std::vector<std::int64_t>{std::int64_t(x.size()) - 1}) {
+        add_layernorm(n, index);
+        return;
+      }
       if (x.size() != 4 || axes != std::vector<std::int64_t>{2, 3})
         refuse(n, "only the mean over height and width of an image (axes [2, 3]) is supported");
       if (attr_int(n, "keepdims", 1) == 0)
         out(g.add<GlobalAvgPool>({input(0)}, layer_name(n, index)));
       else
         add_global_pool(n, index);
+    } else if (op == "Div") {
+      add_gelu(n, index);
+    } else if (op == "MatMul") {
+      add_matmul(n, index);
     } else if (op == "Relu") {
       out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
     } else if (op == "Clip") {
@@ -839,6 +860,158 @@ class Importer {
     }
   }
 
+  // The node reading `name`, when it is the only one and has operator `op`.
+  const ::onnx::NodeProto* only_user(const std::string& name, std::string_view op, int* index = nullptr) {
+    const auto& users = consumers_[name];
+    if (users.size() != 1) return nullptr;
+    const auto& u = model_.graph().node(users[0]);
+    if (u.op_type() != op) return nullptr;
+    if (index) *index = users[0];
+    return &u;
+  }
+  // The value of a scalar float constant input, if it is one.
+  std::optional<float> scalar_const(const std::string& name) const {
+    const auto* t = constant(name);
+    if (!t) return std::nullopt;
+    const HostTensor h = to_host(*t, name);
+    if (h.values.size() != 1) return std::nullopt;
+    return h.values[0];
+  }
+  // The input of a two-input node other than `name`.
+  static const std::string& other(const ::onnx::NodeProto& n, const std::string& name) {
+    return n.input(0) == name ? n.input(1) : n.input(0);
+  }
+
+  // Transpose: of a 2-D weight (kept for the MatMul reading it), an image into
+  // channels-last tokens (0, 2, 3, 1) and back (0, 3, 1, 2), or the middle of
+  // a channel shuffle.
+  void add_transpose(const ::onnx::NodeProto& n, int index) {
+    const auto perm = attr_ints(n, "perm");
+    if (const auto* c = constant(n.input(0))) {
+      if (c->dims_size() != 2 || perm != std::vector<std::int64_t>{1, 0})
+        refuse(n, "only 2-D constants are transposed");
+      transposed_consts_[n.output(0)] = n.input(0);
+      return;
+    }
+    if (const auto it = shuffles_.find(n.input(0)); it != shuffles_.end()) {
+      if (it->second.transposed || perm != std::vector<std::int64_t>{0, 2, 1, 3, 4})
+        refuse(n, fmt::format("Transpose with perm [{}] is not part of a channel shuffle", fmt::join(perm, ", ")));
+      shuffles_[n.output(0)] = {it->second.input, it->second.groups, true};
+      return;
+    }
+    const Shape& x = shape_of(n.input(0));
+    const ValueId v = value(n.input(0), fmt::format("node '{}' input", n.name()));
+    if (x.size() == 4 && perm == std::vector<std::int64_t>{0, 2, 3, 1} && !tokens_.count(n.input(0))) {
+      values_[n.output(0)] = graph_->add<PatchTokens>({v}, layer_name(n, index));
+      tokens_.insert(n.output(0));
+    } else if (x.size() == 4 && perm == std::vector<std::int64_t>{0, 3, 1, 2} && tokens_.count(n.input(0))) {
+      values_[n.output(0)] = graph_->add<TokenImage>({v}, layer_name(n, index), x[1], x[2]);
+    } else {
+      refuse(n, fmt::format("Transpose with perm [{}] is not supported (an image to channels-last and back, "
+                            "a 2-D weight, or a channel shuffle are)",
+                            fmt::join(perm, ", ")));
+    }
+  }
+
+  // LayerNorm over the last axis as exporters decompose it:
+  // m = ReduceMean(x), d = x - m, v = ReduceMean(d ^ 2), y = d / Sqrt(v + eps),
+  // out = y * weight + bias: one LayerNorm layer named after its weight.
+  void add_layernorm(const ::onnx::NodeProto& n, int index) {
+    const std::string& x = n.input(0);
+    const auto no = [&](std::string_view what) {
+      refuse(n, fmt::format("a mean over the last axis is supported as part of a LayerNorm ({})", what));
+    };
+    int i_sub = -1, i_var = -1, i_eps = -1, i_sqrt = -1, i_div = -1, i_mul = -1, i_add = -1;
+    const auto* sub = only_user(n.output(0), "Sub", &i_sub);
+    if (!sub || sub->input(0) != x || sub->input(1) != n.output(0)) no("x - mean");
+    const auto& users = consumers_[sub->output(0)];
+    if (users.size() != 2) no("x - mean used by the square and the division");
+    const auto& g_nodes = model_.graph().node();
+    const int i_pow = g_nodes[users[0]].op_type() == "Pow" ? users[0] : users[1];
+    const auto& pow = g_nodes[i_pow];
+    if (pow.op_type() != "Pow" || scalar_const(pow.input(1)) != 2.0f) no("(x - mean) ^ 2");
+    const auto* var = only_user(pow.output(0), "ReduceMean", &i_var);
+    if (!var || attr_ints(*var, "axes") != attr_ints(n, "axes")) no("the variance");
+    const auto* eps_add = only_user(var->output(0), "Add", &i_eps);
+    const auto eps = eps_add ? scalar_const(other(*eps_add, var->output(0))) : std::nullopt;
+    if (!eps) no("variance + eps");
+    const auto* sqrt = only_user(eps_add->output(0), "Sqrt", &i_sqrt);
+    if (!sqrt) no("the square root");
+    const auto* div = only_user(sqrt->output(0), "Div", &i_div);
+    if (!div || div->input(0) != sub->output(0)) no("(x - mean) / std");
+    const auto* mul = only_user(div->output(0), "Mul", &i_mul);
+    const auto* w = mul ? constant(other(*mul, div->output(0))) : nullptr;
+    if (!w || w->dims_size() != 1) no("times a 1-D weight");
+    const auto* add = only_user(mul->output(0), "Add", &i_add);
+    const auto* b = add ? constant(other(*add, mul->output(0))) : nullptr;
+    if (!b || b->dims_size() != 1) no("plus a 1-D bias");
+    // Named by the inputs, not the tensors: exporters share equal tensors between layers.
+    const std::string& w_name = other(*mul, div->output(0));
+    const std::string name = layer_name(n, index, w_name);
+    source(name + ".weight", w_name);
+    source(name + ".bias", other(*add, mul->output(0)));
+    values_[add->output(0)] = graph_->add<LayerNorm>({value(x, "LayerNorm input")}, name,
+                                                     LayerNormOptions{.normalized_shape = w->dims(0), .eps = *eps});
+    if (tokens_.count(x)) tokens_.insert(add->output(0));
+    done_.insert({i_sub, i_pow, i_var, i_eps, i_sqrt, i_div, i_mul, i_add});
+  }
+
+  // GELU as exporters decompose it: x * (Erf(x / sqrt 2) + 1) * 0.5.
+  void add_gelu(const ::onnx::NodeProto& n, int index) {
+    const std::string& x = n.input(0);
+    const auto no = [&] { refuse(n, "Div is supported on integer constants and as part of a GELU"); };
+    const auto root2 = scalar_const(n.input(1));
+    if (!root2 || std::abs(*root2 - std::sqrt(2.0f)) > 1e-5f) no();
+    int i_erf = -1, i_add = -1, i_mul = -1, i_half = -1;
+    const auto* erf = only_user(n.output(0), "Erf", &i_erf);
+    const auto* add = erf ? only_user(erf->output(0), "Add", &i_add) : nullptr;
+    if (!add || scalar_const(other(*add, erf->output(0))) != 1.0f) no();
+    const auto* mul = only_user(add->output(0), "Mul", &i_mul);
+    if (!mul || other(*mul, add->output(0)) != x) no();
+    const auto* half = only_user(mul->output(0), "Mul", &i_half);
+    if (!half || scalar_const(other(*half, mul->output(0))) != 0.5f) no();
+    values_[half->output(0)] = graph_->add<Eltwise>({value(x, "GELU input")}, layer_name(n, index), Activation::gelu);
+    if (tokens_.count(x)) tokens_.insert(half->output(0));
+    done_.insert({i_erf, i_add, i_mul, i_half});
+  }
+
+  // MatMul by a constant 2-D weight as a Linear layer over the last axis; an
+  // Add of a 1-D constant right after it is the layer's bias.
+  void add_matmul(const ::onnx::NodeProto& n, int index) {
+    std::string weight;
+    bool torch_layout = false;  // (out, in): the file transposes it with a Transpose node
+    if (const auto it = transposed_consts_.find(n.input(1)); it != transposed_consts_.end()) {
+      weight = it->second;
+      torch_layout = true;
+    } else if (const auto* c = constant(n.input(1)); c && c->dims_size() == 2) {
+      weight = n.input(1);
+    } else {
+      refuse(n, "only a product with a constant 2-D weight is supported");
+    }
+    const auto* w = constant(weight);
+    const std::int64_t out_f = torch_layout ? w->dims(0) : w->dims(1), in_f = torch_layout ? w->dims(1) : w->dims(0);
+    const Shape& x = shape_of(n.input(0));
+    if (x.empty() || x.back() != in_f)
+      refuse(n, fmt::format("input shape {} does not fit a weight of {} inputs", to_string(x), in_f));
+    std::string result = n.output(0), bias;
+    int i_add = -1;
+    if (const auto* add = only_user(n.output(0), "Add", &i_add)) {
+      const auto* b = constant(other(*add, n.output(0)));
+      if (b && b->dims_size() == 1 && b->dims(0) == out_f) {
+        bias = b->name();
+        result = add->output(0);
+        done_.insert(i_add);
+      }
+    }
+    const std::string name = layer_name(n, index, weight);
+    source(name + ".weight", weight, !torch_layout);
+    if (!bias.empty()) source(name + ".bias", bias);
+    values_[result] =
+        graph_->add<Linear>({value(n.input(0), "MatMul input")}, name,
+                            LinearOptions{.in_features = in_f, .out_features = out_f, .bias = !bias.empty()});
+    if (tokens_.count(n.input(0))) tokens_.insert(result);
+  }
+
   // Split along one axis: one Slice layer per output.
   void add_split(const ::onnx::NodeProto& n, int index) {
     const Shape& x = shape_of(n.input(0));
@@ -895,7 +1068,7 @@ class Importer {
     }
     if (!head_replaced_ || index != head_node_) {
       source(name + ".weight", n.input(1), !trans_b);
-      if (bias) source(name + ".bias", weight(n, 2).name());
+      if (bias) source(name + ".bias", n.input(2));
     }
     values_[n.output(0)] = graph_->add<Linear>(
         {x}, name, LinearOptions{.in_features = in_f, .out_features = classes, .bias = bias || head_replaced_});
@@ -959,8 +1132,12 @@ class Importer {
     std::int64_t groups;
     bool transposed;  // after its Transpose
   };
-  std::map<std::string, PendingShuffle> shuffles_;               // 5-D steps of channel shuffles
-  std::map<int, std::string> silu_at_;                           // Mul node -> the input of its fused SiLU
+  std::map<std::string, PendingShuffle> shuffles_;  // 5-D steps of channel shuffles
+  std::map<int, std::string> silu_at_;
+  std::set<int> done_;                                    // nodes built as parts of a pattern
+  std::set<std::string> tokens_;                          // ONNX (N, H, W, C) values held as (N, H*W, C) tokens
+  std::map<std::string, std::string> transposed_consts_;  // Transpose output -> the 2-D constant it transposes // Mul
+                                                          // node -> the input of its fused SiLU
   std::map<std::string, std::pair<std::string, bool>> sources_;  // param -> (file tensor, transposed)
   int head_node_ = -1;
   std::string head_layer_;
