@@ -94,3 +94,63 @@ put("checkpoint_state", "state.json", json.dumps({
                 "lost_trials": 1, "trial_from": 0, "trial_full": 12.5, "trial_fwd_scale": 1.2, "trial_bwd_scale": 1.1},
     "importance": [0.5, -0.1, 1.0], "rho": 0.5, "train_ms": 1234.5, "open_selection": True, "deadline_missed": False,
     "run": {"epoch": 0, "best_test_accuracy": 50.0, "metrics_bytes": 100}}))
+
+
+def onnx_seeds():
+    """Tiny classifiers covering the importer's operators, exported as scripts/export_onnx.py does."""
+    import torch
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+    import export_onnx
+    nn = torch.nn
+
+    class Tiny(nn.Module):
+        """conv, batch norm, relu, max pool, a residual add, an SE gate (sigmoid, mul), concat,
+        a channel shuffle with split, hardswish, relu6, global pooling, linear."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.pool = nn.MaxPool2d(2)
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+            self.se = nn.Conv2d(4, 4, 1)
+            self.act = nn.Hardswish()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.bn(self.conv(x))))
+            x = x + self.dw(x)
+            x = x * torch.sigmoid(self.se(nn.functional.adaptive_avg_pool2d(x, 1)))
+            x = torch.cat([x, nn.functional.relu6(x)], 1)
+            n, c, h, w = x.shape
+            x = x.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+            a, b = x.chunk(2, dim=1)
+            x = torch.cat([self.act(a), b * torch.sigmoid(b)], 1)
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    class TinyNeXt(nn.Module):
+        """ConvNeXt's block: channels-last layer norm, linear, GELU, layer scale."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 2, stride=2)
+            self.norm = nn.LayerNorm(4, eps=1e-6)
+            self.lin = nn.Linear(4, 8)
+            self.lin2 = nn.Linear(8, 4)
+            self.layer_scale = nn.Parameter(torch.full((4, 1, 1), 0.5))
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            y = self.lin2(nn.functional.gelu(self.lin(self.norm(x.permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+            x = x + self.layer_scale * y
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    torch.manual_seed(0)
+    for name, model in (("tiny.onnx", Tiny()), ("tiny_next.onnx", TinyNeXt())):
+        path = os.path.join(OUT, "onnx", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        export_onnx.export(model, path, 1, 16)
+
+
+onnx_seeds()

@@ -42,25 +42,28 @@ TEST_CASE("mul refuses shapes it cannot broadcast, naming the layer") {
 }
 
 TEST_CASE("channel scale multiplies each channel by its param, named as given, with exact gradients") {
-  Context ctx(2);
-  Graph g(ctx);
-  const ValueId x = g.input("x", {2, 4, 3, 3}, true);
-  const ValueId y = g.add<ChannelScale>({x}, "block", "block.layer_scale", 4);
-  g.finalize();
-  auto& p = g.params()[0];
-  CHECK(p.name == "block.layer_scale");
-  CHECK(p.shape == Shape{4, 1, 1});
-  for (int c = 0; c < 4; ++c) p.values()[std::size_t(c)] = 0.5f + 0.25f * float(c);
-  const Tensor in = testing::random_input(g, x, 7);
-  g.forward(true);
-  const Tensor out = g.read(y);
-  double worst = 0;
-  for (std::int64_t i = 0; i < in.numel(); ++i) {
-    const auto c = (i / 9) % 4;
-    worst = std::max(worst, double(std::abs(out[i] - in[i] * (0.5f + 0.25f * float(c)))));
+  for (const Shape& shape : {Shape{2, 4, 3, 3}, Shape{1, 4, 1, 1}}) {
+    CAPTURE(to_string(shape));
+    Context ctx(2);
+    Graph g(ctx);
+    const ValueId x = g.input("x", shape, true);
+    const ValueId y = g.add<ChannelScale>({x}, "block", "block.layer_scale", 4);
+    g.finalize();
+    auto& p = g.params()[0];
+    CHECK(p.name == "block.layer_scale");
+    CHECK(p.shape == Shape{4, 1, 1});
+    for (int c = 0; c < 4; ++c) p.values()[std::size_t(c)] = 0.5f + 0.25f * float(c);
+    const Tensor in = testing::random_input(g, x, 7);
+    g.forward(true);
+    const Tensor out = g.read(y);
+    double worst = 0;
+    for (std::int64_t i = 0; i < in.numel(); ++i) {
+      const auto c = (i / (shape[2] * shape[3])) % 4;
+      worst = std::max(worst, double(std::abs(out[i] - in[i] * (0.5f + 0.25f * float(c)))));
+    }
+    CHECK(worst < 1e-6);
+    const auto res = testing::check_gradients(g, {x}, y);
+    CHECK_MESSAGE(res.ok, res.report);
+    CHECK(res.checked > 0);
   }
-  CHECK(worst < 1e-6);
-  const auto res = testing::check_gradients(g, {x}, y);
-  CHECK_MESSAGE(res.ok, res.report);
-  CHECK(res.checked > 0);
 }

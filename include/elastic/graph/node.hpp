@@ -99,6 +99,18 @@ inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
   return Call(dnnl::reorder(from, to, user_scratchpad()), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
+// `to` = the sum of `from` over the dims where `to` has size 1 (oneDNN's
+// reduction), bound once; a copy when no dim is summed (a batch of one 1x1
+// image), since oneDNN refuses a reduction that reduces nothing.
+inline Call sum_call(const dnnl::memory& from, const dnnl::memory& to) {
+  using namespace dnnl;
+  if (from.get_desc().dims() == to.get_desc().dims()) return reorder_call(from, to);
+  const reduction::primitive_desc pd(
+      reduction::desc(algorithm::reduction_sum, from.get_desc(), to.get_desc(), 0.0f, 0.0f), user_scratchpad(),
+      from.get_engine());
+  return Call(reduction(pd), {{DNNL_ARG_SRC, from}, {DNNL_ARG_DST, to}});
+}
+
 struct RunCtx;
 
 // A copy of a param in the layout or data type a kernel reads (weights

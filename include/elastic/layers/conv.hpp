@@ -229,9 +229,7 @@ class Conv2d final : public Node {
     bwd_weights_ = Call(matmul(bwd_weights),
                         {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, dW)}});
     if (o_.bias) {
-      const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, Y, B, 0.0f, 0.0f),
-                                          user_scratchpad(), eng);
-      db_ = Call(reduction(sum), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_DST, grad_memory(bias_, B)}});
+      db_ = sum_call(dy_, grad_memory(bias_, B));
     }
   }
 

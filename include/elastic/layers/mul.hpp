@@ -40,9 +40,7 @@ class Mul final : public Node {
     const memory prod = transient(in[0]);
     db_ =
         Call(mul(in[0], in[0], in[0]), {{DNNL_ARG_SRC_0, diff_dst()}, {DNNL_ARG_SRC_1, src(0)}, {DNNL_ARG_DST, prod}});
-    const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, in[0], in[1], 0.0f, 0.0f),
-                                        user_scratchpad(), eng);
-    db_sum_ = Call(reduction(sum), {{DNNL_ARG_SRC, prod}, {DNNL_ARG_DST, diff_src(1)}});
+    db_sum_ = sum_call(prod, diff_src(1));
   }
 
   void forward(const RunCtx& run) override { fwd_(run.stream); }
@@ -99,9 +97,7 @@ class ChannelScale final : public Node {
     const memory prod = transient(in[0]);
     prod_ = Call(binary({{algorithm::binary_mul, in[0], in[0], in[0]}, user_scratchpad(), eng}),
                  {{DNNL_ARG_SRC_0, diff_dst()}, {DNNL_ARG_SRC_1, src()}, {DNNL_ARG_DST, prod}});
-    const reduction::primitive_desc sum(reduction::desc(algorithm::reduction_sum, in[0], p32, 0.0f, 0.0f),
-                                        user_scratchpad(), eng);
-    sum_ = Call(reduction(sum), {{DNNL_ARG_SRC, prod}, {DNNL_ARG_DST, grad_memory(scale_, p32)}});
+    sum_ = sum_call(prod, grad_memory(scale_, p32));
   }
 
   void forward(const RunCtx& run) override {

@@ -149,15 +149,31 @@ class Importer {
     std::string bytes(size, '\0');
     if (!in.read(bytes.data(), static_cast<std::streamsize>(size))) fail("{}: cannot read the ONNX model", where_);
     if (!model_.ParseFromString(bytes)) fail("{}: not an ONNX model (its protobuf does not parse)", where_);
-    for (const auto& t : model_.graph().initializer())
+    for (const auto& t : model_.graph().initializer()) {
       if (t.data_location() == ::onnx::TensorProto::EXTERNAL)
         fail("{}: tensor '{}' is stored as external data, which is not supported (weights must be inside the file)",
              where_, t.name());
+      checked_count(t, t.name());  // every initializer holds what its dims say, so params are bounded by the file
+    }
     try {
       ::onnx::checker::check_model(model_);
     } catch (const std::exception& e) {
       fail("{}: ONNX's checker refuses the model: {}", where_, first_line(e.what()));
     }
+    // ONNX 1.12's shape inference divides by strides and dilations without
+    // checking them: window attributes are checked here first.
+    for (const auto& n : model_.graph().node())
+      for (const auto& a : n.attribute()) {
+        const auto& name = a.name();
+        const bool positive = name == "strides" || name == "dilations" || name == "kernel_shape";
+        if (positive || name == "pads")
+          for (auto v : a.ints())
+            if (v < (positive ? 1 : 0))
+              fail("{}: node '{}' ({}): {} [{}] must be {}", where_, n.name(), n.op_type(), name,
+                   fmt::join(a.ints(), ", "), positive ? "positive" : "non-negative");
+        if (name == "group" && a.i() < 1)
+          fail("{}: node '{}' ({}): group {} must be positive", where_, n.name(), n.op_type(), a.i());
+      }
     for (const auto& op : model_.opset_import())
       if (op.domain().empty() || op.domain() == "ai.onnx") opset_ = op.version();
   }
@@ -185,18 +201,49 @@ class Importer {
     return it == consts_.end() ? nullptr : it->second;
   }
 
-  HostTensor to_host(const ::onnx::TensorProto& t, const std::string& name) const {
-    HostTensor h;
+  // The element count of a tensor's dims, checked against the values it
+  // stores (before anything is allocated for it).
+  std::int64_t checked_count(const ::onnx::TensorProto& t, const std::string& name) const {
     std::int64_t n = 1;
     for (auto d : t.dims()) {
       if (d < 0 || (d > 0 && n > kMaxTensorElements / d))
         fail("{}: tensor '{}' has dims {} (negative or over {} elements)", where_, name, fmt::join(t.dims(), "x"),
              kMaxTensorElements);
       n *= d;
-      h.shape.push_back(d);
     }
     if (t.data_location() == ::onnx::TensorProto::EXTERNAL)
       fail("{}: tensor '{}' is stored as external data, which is not supported", where_, name);
+    const std::string& raw = t.raw_data();
+    std::size_t width = 0, listed = 0;
+    switch (t.data_type()) {
+      case ::onnx::TensorProto::FLOAT:
+        width = 4, listed = std::size_t(t.float_data_size());
+        break;
+      case ::onnx::TensorProto::DOUBLE:
+        width = 8, listed = std::size_t(t.double_data_size());
+        break;
+      case ::onnx::TensorProto::INT64:
+        width = 8, listed = std::size_t(t.int64_data_size());
+        break;
+      case ::onnx::TensorProto::INT32:
+        width = 4, listed = std::size_t(t.int32_data_size());
+        break;
+      default:
+        fail("{}: tensor '{}' has ONNX data type {}; float, double, int64 and int32 are supported", where_, name,
+             t.data_type());
+    }
+    const std::size_t stored = raw.empty() ? listed : raw.size() / width;
+    if (stored != std::size_t(n) || raw.size() % width)
+      fail("{}: tensor '{}' holds {} values for dims {} ({})", where_, name, stored, fmt::join(t.dims(), "x"), n);
+    return n;
+  }
+
+  HostTensor to_host(const ::onnx::TensorProto& t, const std::string& name) const {
+    HostTensor h;
+    const std::int64_t n = checked_count(t, name);
+    h.shape.assign(t.dims().begin(), t.dims().end());
+    if (t.data_type() == ::onnx::TensorProto::INT32)
+      fail("{}: tensor '{}' holds int32 values where floats are expected", where_, name);
     const auto count_error = [&](std::size_t got) {
       fail("{}: tensor '{}' holds {} values for dims {} ({})", where_, name, got, fmt::join(h.shape, "x"), n);
     };
@@ -364,8 +411,13 @@ class Importer {
         refuse(n, "integer operands of different sizes");
       for (std::size_t i = 0; i < count; ++i) {
         const std::int64_t x = a.v[a.v.size() == 1 ? 0 : i], y = b.v[b.v.size() == 1 ? 0 : i];
-        if (op == "Div" && y == 0) refuse(n, "division by zero");
-        r.v.push_back(op == "Add" ? x + y : op == "Sub" ? x - y : op == "Mul" ? x * y : x / y);
+        std::int64_t z = 0;
+        const bool overflow = op == "Add"   ? __builtin_add_overflow(x, y, &z)
+                              : op == "Sub" ? __builtin_sub_overflow(x, y, &z)
+                              : op == "Mul" ? __builtin_mul_overflow(x, y, &z)
+                                            : (y == 0 || (y == -1 && x == std::numeric_limits<std::int64_t>::min()));
+        if (overflow) refuse(n, fmt::format("{} {} {} overflows or divides by zero", x, op, y));
+        r.v.push_back(op == "Div" ? x / y : z);
       }
       r.shape = a.v.size() >= b.v.size() ? a.shape : b.shape;
     }
@@ -786,6 +838,8 @@ class Importer {
         refuse(n, "only all-zero padding (the identity) is supported");
       out(input(0));
       if (squeezed_.count(n.input(0))) squeezed_.insert(n.output(0));
+    } else if (op == "Cast" && constant(n.input(0)) && attr_int(n, "to", 0) == constant(n.input(0))->data_type()) {
+      consts_[n.output(0)] = constant(n.input(0));  // a cast of a constant to its own type
     } else if (op == "Identity" && constant(n.input(0))) {
       consts_[n.output(0)] = constant(n.input(0));  // PyTorch shares equal initializers this way
     } else if (op == "Identity") {
@@ -1157,7 +1211,13 @@ inline Model import_model(const std::filesystem::path& path, Context& ctx, const
   if (o.num_classes < 1) usage_fail("--num_classes must be at least 1, got {}", o.num_classes);
   if (o.batch < 1) usage_fail("--batch_size must be at least 1, got {}", o.batch);
   ImportReport r;
-  Model m = detail::Importer(path, ctx, o, io).run(r);
+  std::optional<Model> built;
+  try {
+    built.emplace(detail::Importer(path, ctx, o, io).run(r));
+  } catch (const dnnl::error& e) {  // a layer configuration the kernels do not take
+    fail("'{}': oneDNN refuses a layer of the model: {}", path.string(), e.what());
+  }
+  Model m = std::move(*built);
   if (report) *report = r;
   return m;
 }
