@@ -25,7 +25,8 @@ inline void add_step_command(CLI::App& app, StepArgs& a) {
       ->required();
   c->add_option("--num_classes", a.num_classes, "classes of the head")->required()->check(cli::positive);
   c->add_option("--input_size", a.input_size, "image side in pixels")->capture_default_str()->check(cli::positive);
-  c->add_option("--weights", a.weights, "safetensors file with every param and buffer")->required();
+  c->add_option("--weights", a.weights,
+                "safetensors file with every param and buffer (required, except for an ONNX model: its own weights)");
   c->add_option("--inputs", a.inputs, "safetensors file with images (B,3,S,S) f32 and labels (B) int")->required();
   c->add_option("--out", a.out, "safetensors file to write: logits, loss, grad/<param>")->required();
   c->add_option("--threads", a.threads, "kernel threads (0 = all cores)")
@@ -49,7 +50,10 @@ inline int run_step(const StepArgs& a) {
   Model m = build_named_model(
       a.model_name, ctx,
       {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0), .precision = precision});
-  io::load_weights(m.params(), a.weights);
+  if (!a.weights.empty())
+    io::load_weights(m.params(), a.weights);
+  else if (!is_onnx_model(a.model_name))
+    usage_fail("--weights is required (a zoo model has no weights of its own)");
   std::vector<std::int32_t> y;
   for (auto l : labels) {
     if (l < 0 || l >= a.num_classes) fail("'{}': label {} is outside [0, {})", a.inputs, l, a.num_classes);

@@ -247,7 +247,32 @@ TEST_CASE("a different class count re-creates the classifier, which is not loade
     }
     return std::string();
   }();
-  CHECK(e.find("no Gemm named 'conv'") != std::string::npos);
+  CHECK(e.find("no Gemm or MatMul named 'conv'") != std::string::npos);
+  fs::remove(p);
+}
+
+TEST_CASE("a MatMul classifier with its bias Add is kept, or re-created for another class count") {
+  Builder b = small_classifier(0);  // fc.weight stored (in, out), as MatMul reads it
+  auto* g = b.m.mutable_graph();
+  auto* head = g->mutable_node(g->node_size() - 1);
+  head->set_op_type("MatMul");
+  head->clear_attribute();
+  head->mutable_input()->RemoveLast();  // the bias moves to an Add
+  head->set_output(0, "mm");
+  b.node("Add", "/fc/Add", {"mm", "fc.bias"}, {"logits"});
+  const fs::path p = b.write("elastic_import_matmul.onnx");
+  Context ctx(1);
+  onnx_import::ImportReport r;
+  Model kept = onnx_import::import_model(p, ctx, {.num_classes = 5, .input_size = 8, .batch = 2}, {}, &r);
+  CHECK(r.head == "fc");
+  CHECK_FALSE(r.head_replaced);
+  CHECK(kept.params().params().back().name == "fc.bias");
+  CHECK(kept.params().params()[kept.params().size() - 2].shape == Shape{5, 4});  // (out, in)
+  Model grown = onnx_import::import_model(p, ctx, {.num_classes = 9, .input_size = 8, .batch = 2}, {}, &r);
+  CHECK(r.head_replaced);
+  CHECK(r.file_classes == 5);
+  CHECK(grown.num_classes == 9);
+  CHECK(grown.head_prefixes == std::vector<std::string>{"fc."});
   fs::remove(p);
 }
 

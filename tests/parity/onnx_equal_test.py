@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """ResNet50 imported from ONNX against the built-in resnet50: the same weights and batch
 through `elastic step` give the same logits, loss and param gradients (within 1e-6
-relative L2; the same layers in the same order make them bit for bit equal).
+relative L2; the same layers in the same order make them bit for bit equal). And a
+default (eval-mode, batch norm folded) export imports with PyTorch's logits.
 
 usage: onnx_equal_test.py ELASTIC_BINARY
 """
@@ -63,9 +64,38 @@ def main():
         failures.append("logits are all zero: the comparison would be vacuous")
     print(f"resnet50 built in vs imported from ONNX: {len(a)} tensors, {identical} bit for bit equal, "
           f"worst relative L2 {worst:.3g}")
+    failures += eval_mode_export(binary)
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
+
+
+def eval_mode_export(binary):
+    """A model exported the default way (eval mode: batch norm folded into the convolutions,
+    parameters under generated names) imports too; `elastic step` without --weights uses the
+    file's weights, and its logits are PyTorch's (float64, relative L2 <= 1e-4)."""
+    torch.manual_seed(3)
+    model = export_onnx.build("resnet18", 4).eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    images = torch.randn(2, 3, 32, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file, inputs, out = (os.path.join(tmp, f) for f in ("folded.onnx", "x.safetensors", "o.safetensors"))
+        torch.onnx.export(model, images, onnx_file, opset_version=14, input_names=["images"], output_names=["logits"])
+        write_safetensors(inputs, {"images": images, "labels": torch.zeros(2, dtype=torch.int64)})
+        cmd = [binary, "step", "--model_name", onnx_file, "--num_classes", "4", "--input_size", "32", "--inputs",
+               inputs, "--out", out, "--threads", "2"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            return [f"eval-mode export: {' '.join(cmd)} exited with {run.returncode}: {run.stderr[-500:]}"]
+        got = read_safetensors(out)["logits"].double()
+    ref = model.double()(images.double()).detach()
+    e = ((got - ref).norm() / ref.norm()).item()
+    print(f"resnet18 exported in eval mode (batch norm folded): logits relative L2 {e:.3g}")
+    return [] if e <= 1e-4 else [f"eval-mode export: logits relative L2 {e:.3g} > 1e-4"]
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 
 usage: parity.py ELASTIC_BINARY MODEL_NAME BATCH CLASSES INPUT_SIZE [fp32|bf16]
 
-MODEL_NAME is a zoo model (resnet50, vgg16, mobilenetv2, vit) or onnx:NAME for a torchvision
-classifier NAME exported by scripts/export_onnx.py and imported by elastic from that file.
+MODEL_NAME is a zoo model (resnet50, vgg16, mobilenetv2, vit) or onnx:NAME[@OPSET] for a
+torchvision classifier NAME exported by scripts/export_onnx.py (at opset OPSET, default 14) and
+imported by elastic from that file.
 
 Builds the torchvision model with random weights (batch-norm statistics and affine
 params randomized too, so frozen batch norm is not an identity), exports them, runs
@@ -49,6 +50,9 @@ def main():
     precision = sys.argv[6] if len(sys.argv) > 6 else "fp32"
     torch.manual_seed(1234)
     onnx_name = model_name[5:] if model_name.startswith("onnx:") else None
+    opset = 14
+    if onnx_name and "@" in onnx_name:
+        onnx_name, opset = onnx_name.split("@")[0], int(onnx_name.split("@")[1])
     model = export_onnx.build(onnx_name, classes) if onnx_name else build(model_name, classes, size)
     with torch.no_grad():
         for mod in model.modules():
@@ -75,7 +79,7 @@ def main():
         elastic_model = model_name
         if onnx_name:
             elastic_model = os.path.join(tmp, onnx_name + ".onnx")
-            export_onnx.export(model, elastic_model, batch, size)
+            export_onnx.export(model, elastic_model, batch, size, opset)
         cmd = [binary, "step", "--model_name", elastic_model, "--num_classes", str(classes), "--input_size", str(size),
                "--weights", weights, "--inputs", inputs, "--out", out, "--threads", "2", "--precision", precision]
         run = subprocess.run(cmd, capture_output=True, text=True)

@@ -55,8 +55,8 @@ namespace elastic::onnx_import {
 
 inline constexpr std::string_view kSupportedOps[] = {
     "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout", "Flatten", "Gemm",
-    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MatMul", "MaxPool", "Mul", "Pad", "ReduceMean",
-    "Relu", "Reshape", "Sigmoid", "Slice", "Split", "Transpose",
+    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "MatMul", "MaxPool", "Mul",
+    "Pad", "ReduceMean", "Relu", "Reshape", "Sigmoid", "Slice", "Split", "Transpose",
     // As parts of a LayerNorm (ReduceMean, Sub, Pow, Add, Sqrt, Div, Mul, Add) or a GELU
     // (Div, Erf, Add, Mul, Mul) decomposition:
     "Erf", "Pow", "Sqrt",
@@ -602,19 +602,29 @@ class Importer {
 
   // The classifier: the Gemm whose output is the graph's output, or the one
   // named by ImportOptions::head (by its layer name or node name).
+  // The classifier: the Gemm or MatMul (with its bias Add) whose output is the
+  // graph's output, or the one named by ImportOptions::head (by its layer name,
+  // that of its weight, or its node name).
   void find_head() {
     const auto& g = model_.graph();
+    std::map<std::string, const ::onnx::NodeProto*> producer;
+    for (const auto& n : g.node())
+      for (const auto& o : n.output()) producer[o] = &n;
+    const std::string result = g.output_size() == 1 ? g.output(0).name() : std::string();
     for (int i = 0; i < g.node_size(); ++i) {
       const auto& n = g.node(i);
-      if (n.op_type() != "Gemm" || n.input_size() < 2) continue;
-      const std::string& w = n.input(1);
+      if ((n.op_type() != "Gemm" && n.op_type() != "MatMul") || n.input_size() < 2) continue;
+      std::string w = n.input(1);
+      if (const auto it = producer.find(w); it != producer.end() && it->second->op_type() == "Transpose")
+        w = it->second->input(0);  // a MatMul's weight, transposed by the file
       const std::string layer = w.ends_with(".weight") ? w.substr(0, w.size() - 7) : n.name();
-      const bool named = !io_.head.empty() && (io_.head == layer || io_.head == n.name());
-      const bool output = io_.head.empty() && g.output_size() == 1 && n.output(0) == g.output(0).name();
-      if (named || output) head_node_ = i;
+      bool output = n.output(0) == result;
+      if (const auto* add = only_user(n.output(0), "Add"); n.op_type() == "MatMul" && add)
+        output |= add->output(0) == result;
+      if (io_.head.empty() ? output : (io_.head == layer || io_.head == n.name())) head_node_ = i;
     }
     if (head_node_ < 0 && !io_.head.empty())
-      fail("{}: no Gemm named '{}' (--head): name a Gemm layer or node of the graph", where_, io_.head);
+      fail("{}: no Gemm or MatMul named '{}' (--head): name a classifier layer or node of the graph", where_, io_.head);
   }
 
   void add_node(const ::onnx::NodeProto& n, int index) {
@@ -770,6 +780,20 @@ class Importer {
       add_gelu(n, index);
     } else if (op == "MatMul") {
       add_matmul(n, index);
+    } else if (op == "LayerNormalization") {
+      const Shape& x = shape_of(n.input(0));
+      std::int64_t axis = attr_int(n, "axis", -1);
+      if (axis < 0) axis += std::int64_t(x.size());
+      if (axis != std::int64_t(x.size()) - 1) refuse(n, "only a LayerNorm over the last axis is supported");
+      const auto& w = weight(n, 1);
+      if (w.dims_size() != 1 || n.input_size() < 3 || n.input(2).empty())
+        refuse(n, "a 1-D scale and a bias are required");
+      const std::string name = layer_name(n, index, n.input(1));
+      source(name + ".weight", n.input(1));
+      source(name + ".bias", n.input(2));
+      out(g.add<LayerNorm>({input(0)}, name,
+                           LayerNormOptions{.normalized_shape = w.dims(0), .eps = attr_float(n, "epsilon", 1e-5f)}));
+      if (tokens_.count(n.input(0))) tokens_.insert(n.output(0));
     } else if (op == "Relu") {
       out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
     } else if (op == "Clip") {
@@ -788,11 +812,9 @@ class Importer {
       else
         refuse(n, fmt::format("Clip to [{}, {}] is not supported (only [0, 6] and [0, inf))", lo, hi));
     } else if (op == "Add") {
-      const ValueId a = input(0), b = input(1);
-      if (shape_of(n.input(0)) != shape_of(n.input(1)))
-        refuse(n, fmt::format("adds shapes {} and {}; broadcasting Add is not supported",
-                              to_string(shape_of(n.input(0))), to_string(shape_of(n.input(1)))));
-      out(g.add<Add>({a, b}, layer_name(n, index)));
+      // The image first, a (N, C, 1, 1) term broadcast over it second (the layer checks the shapes).
+      const int big = numel(shape_of(n.input(1))) > numel(shape_of(n.input(0))) ? 1 : 0;
+      out(g.add<Add>({input(big), input(1 - big)}, layer_name(n, index)));
     } else if (op == "MaxPool" || op == "AveragePool") {
       const auto [kh, kw] = pair_attr(n, "kernel_shape", -1);
       const auto [sh, sw] = pair_attr(n, "strides", 1);
@@ -1058,11 +1080,21 @@ class Importer {
       }
     }
     const std::string name = layer_name(n, index, weight);
-    source(name + ".weight", weight, !torch_layout);
-    if (!bias.empty()) source(name + ".bias", bias);
-    values_[result] =
-        graph_->add<Linear>({value(n.input(0), "MatMul input")}, name,
-                            LinearOptions{.in_features = in_f, .out_features = out_f, .bias = !bias.empty()});
+    std::int64_t classes = out_f;
+    bool replaced = false;
+    if (index == head_node_) {
+      head_layer_ = name;
+      file_classes_ = out_f;
+      replaced = head_replaced_ = o_.num_classes != out_f;
+      if (replaced) classes = o_.num_classes;
+    }
+    if (!replaced) {
+      source(name + ".weight", weight, !torch_layout);
+      if (!bias.empty()) source(name + ".bias", bias);
+    }
+    values_[result] = graph_->add<Linear>(
+        {value(n.input(0), "MatMul input")}, name,
+        LinearOptions{.in_features = in_f, .out_features = classes, .bias = !bias.empty() || replaced});
     if (tokens_.count(n.input(0))) tokens_.insert(result);
   }
 
