@@ -21,11 +21,12 @@ Model build_named_model(const std::string& name, Context& ctx, const ModelOption
   onnx_import::ImportReport r;
   Model m = onnx_import::import_model(name, ctx, o, {.head = head}, &r);
   if (log)
-    log(fmt::format("imported '{}': {} ONNX nodes, {} params, graph hash {:016x}; classifier '{}' {}", name, r.nodes,
+    log(fmt::format("imported '{}': {} ONNX nodes, {} params, graph hash {:016x}; classifier '{}' {}{}", name, r.nodes,
                     m.params().size(), r.graph_hash, r.head,
                     r.head_replaced
                         ? fmt::format("re-created with {} classes (the file has {})", m.num_classes, r.file_classes)
-                        : fmt::format("kept ({} classes)", m.num_classes)));
+                        : fmt::format("kept ({} classes)", m.num_classes),
+                    r.dropped_softmax ? "; its final softmax is left out (the loss takes logits)" : ""));
   return m;
 }
 

@@ -276,6 +276,35 @@ TEST_CASE("a MatMul classifier with its bias Add is kept, or re-created for anot
   fs::remove(p);
 }
 
+TEST_CASE("a softmax at the output is left out: the model's outputs are the logits before it") {
+  Builder plain = small_classifier(), with_softmax = small_classifier();
+  auto* g = with_softmax.m.mutable_graph();
+  g->mutable_node(g->node_size() - 1)->set_output(0, "z");
+  with_softmax.node("Softmax", "/softmax", {"z"}, {"logits"});
+  const fs::path p0 = plain.write("elastic_import_plain.onnx"), p1 = with_softmax.write("elastic_import_softmax.onnx");
+  Context ctx(1);
+  onnx_import::ImportReport r0, r1;
+  Model m0 = onnx_import::import_model(p0, ctx, {.num_classes = 5, .input_size = 8, .batch = 2}, {}, &r0);
+  Model m1 = onnx_import::import_model(p1, ctx, {.num_classes = 5, .input_size = 8, .batch = 2}, {}, &r1);
+  CHECK_FALSE(r0.dropped_softmax);
+  CHECK(r1.dropped_softmax);
+  CHECK(r1.head == "fc");
+  const Tensor images = random_images({2, 3, 8, 8}, 6);
+  for (Model* m : {&m0, &m1}) {
+    m->graph->write(m->images, images);
+    m->graph->forward(false);
+  }
+  const Tensor y0 = m0.graph->read(m0.logits), y1 = m1.graph->read(m1.logits);
+  bool same = true;
+  for (std::int64_t i = 0; i < y0.numel(); ++i) same &= y0[i] == y1[i];
+  CHECK(same);
+  // Another class count re-creates the classifier before the softmax.
+  onnx_import::import_model(p1, ctx, {.num_classes = 7, .input_size = 8, .batch = 2}, {}, &r1);
+  CHECK(r1.head_replaced);
+  fs::remove(p0);
+  fs::remove(p1);
+}
+
 TEST_CASE("the graph hash identifies the graph, not its weights or file name") {
   Builder a = small_classifier(), b = small_classifier();
   b.m.mutable_graph()->mutable_initializer(0)->mutable_raw_data()->at(0) ^= 1;  // other weights

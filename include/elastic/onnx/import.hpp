@@ -81,6 +81,7 @@ struct ImportReport {
   std::string head;               // the classifier layer (its name, the prefix of its params)
   bool head_replaced = false;     // re-created with ModelOptions::num_classes outputs
   std::int64_t file_classes = 0;  // the classifier's outputs in the file
+  bool dropped_softmax = false;   // a softmax at the output was left out (the loss takes logits)
   std::uint64_t graph_hash = 0;   // of the nodes, their attributes and the initializers' names and shapes
   int nodes = 0;
 };
@@ -129,6 +130,7 @@ class Importer {
     report.head = head_layer_;
     report.head_replaced = head_replaced_;
     report.file_classes = file_classes_;
+    report.dropped_softmax = dropped_softmax_;
     report.nodes = g.node_size();
     Model m = finish_model(fmt::format("onnx:{}:{:016x}", path_.stem().string(), report.graph_hash), std::move(graph_),
                            images_, logits, o_.seed);
@@ -610,7 +612,10 @@ class Importer {
     std::map<std::string, const ::onnx::NodeProto*> producer;
     for (const auto& n : g.node())
       for (const auto& o : n.output()) producer[o] = &n;
-    const std::string result = g.output_size() == 1 ? g.output(0).name() : std::string();
+    std::string result = g.output_size() == 1 ? g.output(0).name() : std::string();
+    if (const auto it = producer.find(result);
+        it != producer.end() && (it->second->op_type() == "Softmax" || it->second->op_type() == "LogSoftmax"))
+      result = it->second->input(0);  // the logits before a final softmax (left out)
     for (int i = 0; i < g.node_size(); ++i) {
       const auto& n = g.node(i);
       if ((n.op_type() != "Gemm" && n.op_type() != "MatMul") || n.input_size() < 2) continue;
@@ -794,6 +799,17 @@ class Importer {
       out(g.add<LayerNorm>({input(0)}, name,
                            LayerNormOptions{.normalized_shape = w.dims(0), .eps = attr_float(n, "epsilon", 1e-5f)}));
       if (tokens_.count(n.input(0))) tokens_.insert(n.output(0));
+    } else if (op == "Softmax" || op == "LogSoftmax") {
+      // A classifier exported with its probabilities: the loss takes logits,
+      // so the final softmax is left out.
+      const auto& g_out = model_.graph().output();
+      const std::int64_t rank = std::int64_t(shape_of(n.input(0)).size());
+      std::int64_t axis = attr_int(n, "axis", -1);
+      if (axis < 0) axis += rank;
+      if (g_out.size() != 1 || g_out[0].name() != n.output(0) || axis != rank - 1)
+        refuse(n, "a softmax is supported only over the classes at the graph's output, where it is left out");
+      out(input(0));
+      dropped_softmax_ = true;
     } else if (op == "Relu") {
       out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
     } else if (op == "Clip") {
@@ -1225,6 +1241,7 @@ class Importer {
   std::map<std::string, std::string> transposed_consts_;  // Transpose output -> the 2-D constant it transposes // Mul
                                                           // node -> the input of its fused SiLU
   std::map<std::string, std::pair<std::string, bool>> sources_;  // param -> (file tensor, transposed)
+  bool dropped_softmax_ = false;
   int head_node_ = -1;
   std::string head_layer_;
   bool head_replaced_ = false;
