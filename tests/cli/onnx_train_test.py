@@ -42,7 +42,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     profile = os.path.join(tmp, "profile.json")
     p = run("profile", "--model_name", model_file, "--input_size", "32", "--batch_size", "16", "--num_classes", "10",
-            "--threads", "2", "--repeats", "3", "--out", profile)
+            "--threads", "2", "--repeats", "2", "--warmup", "1", "--out", profile)
     check(p.returncode == 0, f"profile of the ONNX model: {p.stderr}")
     check("kept (10 classes)" in p.stdout, f"profile prints the import: {p.stdout[:300]}")
     with open(profile) as f:
