@@ -240,58 +240,39 @@ class Importer {
     return n;
   }
 
+  // A float, double or int64 tensor as floats (counts checked by checked_count).
   HostTensor to_host(const ::onnx::TensorProto& t, const std::string& name) const {
     HostTensor h;
     const std::int64_t n = checked_count(t, name);
     h.shape.assign(t.dims().begin(), t.dims().end());
-    if (t.data_type() == ::onnx::TensorProto::INT32)
-      fail("{}: tensor '{}' holds int32 values where floats are expected", where_, name);
-    const auto count_error = [&](std::size_t got) {
-      fail("{}: tensor '{}' holds {} values for dims {} ({})", where_, name, got, fmt::join(h.shape, "x"), n);
-    };
     h.values.resize(static_cast<std::size_t>(n));
     const std::string& raw = t.raw_data();
-    switch (t.data_type()) {
-      case ::onnx::TensorProto::FLOAT:
-        if (!raw.empty()) {
-          if (raw.size() != std::size_t(n) * 4) count_error(raw.size() / 4);
-          std::memcpy(h.values.data(), raw.data(), raw.size());
-        } else {
-          if (t.float_data_size() != n) count_error(std::size_t(t.float_data_size()));
-          std::copy(t.float_data().begin(), t.float_data().end(), h.values.begin());
-        }
-        break;
-      case ::onnx::TensorProto::DOUBLE:
-        if (!raw.empty()) {
-          if (raw.size() != std::size_t(n) * 8) count_error(raw.size() / 8);
-          for (std::int64_t i = 0; i < n; ++i) {
-            double v;
-            std::memcpy(&v, raw.data() + i * 8, 8);
-            h.values[std::size_t(i)] = static_cast<float>(v);
-          }
-        } else {
-          if (t.double_data_size() != n) count_error(std::size_t(t.double_data_size()));
-          std::transform(t.double_data().begin(), t.double_data().end(), h.values.begin(),
-                         [](double v) { return static_cast<float>(v); });
-        }
-        break;
-      case ::onnx::TensorProto::INT64:
-        if (!raw.empty()) {
-          if (raw.size() != std::size_t(n) * 8) count_error(raw.size() / 8);
-          for (std::int64_t i = 0; i < n; ++i) {
-            std::int64_t v;
-            std::memcpy(&v, raw.data() + i * 8, 8);
-            h.values[std::size_t(i)] = static_cast<float>(v);
-          }
-        } else {
-          if (t.int64_data_size() != n) count_error(std::size_t(t.int64_data_size()));
-          std::transform(t.int64_data().begin(), t.int64_data().end(), h.values.begin(),
-                         [](std::int64_t v) { return static_cast<float>(v); });
-        }
-        break;
-      default:
-        fail("{}: tensor '{}' has ONNX data type {}; float, double and int64 are supported", where_, name,
-             t.data_type());
+    if (t.data_type() == ::onnx::TensorProto::FLOAT && !raw.empty()) {  // weights: one copy
+      std::memcpy(h.values.data(), raw.data(), raw.size());
+      return h;
+    }
+    // Element i of a raw little-endian buffer of T, as a float.
+    const auto raw_at = [&]<class T>(std::type_identity<T>, std::int64_t i) {
+      T v;
+      std::memcpy(&v, raw.data() + i * std::int64_t(sizeof(T)), sizeof(T));
+      return static_cast<float>(v);
+    };
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto k = static_cast<int>(i);
+      float& v = h.values[std::size_t(i)];
+      switch (t.data_type()) {
+        case ::onnx::TensorProto::FLOAT:
+          v = raw.empty() ? t.float_data(k) : raw_at(std::type_identity<float>{}, i);
+          break;
+        case ::onnx::TensorProto::DOUBLE:
+          v = raw.empty() ? float(t.double_data(k)) : raw_at(std::type_identity<double>{}, i);
+          break;
+        case ::onnx::TensorProto::INT64:
+          v = raw.empty() ? float(t.int64_data(k)) : raw_at(std::type_identity<std::int64_t>{}, i);
+          break;
+        default:
+          fail("{}: tensor '{}' holds ONNX data type {} where floats are expected", where_, name, t.data_type());
+      }
     }
     return h;
   }
