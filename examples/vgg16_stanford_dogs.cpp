@@ -1,5 +1,5 @@
 // VGG16 fine-tuned on Stanford Dogs with the reference's defaults; every flag of
 // `elastic train` applies, e.g. --data_dir, --weights, --train_type, --rho.
-#include "driver/driver.hpp"
+#include "driver/example_main.hpp"
 
 int main(int argc, char** argv) { return elastic::cli::example_main(argc, argv, "vgg16", "stanford_dogs"); }

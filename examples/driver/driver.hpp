@@ -1,7 +1,7 @@
 // The shared driver of the `elastic` command and of the example mains:
 // `train` (the reference's flags and defaults plus ours) and `profile`.
 // Compiled once into the static library elastic_driver, so that each example
-// main is a few lines and builds in a second.
+// main is a few lines (it includes only driver/example_main.hpp).
 #pragma once
 
 #include <cmath>
@@ -14,6 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "driver/example_main.hpp"
 #include "elastic/io/model_info.hpp"
 #include "elastic/models/model.hpp"
 
@@ -169,8 +170,5 @@ int run_predict(const PredictArgs& a);
 // its extra classes named "class N").
 io::ModelInfo model_info(const Model& m, const std::string& model_name, std::int64_t input_size,
                          const std::vector<std::string>& dataset_classes);
-
-// The main of an example: `elastic train` with the model and dataset preset.
-int example_main(int argc, char** argv, const std::string& model, const std::string& dataset);
 
 }  // namespace elastic::cli

@@ -9,6 +9,9 @@
 
 #include "elastic/core/context.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace core_denormals_test {
+
 using namespace elastic;
 
 namespace {
@@ -73,3 +76,5 @@ TEST_CASE("a Context flushes denormals on its thread and on every OpenMP thread,
   CHECK_FALSE(flushing_denormals());
   set_flush_denormals(true);
 }
+
+}  // namespace core_denormals_test

@@ -7,6 +7,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace core_host_math_test {
+
 using namespace elastic;
 
 TEST_CASE("for_chunks covers every element once, in blocks of at most kBlock, on any thread count") {
@@ -40,3 +43,5 @@ TEST_CASE("copy and accumulate over buffers longer than one thread's share") {
   for (std::size_t i = 0; i < a.size(); ++i) all = all && c[i] == 1.0f + a[i];
   CHECK(all);
 }
+
+}  // namespace core_host_math_test

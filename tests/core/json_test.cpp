@@ -3,6 +3,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace core_json_test {
+
 using namespace elastic;
 using nlohmann::json;
 
@@ -30,3 +33,5 @@ TEST_CASE("json_number accepts any number and nothing else") {
   CHECK_THROWS_WITH_AS(json_number(json::parse("null"), "importance"), doctest::Contains("importance must be a number"),
                        Error);
 }
+
+}  // namespace core_json_test

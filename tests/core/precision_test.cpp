@@ -27,6 +27,9 @@
 #include "elastic/layers/tokens.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace core_precision_test {
+
 using namespace elastic;
 
 TEST_CASE("--precision parses fp32 and bf16 and names the flag otherwise") {
@@ -277,3 +280,5 @@ TEST_CASE("a bf16 graph's loss is fp32 and its logits' gradient matches fp32's; 
   CHECK(arena[1] * 2 <= arena[0] + 1024);
   CHECK(arena[1] * 2 >= arena[0] - 1024);
 }
+
+}  // namespace core_precision_test

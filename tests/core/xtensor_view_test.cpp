@@ -5,6 +5,9 @@
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/xtensor.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace core_xtensor_view_test {
+
 using namespace elastic;
 
 TEST_CASE("a view has the tensor's shape, reads its elements in row-major order and writes through") {
@@ -44,3 +47,5 @@ TEST_CASE("a model's logits through a view: the predicted class is xtensor's arg
     CHECK(predicted(b) == best);
   }
 }
+
+}  // namespace core_xtensor_view_test

@@ -6,6 +6,9 @@
 
 #include "support/dataset_fixtures.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace data_datasets_test {
+
 using namespace elastic;
 using namespace elastic::data;
 namespace fs = std::filesystem;
@@ -191,3 +194,5 @@ TEST_CASE("malformed Oxford-IIIT Pet annotations name file and line") {
     CHECK(open_error("oxford_iiit_pet", c.dir).find(k.message) != std::string::npos);
   }
 }
+
+}  // namespace data_datasets_test

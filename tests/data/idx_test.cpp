@@ -6,6 +6,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace data_idx_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -131,3 +134,5 @@ TEST_CASE("the installed Fashion-MNIST has 60000 + 10000 28x28 images with balan
   for (auto l : d.test.labels) ++counts[static_cast<std::size_t>(l)];
   for (int c : counts) CHECK(c == 1000);
 }
+
+}  // namespace data_idx_test

@@ -8,6 +8,9 @@
 
 #include "support/dataset_fixtures.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace data_image_test {
+
 using namespace elastic;
 using namespace elastic::data;
 
@@ -167,3 +170,5 @@ TEST_CASE("a missing file names the path") {
     CHECK(std::string(e.what()).find("cannot open '/nonexistent/dir/x.jpg'") != std::string::npos);
   }
 }
+
+}  // namespace data_image_test

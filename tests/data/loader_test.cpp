@@ -13,6 +13,9 @@
 #include "elastic/train/trainer.hpp"
 #include "support/dataset_fixtures.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace data_loader_test {
+
 using namespace elastic;
 using namespace elastic::data;
 
@@ -236,3 +239,5 @@ TEST_CASE("prefetching hides decoding from a consumer slower than the decoder") 
   for (std::int64_t b = 1; b < l.batches(); ++b) l.get(b);
   CHECK(l.wait_ms() - before < 5.0);
 }
+
+}  // namespace data_loader_test

@@ -6,6 +6,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace data_transforms_test {
+
 using namespace elastic;
 using namespace elastic::data;
 
@@ -84,12 +87,12 @@ TEST_CASE("a flip mirrors columns; a quarter turn counter-clockwise maps out(y, 
 
 TEST_CASE("rotation fills the corners by reflecting across the edge, the edge pixel included") {
   // reflect() on its own: n = 4 pixels span [-0.5, 3.5].
-  CHECK(detail::reflect(1.25f, 4) == doctest::Approx(1.25f));
-  CHECK(detail::reflect(-1.0f, 4) == doctest::Approx(0.0f));  // -1 -> 0: (a | a b ...)
-  CHECK(detail::reflect(-2.0f, 4) == doctest::Approx(1.0f));
-  CHECK(detail::reflect(4.0f, 4) == doctest::Approx(3.0f));  // 4 -> 3: (... c d | d)
-  CHECK(detail::reflect(5.0f, 4) == doctest::Approx(2.0f));
-  CHECK(detail::reflect(-9.0f, 4) == doctest::Approx(0.0f));  // period 8: -9 -> -1 -> 0
+  CHECK(data::detail::reflect(1.25f, 4) == doctest::Approx(1.25f));
+  CHECK(data::detail::reflect(-1.0f, 4) == doctest::Approx(0.0f));  // -1 -> 0: (a | a b ...)
+  CHECK(data::detail::reflect(-2.0f, 4) == doctest::Approx(1.0f));
+  CHECK(data::detail::reflect(4.0f, 4) == doctest::Approx(3.0f));  // 4 -> 3: (... c d | d)
+  CHECK(data::detail::reflect(5.0f, 4) == doctest::Approx(2.0f));
+  CHECK(data::detail::reflect(-9.0f, 4) == doctest::Approx(0.0f));  // period 8: -9 -> -1 -> 0
   // An eighth of a turn on a square with a bright top row: corners come from
   // inside the image (never zeros), and every output value lies in the input's range.
   const Image img = make(9, 9, [](auto y, auto, int) { return y == 0 ? 250 : 20; });
@@ -140,3 +143,5 @@ TEST_CASE("transform_image without augmentation equals resize then normalize; wi
   augment_normalize(resized.data(), 8, 6, aug, n, b.data());
   CHECK(a == b);
 }
+
+}  // namespace data_transforms_test

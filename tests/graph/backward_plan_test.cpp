@@ -4,6 +4,9 @@
 
 #include "elastic/core/random.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace graph_backward_plan_test {
+
 using namespace elastic;
 
 namespace {
@@ -131,3 +134,5 @@ TEST_CASE("a value read by two consumers gets its second gradient through a temp
   CHECK(mem.temp_offset[2][0] >= 0);
   CHECK(mem.temp_offset[2][0] != mem.grad_offset[1]);
 }
+
+}  // namespace graph_backward_plan_test

@@ -13,6 +13,9 @@
 #include "elastic/optim/optimizer.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace graph_graph_test {
+
 using namespace elastic;
 
 namespace {
@@ -308,3 +311,5 @@ TEST_CASE("an input with a wrong shape is rejected on write") {
   g.finalize();
   CHECK_THROWS_AS(g.write(net.x, Tensor({3, 5, 7, 7})), Error);
 }
+
+}  // namespace graph_graph_test

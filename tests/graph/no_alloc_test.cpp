@@ -10,6 +10,9 @@
 #include "elastic/testing/gradcheck.hpp"
 #include "support/alloc_counter.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace graph_no_alloc_test {
+
 using namespace elastic;
 
 // oneDNN 2.6 builds a small argument map inside every primitive execution (a
@@ -137,3 +140,5 @@ TEST_CASE("a warm training step of every layer type, with the optimizer, allocat
     });
   }
 }
+
+}  // namespace graph_no_alloc_test

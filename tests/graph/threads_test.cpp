@@ -11,6 +11,9 @@
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace graph_threads_test {
+
 using namespace elastic;
 
 namespace {
@@ -96,3 +99,5 @@ TEST_CASE("set_threads to the count in force changes nothing; a bad count is a u
   CHECK(run.losses == ref.losses);  // same count: no new setup, so bit-identical
   CHECK_THROWS_AS(run.m.graph->set_threads(-1), UsageError);
 }
+
+}  // namespace graph_threads_test

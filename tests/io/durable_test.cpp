@@ -10,6 +10,9 @@
 
 #include "elastic/method/profile.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace io_durable_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -69,3 +72,5 @@ TEST_CASE("profiles are written the same way") {
   CHECK_FALSE(fs::is_symlink(tmp));  // the failed temporary is gone
   fs::remove(p);
 }
+
+}  // namespace io_durable_test

@@ -9,6 +9,9 @@
 #include "elastic/io/weights.hpp"
 #include "elastic/models/small_cnn.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace io_model_info_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -66,3 +69,5 @@ TEST_CASE("descriptions no model could come from are refused, naming the field")
   CHECK_THROWS_WITH_AS(io::ModelInfo::from_json(j, "'model.safetensors'"),
                        doctest::Contains("'model.safetensors': malformed elastic_model metadata"), Error);
 }
+
+}  // namespace io_model_info_test

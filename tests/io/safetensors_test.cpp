@@ -4,6 +4,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace io_safetensors_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -156,3 +159,5 @@ TEST_CASE("a failed write keeps the previous file intact") {
   CHECK_THROWS_AS(second.add_f32("w", {2}, std::vector<float>{0, 0}), Error);
   CHECK_THROWS_AS(second.add_f32("v", {3}, std::vector<float>{0, 0}), Error);
 }
+
+}  // namespace io_safetensors_test

@@ -2,6 +2,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace io_weights_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -82,3 +85,5 @@ TEST_CASE("missing, unexpected and mis-shaped tensors are reported together") {
   CHECK(s[0].values()[0] == keep);  // nothing is loaded from a file that does not fit
   fs::remove(path);
 }
+
+}  // namespace io_weights_test

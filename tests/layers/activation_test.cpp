@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_activation_test {
+
 using namespace elastic;
 
 namespace {
@@ -169,3 +172,5 @@ TEST_CASE("activation nodes report their kind as type") {
   CHECK(Eltwise("a", Activation::gelu).type() == "gelu");
   CHECK(Eltwise("a", Activation::hardsigmoid).type() == "hardsigmoid");
 }
+
+}  // namespace layers_activation_test

@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_add_test {
+
 using namespace elastic;
 
 TEST_CASE("add sums two images, or broadcasts an (N, C, 1, 1) term over one, with exact gradients") {
@@ -36,3 +39,5 @@ TEST_CASE("add refuses shapes it cannot broadcast, naming the layer") {
   g.add<Add>({a, b}, "join");
   CHECK_THROWS_WITH(g.finalize(), doctest::Contains("layer 'join' (add): input shapes differ"));
 }
+
+}  // namespace layers_add_test

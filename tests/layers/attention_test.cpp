@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_attention_test {
+
 using namespace elastic;
 
 namespace {
@@ -73,3 +76,5 @@ TEST_CASE("attention rejects embed dims not divisible by the heads, naming the l
   g2.add<ScaledDotProductAttention>({z}, "attn", 1);
   CHECK_THROWS_WITH_AS(g2.finalize(), doctest::Contains("not 3E"), Error);
 }
+
+}  // namespace layers_attention_test

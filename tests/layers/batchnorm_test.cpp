@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_batchnorm_test {
+
 using namespace elastic;
 
 namespace {
@@ -154,3 +157,5 @@ TEST_CASE("batch norm params and buffers carry torch names; a channel mismatch n
   g.add<BatchNorm2d>({x}, "layer1.0.bn2", BatchNorm2dOptions{.num_features = 6});
   CHECK_THROWS_WITH_AS(g.finalize(), doctest::Contains("layer1.0.bn2"), Error);
 }
+
+}  // namespace layers_batchnorm_test

@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_concat_test {
+
 using namespace elastic;
 
 TEST_CASE("concat joins images along channels, and each input's gradient is its part of the output's") {
@@ -42,3 +45,5 @@ TEST_CASE("concat refuses inputs that differ outside the axis, naming the layer"
   g.add<Concat>({a, b}, "cat");
   CHECK_THROWS_WITH(g.finalize(), doctest::Contains("layer 'cat' (concat): input shapes"));
 }
+
+}  // namespace layers_concat_test

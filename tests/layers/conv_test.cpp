@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_conv_test {
+
 using namespace elastic;
 
 namespace {
@@ -142,3 +145,5 @@ TEST_CASE("conv2d params use torchvision names and shapes") {
   CHECK(g.params()[0].shape == Shape{4, 3, 3, 3});
   CHECK(g.params()[1].name == "layer1.0.conv1.bias");
 }
+
+}  // namespace layers_conv_test

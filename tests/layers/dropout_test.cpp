@@ -7,6 +7,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_dropout_test {
+
 using namespace elastic;
 
 namespace {
@@ -126,3 +129,5 @@ TEST_CASE("dropout probability must be in [0, 1), and the error names the layer"
   CHECK(Dropout("d", 0.2f).data_reads().inputs == false);
   CHECK(Dropout("d", 0.2f).data_reads().output == false);
 }
+
+}  // namespace layers_dropout_test

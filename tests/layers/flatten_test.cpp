@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_flatten_test {
+
 using namespace elastic;
 
 TEST_CASE("flatten gives torch's (c, h, w) order from channels-last images, including 1x1 spatial") {
@@ -56,3 +59,5 @@ TEST_CASE("flatten rejects a 1-D input, naming the layer") {
   g.add<Flatten>({x}, "head.flatten");
   CHECK_THROWS_WITH_AS(g.finalize(), doctest::Contains("head.flatten"), Error);
 }
+
+}  // namespace layers_flatten_test

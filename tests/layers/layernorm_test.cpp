@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_layernorm_test {
+
 using namespace elastic;
 
 TEST_CASE("layer norm normalizes each row over the last dim; gradients by finite differences") {
@@ -58,3 +61,5 @@ TEST_CASE("layer norm names its params like torch and rejects a wrong feature si
   bad.add<LayerNorm>({z}, "encoder.ln", LayerNormOptions{.normalized_shape = 8});
   CHECK_THROWS_WITH_AS(bad.finalize(), doctest::Contains("encoder.ln"), Error);
 }
+
+}  // namespace layers_layernorm_test

@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_linear_test {
+
 using namespace elastic;
 
 TEST_CASE("linear matches x W^T + b for 2-D and token-wise 3-D inputs, with finite-difference gradients") {
@@ -61,3 +64,5 @@ TEST_CASE("linear params take custom names and torch shapes; a feature mismatch 
   bad.add<Linear>({z}, "heads.head", LinearOptions{.in_features = 6, .out_features = 2});
   CHECK_THROWS_WITH_AS(bad.finalize(), doctest::Contains("heads.head"), Error);
 }
+
+}  // namespace layers_linear_test

@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_loss_test {
+
 using namespace elastic;
 
 namespace {
@@ -88,3 +91,5 @@ TEST_CASE("labels outside the classes or too many labels are errors naming the l
   CHECK_THROWS_WITH_AS(t.node().set_labels(std::vector<std::int32_t>{0, 3}), doctest::Contains("label 3"), Error);
   CHECK_THROWS_WITH_AS(t.node().set_labels(std::vector<std::int32_t>{0, 1, 2}), doctest::Contains("'loss'"), Error);
 }
+
+}  // namespace layers_loss_test

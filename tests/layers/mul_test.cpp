@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_mul_test {
+
 using namespace elastic;
 
 TEST_CASE("mul multiplies elementwise, broadcasting an (N, C, 1, 1) gate over the image, with exact gradients") {
@@ -67,3 +70,5 @@ TEST_CASE("channel scale multiplies each channel by its param, named as given, w
     CHECK(res.checked > 0);
   }
 }
+
+}  // namespace layers_mul_test

@@ -12,6 +12,9 @@
 #include "elastic/layers/linear.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_pool_test {
+
 using namespace elastic;
 
 namespace {
@@ -293,3 +296,5 @@ TEST_CASE("a padded input exactly the kernel's size pools to one output") {
   g.finalize();
   REQUIRE(g.shape(y) == Shape{3, 2, 1, 1});
 }
+
+}  // namespace layers_pool_test

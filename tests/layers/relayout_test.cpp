@@ -11,6 +11,9 @@
 #include "elastic/layers/pool.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_relayout_test {
+
 using namespace elastic;
 
 namespace {
@@ -124,3 +127,5 @@ TEST_CASE(
   CHECK_MESSAGE(res.ok, res.report);
   CHECK(res.checked > 150);
 }
+
+}  // namespace layers_relayout_test

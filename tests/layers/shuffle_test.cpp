@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_shuffle_test {
+
 using namespace elastic;
 
 TEST_CASE("channel shuffle moves input channel i*(C/g) + k to output channel k*g + i, with exact gradients") {
@@ -30,3 +33,5 @@ TEST_CASE("channel shuffle moves input channel i*(C/g) + k to output channel k*g
     CHECK(res.checked > 0);
   }
 }
+
+}  // namespace layers_shuffle_test

@@ -5,6 +5,9 @@
 #include "elastic/layers/add.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_slice_test {
+
 using namespace elastic;
 
 TEST_CASE("two slices of the channels are the input's halves, and their gradients add up in the input's") {
@@ -37,3 +40,5 @@ TEST_CASE("a slice outside its axis is refused, naming the layer") {
   g.add<Slice>({x}, "cut", 1, 4, 9);
   CHECK_THROWS_WITH(g.finalize(), doctest::Contains("layer 'cut' (slice): [4, 9) is not a non-empty part"));
 }
+
+}  // namespace layers_slice_test

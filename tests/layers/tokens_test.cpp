@@ -4,6 +4,9 @@
 
 #include "elastic/testing/gradcheck.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace layers_tokens_test {
+
 using namespace elastic;
 
 TEST_CASE("patch tokens are the channels-last rows in torch's (N, H*W, C) order") {
@@ -90,3 +93,5 @@ TEST_CASE("select token picks one token per sample and routes its gradient back"
   bad.add<SelectToken>({z}, "cls", 3);
   CHECK_THROWS_WITH_AS(bad.finalize(), doctest::Contains("token 3 is out of range"), Error);
 }
+
+}  // namespace layers_tokens_test

@@ -6,6 +6,9 @@
 
 #include "elastic/core/random.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_dp_selector_test {
+
 using namespace elastic;
 
 namespace {
@@ -147,3 +150,5 @@ TEST_CASE("DP selection edge cases") {
     CHECK_THROWS_AS(DPSelector<>(0), UsageError);
   }
 }
+
+}  // namespace method_dp_selector_test

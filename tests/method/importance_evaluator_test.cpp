@@ -5,6 +5,9 @@
 #include "elastic/layers/linear.hpp"
 #include "elastic/models/small_cnn.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_importance_evaluator_test {
+
 using namespace elastic;
 
 namespace {
@@ -132,3 +135,5 @@ TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bi
     CHECK(any_nonzero);
   }
 }
+
+}  // namespace method_importance_evaluator_test

@@ -3,6 +3,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_profile_test {
+
 using namespace elastic;
 
 namespace {
@@ -50,3 +53,5 @@ TEST_CASE("malformed profiles are refused, naming the file and the fault") {
     CHECK_THROWS_WITH_AS(Profile::parse(text, "bad/p.json"), doctest::Contains("'bad/p.json'"), Error);
   }
 }
+
+}  // namespace method_profile_test

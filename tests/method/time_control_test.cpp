@@ -5,6 +5,9 @@
 
 #include "elastic/method/dp_selector.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_time_control_test {
+
 using namespace elastic;
 
 namespace {
@@ -139,3 +142,5 @@ TEST_CASE("a deadline's rho spends the remaining time over the remaining steps")
   CHECK(deadline_rho(-5, 100, 0, 50, 0) < 0);
   CHECK(deadline_rho(100, 0, 0, 50, 0) == 1.0);
 }
+
+}  // namespace method_time_control_test

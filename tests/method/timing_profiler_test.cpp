@@ -6,6 +6,9 @@
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_timing_profiler_test {
+
 using namespace elastic;
 
 namespace fs = std::filesystem;
@@ -94,3 +97,5 @@ TEST_CASE("profiles round-trip through JSON and refuse another model, machine or
   CHECK_THROWS_WITH_AS(Profile::load(path), doctest::Contains("malformed"), Error);
   fs::remove(path);
 }
+
+}  // namespace method_timing_profiler_test

@@ -12,6 +12,9 @@
 #include "elastic/core/random.hpp"
 #include "elastic/optim/optimizer.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace models_zoo_test {
+
 using namespace elastic;
 
 namespace {
@@ -67,3 +70,5 @@ TEST_CASE("each model builds, computes a finite loss, reaches every end with gra
       for (float v : logits.span()) CHECK(std::isfinite(v));
     }
 }
+
+}  // namespace models_zoo_test

@@ -7,6 +7,9 @@
 
 #include "elastic/core/random.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace onnx_import_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -381,3 +384,5 @@ TEST_CASE("bad ONNX input is refused with one line naming the file and the node"
     CHECK(e.find("input 'x' has 1 channels") != std::string::npos);
   }
 }
+
+}  // namespace onnx_import_test

@@ -4,6 +4,9 @@
 
 #include "elastic/optim/schedule.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace optim_optimizer_test {
+
 using namespace elastic;
 
 namespace {
@@ -183,3 +186,5 @@ TEST_CASE("preview writes the weights a step would, bit for bit, and leaves the 
     CHECK(opt_p->slot_bytes() == 3 * opt_p->slot_count() * sizeof(float));  // b got no slots
   }
 }
+
+}  // namespace optim_optimizer_test

@@ -2,6 +2,9 @@
 
 #include <doctest/doctest.h>
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace optim_schedule_test {
+
 using namespace elastic;
 
 TEST_CASE("cosine decay follows Keras: initial, half, floor, and stays at the floor past the end") {
@@ -15,3 +18,5 @@ TEST_CASE("cosine decay follows Keras: initial, half, floor, and stays at the fl
   CHECK(floor(100) == doctest::Approx(0.02));
   CHECK(floor(50) == doctest::Approx(0.1 * (0.8 * 0.5 + 0.2)));
 }
+
+}  // namespace optim_schedule_test

@@ -11,6 +11,9 @@
 
 #include "elastic/models/small_cnn.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace train_checkpoint_test {
+
 using namespace elastic;
 namespace fs = std::filesystem;
 
@@ -157,3 +160,5 @@ TEST_CASE("checkpoints of another model, plain weight files and broken state are
   CHECK_THROWS_WITH(load_checkpoint(temp("missing"), a.model.params()), doctest::Contains("no checkpoint"));
   fs::remove(weights);
 }
+
+}  // namespace train_checkpoint_test

@@ -6,6 +6,9 @@
 #include "elastic/optim/schedule.hpp"
 #include "elastic/train/step.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace train_loop_test {
+
 using namespace elastic;
 
 namespace {
@@ -105,3 +108,5 @@ TEST_CASE("shuffling is a seeded permutation that changes with the epoch") {
   std::sort(sorted.begin(), sorted.end());
   for (int i = 0; i < 64; ++i) CHECK(sorted[static_cast<std::size_t>(i)] == i);
 }
+
+}  // namespace train_loop_test

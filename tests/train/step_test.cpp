@@ -8,6 +8,9 @@
 #include "elastic/core/random.hpp"
 #include "elastic/models/small_cnn.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace train_step_test {
+
 using namespace elastic;
 
 namespace {
@@ -87,3 +90,5 @@ TEST_CASE("a TrainStep's around_update sees every selected node's params once pe
   CHECK(first.grad != head.grad);
   CHECK(std::any_of(first.grads().begin(), first.grads().end(), [](float g) { return g != 0; }));
 }
+
+}  // namespace train_step_test

@@ -10,6 +10,9 @@
 #include "elastic/models/small_cnn.hpp"
 #include "elastic/train/checkpoint.hpp"
 
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace train_trainer_test {
+
 using namespace elastic;
 
 namespace {
@@ -636,3 +639,5 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
   CHECK_THROWS_WITH_AS(Trainer(s.model, {.type = TrainType::full_training, .deadline_s = 60.0}, 12),
                        doctest::Contains("--deadline needs an elastic training type"), UsageError);
 }
+
+}  // namespace train_trainer_test
