@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <span>
 #include <vector>
 
@@ -359,10 +358,9 @@ class DPSelector {
   static bool all_useful(Selection& out, std::span<const double> t_dw, std::span<const double> t_dy,
                          std::span<const double> importance, double budget, const MemoryModel* memory) {
     for (std::size_t k = 0; k < out.mask.size(); ++k) out.mask[k] = importance[k] > 0;
-    if (finish(out, t_dw, t_dy, importance) <= budget && (!memory || memory_of(out, *memory) <= memory->budget)) {
-      if (memory) out.memory = memory_of(out, *memory);
-      return true;
-    }
+    const double cost = finish(out, t_dw, t_dy, importance);
+    if (memory) out.memory = memory_of(out, *memory);
+    if (cost <= budget && (!memory || out.memory <= memory->budget)) return true;
     const std::size_t n = out.mask.size();
     out = Selection{};
     out.mask.assign(n, false);
