@@ -21,11 +21,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "elastic/core/resident.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/method/dp_selector.hpp"
 #include "elastic/method/importance_evaluator.hpp"
 #include "elastic/method/time_control.hpp"
 #include "elastic/method/timing_profiler.hpp"
+#include "elastic/method/training_memory.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/zoo.hpp"
 #include "elastic/optim/optimizer.hpp"
@@ -48,6 +50,13 @@ Summary measure(int warmup, int steps, F run) {
 
 std::string json(const Summary& s) {
   return fmt::format(R"({{"median_ms": {:.3f}, "min_ms": {:.3f}, "max_ms": {:.3f}}})", s.median, s.min, s.max);
+}
+
+// The process's measured peak resident memory next to TrainingMemory's prediction.
+std::string json(const MemoryBreakdown& predicted) {
+  const double measured = double(peak_resident_bytes()) / kMiB, p = double(predicted.total()) / kMiB;
+  return fmt::format(R"({{"peak_rss_mib": {:.1f}, "predicted_mib": {:.1f}, "error": {:.4f}, "breakdown": "{}"}})",
+                     measured, p, (p - measured) / measured, predicted.describe());
 }
 
 // oneDNN's matmul peak on this machine: the best median (of 10) over square
@@ -154,9 +163,12 @@ int main(int raw_argc, char** raw_argv) {
       m.graph->select(mask);
       TrainStep train_step(m, opt);
       const Summary elastic_step = measure(warmup, steps, [&] { train_step(step++, mask, 1e-4f); });
-      fmt::print(R"({{"model": "{}", "elastic_step": {}}})"
+      const TrainingMemory memory(m, opt.slot_count(), x.numel() * std::int64_t(sizeof(float)));
+      std::vector<bool> units(memory.size());
+      for (std::size_t u = 0; u < units.size(); ++u) units[u] = mask[std::size_t(memory.units()[u].params[0])];
+      fmt::print(R"({{"model": "{}", "elastic_step": {}, "memory": {}}})"
                  "\n",
-                 name, json(elastic_step));
+                 name, json(elastic_step), json(memory.training(units, units, units, true)));
       return 0;
     }
     if (mode == "kernels") {
@@ -198,31 +210,37 @@ int main(int raw_argc, char** raw_argv) {
         evaluator.evaluate(m, *run_opt, 1e-4f, ImportanceMetric::loss_drop, 0, some);
         ms.push_back(fmt::format("{:.0f}", sw.elapsed_ms()));
       }
+      const TrainingMemory memory(m, run_opt->slot_count(), x.numel() * std::int64_t(sizeof(float)));
+      const std::string probe_memory =
+          json(memory.probe(std::vector<bool>(memory.size(), false), ImportanceMetric::loss_drop));
       m.graph->select(all);
       const Summary pass = measure(1, 2, [&] {
         m.graph->forward(true);
         m.graph->backward();
       });
-      fmt::print(R"({{"model": "{}", "optimizer": "{}", "probe_ms": [{}], "full_pass_ms": {:.0f}}})"
+      fmt::print(R"({{"model": "{}", "optimizer": "{}", "probe_ms": [{}], "full_pass_ms": {:.0f}, "memory": {}}})"
                  "\n",
-                 name, run_opt->name(), fmt::join(ms, ", "), pass.median);
+                 name, run_opt->name(), fmt::join(ms, ", "), pass.median, probe_memory);
       return 0;
     }
     if (mode != "full") fail("mode '{}' is not full, select RHO FILE, train FILE, kernels or probe", mode);
     const Summary fwd = measure(warmup, steps, [&] { m.graph->forward(true); });
     TrainStep train_step(m, opt);
     const Summary train = measure(warmup, steps, [&] { train_step(step++, all, 1e-4f); });
+    const TrainingMemory memory(m, opt.slot_count(), x.numel() * std::int64_t(sizeof(float)));
+    const std::vector<bool> every(memory.size(), true);
+    const std::string train_memory = json(memory.training(every, every, every, true));
     const double gemm = gemm_gflops(ctx);
     const double bf16_gemm = precision == Precision::bf16 ? gemm_gflops(ctx, dnnl::memory::data_type::bf16) : 0.0;
     // What full training keeps: fp32 weights, the kernels' weight copies (re-laid-out or
     // bf16), SGDW's momentum (one fp32 slot per weight) and the activation arena.
     const double mib = 1 << 20, weights = double(m.params().total_elements()) * 4 / mib;
     fmt::print(
-        R"({{"model": "{}", "precision": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "memory_mib": {{"weights": {:.1f}, "weight_copies": {:.1f}, "optimizer": {:.1f}, "activations": {:.1f}}}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}, "bf16_gemm_gflops": {:.1f}}})"
+        R"({{"model": "{}", "precision": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "memory_mib": {{"weights": {:.1f}, "weight_copies": {:.1f}, "optimizer": {:.1f}, "activations": {:.1f}}}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}, "bf16_gemm_gflops": {:.1f}, "memory": {}}})"
         "\n",
         name, to_string(precision), batch, size, ctx.threads(), m.params().total_elements(),
         double(m.graph->plan_arena_bytes()) / mib, weights, double(m.graph->weight_copy_bytes()) / mib, weights,
-        double(m.graph->plan_arena_bytes()) / mib, json(fwd), json(train), gemm, bf16_gemm);
+        double(m.graph->plan_arena_bytes()) / mib, json(fwd), json(train), gemm, bf16_gemm, train_memory);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

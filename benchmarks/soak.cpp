@@ -5,12 +5,10 @@
 // Usage: soak [steps] [threads]
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-
-#include <unistd.h>
 
 #include <fmt/format.h>
 
+#include "elastic/core/resident.hpp"
 #include "elastic/data.hpp"
 #include "elastic/method/timing_profiler.hpp"
 #include "elastic/models/zoo.hpp"
@@ -20,12 +18,7 @@ using namespace elastic;
 
 namespace {
 
-double rss_mib() {
-  std::ifstream f("/proc/self/statm");
-  long pages = 0, resident = 0;
-  f >> pages >> resident;
-  return double(resident) * double(::sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
-}
+double rss_mib() { return double(resident_bytes()) / kMiB; }
 
 }  // namespace
 

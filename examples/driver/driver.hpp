@@ -69,8 +69,9 @@ struct TrainArgs {
   bool save_model = false, save_txt = false;
   int interval = 4;
   double rho = 0.533;
-  bool rho_given = false;            // --rho was on the command line
-  std::optional<double> deadline_s;  // --deadline
+  bool rho_given = false;                   // --rho was on the command line
+  std::optional<double> deadline_s;         // --deadline
+  std::optional<double> memory_budget_mib;  // --memory_budget
   std::string time_control = "on";
   // Ours.
   std::string data_dir, weights, log_dir = "logs", profile, classes;

@@ -124,6 +124,11 @@ void add_train_options(CLI::App& c, TrainArgs& a) {
             }
           },
           "DURATION"));
+  c.add_option_function<double>(
+       "--memory_budget", [&a](const double& mib) { a.memory_budget_mib = mib; },
+       "keep the process's peak resident memory within this many MiB: the selection maximizes importance under "
+       "the time budget and this memory budget together; elastic types")
+      ->check(cli::positive);
   c.add_option("--data_dir", a.data_dir, "dataset directory (fashion_mnist: Debian's package directory by default)");
   c.add_option("--classes", a.classes, "keep only these 0-based classes, relabelled in order, e.g. 5-9");
   c.add_option("--weights", a.weights, "safetensors backbone with torchvision names (the head is not loaded)");
@@ -169,6 +174,7 @@ json run_config(const TrainArgs& a, std::int64_t num_classes, std::int64_t steps
           {"interval", a.interval},
           {"rho", a.rho},
           {"deadline_s", a.deadline_s ? json(*a.deadline_s) : json()},
+          {"memory_budget_mib", a.memory_budget_mib ? json(*a.memory_budget_mib) : json()},
           {"time_control", a.time_control},
           {"classes", a.classes},
           {"seed", a.seed},
@@ -294,7 +300,9 @@ class TrainRun {
              .optimizer = a_.optimizer,
              .learning_rate = a_.learning_rate,
              .weight_decay = a_.weight_decay,
-             .deadline_s = a_.deadline_s};
+             .deadline_s = a_.deadline_s,
+             .memory_budget_mib = a_.memory_budget_mib,
+             .writes_checkpoints = true};  // at every epoch end at least
     topt_.control.correct = a_.time_control == "on";
     if (a_.deadline_s && a_.rho_given) usage_fail("--rho and --deadline exclude each other: give one");
     topt_.check();
@@ -448,12 +456,13 @@ class TrainRun {
     metrics_.emplace(metrics_path_, metrics_bytes_);
     log(
         fmt::format("{} on {}: {} classes, {} train / {} test images, batch {}, {}x{}, {} threads; {} for {} epochs "
-                    "of {} steps{}",
+                    "of {} steps{}{}",
                     m_->name, d_->name, num_classes_, d_->train.size(), d_->test.size(), a_.batch_size, a_.input_size,
                     a_.input_size, ctx_.threads(), a_.train_type, a_.num_epochs, steps_per_epoch_,
                     !is_elastic(topt_.type) ? ""
                     : a_.deadline_s         ? fmt::format(", deadline {:.0f} s", *a_.deadline_s)
-                                            : fmt::format(", rho {}", a_.rho)));
+                                            : fmt::format(", rho {}", a_.rho),
+                    a_.memory_budget_mib ? fmt::format(", memory budget {:.0f} MiB", *a_.memory_budget_mib) : ""));
     Trainer& t = *trainer_;
     t.log = [this](const std::string& line) { log(line); };
     t.on_selection = [this](const SelectionRecord& r) {
@@ -600,6 +609,8 @@ class TrainRun {
                        {"train_type", a_.train_type},
                        {"rho", a_.rho},
                        {"deadline_s", a_.deadline_s ? json(*a_.deadline_s) : json()},
+                       {"memory_budget_mib", a_.memory_budget_mib ? json(*a_.memory_budget_mib) : json()},
+                       {"peak_rss_mib", double(peak_resident_bytes()) / kMiB},
                        {"rho_per_selection", rho_per_selection(trainer_->selections())},
                        {"num_epochs", a_.num_epochs},
                        {"best_test_accuracy", best_},

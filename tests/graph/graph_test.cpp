@@ -175,8 +175,39 @@ TEST_CASE("only frozen weights keep copies between steps; trained ones share one
     net.g.select(mask);
     const std::size_t value = precision == Precision::bf16 ? 2 : 4;
     CHECK(net.g.weight_copy_bytes() == 2 * 16 * 16 * 9 * value);
+    std::size_t frozen = 0;  // what each node's copy takes whenever it is frozen
+    for (std::size_t i = 0; i < net.g.size(); ++i) frozen += net.g.node(int(i)).frozen_copy_bytes();
+    CHECK(frozen == 3 * 16 * 16 * 9 * value);
     net.g.select_all();
     CHECK(net.g.weight_copy_bytes() == 0);
+  }
+}
+
+TEST_CASE("frozen weights' copies given up: none kept, and every step's results are the same, bit for bit") {
+  for (Precision precision : precisions()) {
+    CAPTURE(to_string(precision));
+    const std::vector<bool> mask{false, false, false, false, true, true};
+    Chain kept(precision), given_up(precision);
+    for (Chain* c : {&kept, &given_up}) {
+      c->g.select(mask);
+      c->g.reuse_frozen_weights(true);
+    }
+    given_up.g.keep_weight_copies(false);
+    CHECK(kept.g.weight_copy_bytes() > 0);
+    CHECK(given_up.g.weight_copy_bytes() == 0);
+    CHECK_FALSE(given_up.g.keeps_weight_copies());
+    for (int s = 0; s < 3; ++s) {
+      kept.step(mask);
+      given_up.step(mask);
+      const Tensor a = kept.g.read(kept.c3), b = given_up.g.read(given_up.c3);
+      CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin()));
+    }
+    for (int k = 0; k < 6; ++k) CHECK(grads_of(kept.g, k) == grads_of(given_up.g, k));
+    auto va = kept.g.params().value_arena(), vb = given_up.g.params().value_arena();
+    CHECK(std::equal(va.begin(), va.end(), vb.begin()));
+    given_up.g.keep_weight_copies(true);  // and back: the copies return
+    given_up.step(mask);
+    CHECK(given_up.g.weight_copy_bytes() == kept.g.weight_copy_bytes());
   }
   // 1x1 convolutions and linear layers in bf16 read one copy in forward and
   // backward_data: the shared buffer is refilled before backward_data, so a step

@@ -75,6 +75,8 @@ TEST_CASE("TrainerOptions::check refuses what the Trainer would, without a model
   refuses({.interval = 0}, "--interval");
   refuses({.optimizer = "rmsprop"}, "--optimizer 'rmsprop'");
   refuses({.type = TrainType::full_training, .deadline_s = 60.0}, "--deadline needs an elastic");
+  refuses({.memory_budget_mib = 0.0}, "--memory_budget must be a positive size");
+  refuses({.type = TrainType::full_training, .memory_budget_mib = 500.0}, "--memory_budget needs an elastic");
   TrainerOptions off{.deadline_s = 60.0};
   off.control.correct = false;
   refuses(off, "--time_control on");
@@ -166,6 +168,71 @@ TEST_CASE("a rho below the cheapest useful selection is refused, naming the smal
   Profile fewer = p;
   fewer.units.pop_back();
   CHECK_THROWS_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, fewer), Error);
+}
+
+TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the best that fits, too small is refused") {
+  Setup s;
+  const Profile p = s.fixed_profile(0, 1, 1);  // rho 1 holds every unit: memory alone decides
+  TrainingMemory mem(s.model, 1);              // SGDW: one slot per param
+  const std::size_t n = mem.size();
+  const std::vector<bool> none(n, false);
+  std::int64_t slots = 0;
+  for (std::size_t u = 0; u < n; ++u) slots += mem.slot_bytes(u);
+  // Every selection's peak is at least the probe's, which grows with the slots it leaves:
+  // half of all units' slots on top of the first probe is a budget that binds.
+  const auto probe0 = mem.probe(none, ImportanceMetric::loss_drop).total();
+  const double budget = double(probe0 + slots / 2);
+  // The peak the trainer must keep, with copies kept or given up, whichever is smaller.
+  const auto peak = [&](const std::vector<bool>& m) {
+    std::int64_t best = std::numeric_limits<std::int64_t>::max();
+    for (bool keep : {true, false})
+      best = std::min(
+          best, std::max(mem.training(m, none, none, keep).total(), mem.probe(m, ImportanceMetric::loss_drop).total()));
+    return best;
+  };
+
+  TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = 1, .rho = 1.0, .learning_rate = 0.05f};
+  o.memory_budget_mib = budget / kMiB;
+  o.control.correct = false;
+  Trainer tr(s.model, o, 12, p);
+  std::vector<std::string> lines;
+  tr.log = [&](const std::string& line) { lines.push_back(line); };
+  tr.train_epoch(s.batches, 0);
+  REQUIRE(tr.selections().size() == 1);
+  const SelectionRecord& sel = tr.selections()[0];
+  CHECK(sel.memory_mib * kMiB <= budget);
+  CHECK(double(peak(sel.unit_mask)) <= budget);  // recomputed here from the model
+  CHECK(lines[0].find(fmt::format("of {:.1f} MiB", budget / kMiB)) != std::string::npos);
+  // The budget binds: the time budget alone takes every unit worth training.
+  const auto& importance = tr.state().importance;
+  std::size_t useful = 0;
+  for (double x : importance) useful += x > 0;
+  CHECK(sel.selected_units.size() >= 1);
+  CHECK(sel.selected_units.size() < useful);
+  // Against every mask (2^9): none that fits has more importance.
+  double best = 0;
+  for (std::uint32_t bits = 1; bits < (1u << n); ++bits) {
+    std::vector<bool> m(n);
+    double value = 0;
+    for (std::size_t u = 0; u < n; ++u) {
+      m[u] = (bits >> u) & 1;
+      if (m[u]) value += importance[u];
+    }
+    if (value > best && double(peak(m)) <= budget) best = value;
+  }
+  MESSAGE("selected importance ", sel.importance, ", best that fits ", best);
+  CHECK(sel.importance >= 0.95 * best);
+  CHECK(sel.importance <= best + 1e-12);
+
+  // A budget below the first probe is refused before it runs, naming the smallest feasible one.
+  Setup s2;
+  TrainerOptions tight = o;
+  tight.memory_budget_mib = double(probe0) / kMiB * 0.9;
+  Trainer refused(s2.model, tight, 12, p);
+  refused.log = nullptr;
+  CHECK_THROWS_WITH_AS(refused.train_epoch(s2.batches, 0), doctest::Contains("the smallest feasible budget is"),
+                       UsageError);
+  CHECK(refused.selections().empty());
 }
 
 TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {

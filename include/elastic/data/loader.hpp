@@ -198,6 +198,13 @@ class Loader {
   }
 
   // Total time the consumer spent waiting in get/load.
+  // Bytes of the prefetch ring's batches (images and labels; TrainingMemory's "data").
+  std::int64_t memory_bytes() const {
+    std::int64_t bytes = 0;
+    for (const auto& s : slots_)
+      bytes += std::int64_t(s.batch.images.size() * sizeof(float) + s.batch.labels.size() * sizeof(s.batch.labels[0]));
+    return bytes;
+  }
   double wait_ms() const {
     std::lock_guard lock(mu_);
     return wait_ms_;
@@ -347,6 +354,7 @@ struct CappedLoader {
   }
   std::int64_t load(Model& m, std::int64_t b) { return loader.load(m, b); }
   double wait_ms() const { return loader.wait_ms(); }
+  std::int64_t memory_bytes() const { return loader.memory_bytes(); }
 };
 
 // Inference over every batch of `loader` in order, whose batch must be the

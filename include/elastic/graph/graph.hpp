@@ -148,6 +148,44 @@ class Graph {
   }
   // Bytes of activations and gradients the current plan holds at its peak.
   std::int64_t plan_arena_bytes() const { return current_->memory.arena_bytes; }
+  // The same for the plan of `mask` (one flag per param), without installing it.
+  std::int64_t plan_arena_bytes(const std::vector<bool>& mask) const {
+    require_finalized();
+    if (const auto it = plans_.find(mask); it != plans_.end()) return it->second.memory.arena_bytes;
+    return plan_memory(topo_, derive_plan(topo_, mask)).arena_bytes;
+  }
+  // Bytes of the buffers every node shares (oneDNN scratchpads, trained weights' copies): one
+  // per transient slot, as large as the largest request for it.
+  std::int64_t transient_bytes() const {
+    std::int64_t bytes = 0;
+    for (std::size_t b : transient_bytes_) bytes += static_cast<std::int64_t>(b);
+    return bytes;
+  }
+  // Bytes of the buffers nodes keep of their own (Node::own_bytes).
+  std::int64_t own_bytes() const {
+    std::int64_t bytes = 0;
+    for (const auto& node : nodes_) bytes += static_cast<std::int64_t>(node->own_bytes());
+    return bytes;
+  }
+  // Bytes of the pinned values and gradients (inputs and outputs, kept in buffers of their own).
+  std::int64_t pinned_bytes() const {
+    std::int64_t bytes = 0;
+    for (const auto* pinned : {&pinned_act_, &pinned_grad_})
+      for (const auto& [v, buffer] : *pinned) bytes += (info_[std::size_t(v)].bytes / 4 + 1) * 4;
+    return bytes;
+  }
+
+  // Whether frozen params' weight copies (DerivedWeight) are kept between steps (the default):
+  // off, every frozen copy is rebuilt in the shared buffer on each pass, as trained params'
+  // copies are, and the memory of the kept ones goes back. Results are the same either way.
+  void keep_weight_copies(bool on) {
+    require_finalized();
+    if (keep_copies_ == on) return;
+    keep_copies_ = on;
+    ++reuse_epoch_;
+    bind();
+  }
+  bool keeps_weight_copies() const { return keep_copies_; }
 
   void forward(bool training) {
     require_finalized();
@@ -327,7 +365,8 @@ class Graph {
       if (consumers[i] == 0) info_[i].is_output = true;  // its gradient can only come from the user
     }
     transients_.clear();
-    std::vector<std::size_t> transient_bytes;  // per slot, the largest request
+    auto& transient_bytes = transient_bytes_;  // per slot, the largest request
+    transient_bytes.clear();
     for (auto& node : nodes_)
       for (auto& t : node->transients()) {
         if (t.slot < 0) fail("layer '{}' asked for transient slot {}", node->name(), t.slot);
@@ -394,7 +433,7 @@ class Graph {
           dsrc[j] = mem.temp_offset[i][j] >= 0 ? at(mem.temp_offset[i][j]) : grad_ptr(inputs[j]);
       }
       nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc, plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr,
-                      plan.run_weights[i]);
+                      plan.run_weights[i] || !keep_copies_);
     }
   }
 
@@ -430,6 +469,8 @@ class Graph {
   const Compiled* current_ = nullptr;
   std::shared_ptr<float[]> arena_;
   std::vector<std::shared_ptr<float[]>> transients_;  // per slot, shared by every node's transients()
+  std::vector<std::size_t> transient_bytes_;          // per slot, its size
+  bool keep_copies_ = true;                           // keep_weight_copies
   std::int64_t arena_floats_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
   std::uint64_t step_ = 0;

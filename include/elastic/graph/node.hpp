@@ -146,6 +146,8 @@ class DerivedWeight {
   inline void before_backward(const RunCtx& run);
   // Bytes of the node's own buffer (held while the param is frozen).
   std::size_t bytes() const { return own_ ? own_.get_desc().get_size() : 0; }
+  // Bytes that buffer takes whenever the param is frozen (0: no copy at all).
+  std::size_t frozen_bytes() const { return fill_ ? kernel_.get_desc().get_size() : 0; }
 
  private:
   dnnl::memory kernel_, shared_, own_;
@@ -257,6 +259,11 @@ class Node {
   // Bytes of the weight copies this node keeps between steps (re-laid-out or
   // bf16 copies of frozen weights: DerivedWeight).
   virtual std::size_t weight_copy_bytes() const { return 0; }
+  // Bytes of those copies whenever the node's params are frozen (and the graph keeps copies).
+  virtual std::size_t frozen_copy_bytes() const { return 0; }
+  // Bytes of the buffers of its own that forward writes, outside the graph's arena
+  // (attention's probabilities); small per-channel vectors are not counted.
+  virtual std::size_t own_bytes() const { return 0; }
 
   const std::string& name() const { return name_; }
   const std::vector<int>& param_ids() const { return params_; }

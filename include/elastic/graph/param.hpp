@@ -110,6 +110,7 @@ class ParamStore {
       b.offset = btotal;
       btotal += round_up(b.size());
     }
+    buffer_size_ = btotal;
     buffer_values_ = aligned_floats(btotal);
     for (auto& b : buffers_) {
       b.value = buffer_values_.get() + b.offset;
@@ -143,6 +144,18 @@ class ParamStore {
   // holds the kept gradients (see stream_grads).
   std::span<float> value_arena() { return {values_.get(), static_cast<std::size_t>(arena_size_)}; }
   std::span<float> grad_arena() { return {grads_.get(), static_cast<std::size_t>(arena_size_)}; }
+  // Bytes of the value arenas (params and buffers, padding included): memory held from allocate() on.
+  std::int64_t value_bytes() const { return (arena_size_ + buffer_size_) * std::int64_t(sizeof(float)); }
+  // Bytes of the kept gradients of every param (the gradient arena, written in full).
+  std::int64_t grad_bytes() const { return arena_size_ * std::int64_t(sizeof(float)); }
+  // Bytes of the streamed gradient buffer a node's params use (its stretch of the shared buffer).
+  std::int64_t stream_bytes(int node) const {
+    std::int64_t n = 0;
+    for (const auto& p : params_)
+      if (p.node == node) n += round_up(p.size());
+    return n * std::int64_t(sizeof(float));
+  }
+  bool streaming() const { return streaming_; }
   std::int64_t total_elements() const {
     std::int64_t n = 0;
     for (const auto& p : params_) n += p.size();
@@ -221,7 +234,7 @@ class ParamStore {
   std::vector<Buffer> buffers_;
   std::map<std::string, int, std::less<>> names_;
   std::shared_ptr<float[]> values_, grads_, buffer_values_;
-  std::int64_t arena_size_ = 0;
+  std::int64_t arena_size_ = 0, buffer_size_ = 0;
   std::shared_ptr<float[]> stream_;          // streamed gradients (stream_grads)
   std::vector<std::int64_t> stream_offset_;  // per param, within its node's stretch of stream_
   std::int64_t stream_size_ = 0;

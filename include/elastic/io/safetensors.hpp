@@ -300,6 +300,11 @@ class SafetensorsWriter {
   void add_f32(std::string name, Shape shape, std::span<const float> values) {
     add(std::move(name), DType::F32, std::move(shape), values.data(), values.size() * 4, values.size());
   }
+  // The same without a copy: `values` must stay alive and unchanged until write() returns
+  // (weights and checkpoints: no second copy of the model in memory while writing).
+  void add_f32_view(std::string name, Shape shape, std::span<const float> values) {
+    add(std::move(name), DType::F32, std::move(shape), values.data(), values.size() * 4, values.size(), false);
+  }
   void add_i64(std::string name, Shape shape, std::span<const std::int64_t> values) {
     add(std::move(name), DType::I64, std::move(shape), values.data(), values.size() * 8, values.size());
   }
@@ -313,8 +318,8 @@ class SafetensorsWriter {
     std::size_t offset = 0;
     for (const auto& e : entries_) {
       header[e.name] = {
-          {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.bytes.size()}}};
-      offset += e.bytes.size();
+          {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.data.size()}}};
+      offset += e.data.size();
     }
     std::string h = header.dump();
     h.append((8 - h.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
@@ -322,7 +327,7 @@ class SafetensorsWriter {
       const std::uint64_t len = h.size();
       put(&len, 8);
       put(h.data(), h.size());
-      for (const auto& e : entries_) put(e.bytes.data(), e.bytes.size());
+      for (const auto& e : entries_) put(e.data.data(), e.data.size());
     });
   }
 
@@ -331,17 +336,24 @@ class SafetensorsWriter {
     std::string name;
     DType dtype;
     Shape shape;
-    std::vector<std::uint8_t> bytes;
+    std::vector<std::uint8_t> bytes;     // an owned copy, or empty for a view
+    std::span<const std::uint8_t> data;  // what is written: `bytes` or the caller's values
   };
 
-  void add(std::string name, DType dtype, Shape shape, const void* data, std::size_t bytes, std::size_t count) {
+  void add(std::string name, DType dtype, Shape shape, const void* data, std::size_t bytes, std::size_t count,
+           bool copy = true) {
     if (static_cast<std::int64_t>(count) != numel(shape))
       fail("safetensors: tensor '{}' has {} values but shape {}", name, count, to_string(shape));
     for (const auto& e : entries_)
       if (e.name == name) fail("safetensors: tensor '{}' added twice", name);
-    Entry e{std::move(name), dtype, std::move(shape), {}};
+    Entry e{std::move(name), dtype, std::move(shape), {}, {}};
     const auto* p = static_cast<const std::uint8_t*>(data);
-    e.bytes.assign(p, p + bytes);
+    if (copy) {
+      e.bytes.assign(p, p + bytes);
+      e.data = e.bytes;
+    } else {
+      e.data = {p, bytes};
+    }
     entries_.push_back(std::move(e));
   }
 

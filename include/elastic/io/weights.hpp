@@ -102,8 +102,8 @@ inline LoadReport load_weights(ParamStore& store, const std::filesystem::path& p
 inline void save_weights(const ParamStore& store, const std::filesystem::path& path,
                          const std::optional<ModelInfo>& info = std::nullopt) {
   SafetensorsWriter w;
-  for (const auto& p : store.params()) w.add_f32(p.name, p.shape, p.values());
-  for (const auto& b : store.buffers()) w.add_f32(b.name, b.shape, b.values());
+  for (const auto& p : store.params()) w.add_f32_view(p.name, p.shape, p.values());
+  for (const auto& b : store.buffers()) w.add_f32_view(b.name, b.shape, b.values());
   if (info) {
     info->check("the model description to write to '" + path.string() + "'");
     w.set_metadata(kModelInfoKey, info->to_json().dump());

@@ -24,6 +24,7 @@ class ScaledDotProductAttention final : public Node {
   }
 
   std::string_view type() const override { return "attention"; }
+  std::size_t own_bytes() const override { return static_cast<std::size_t>(n_ * heads_ * t_ * t_ * size_); }
 
   void setup(std::span<const dnnl::memory::desc> in, Context& ctx, ParamStore&) override {
     using namespace dnnl;

@@ -177,6 +177,7 @@ class Conv2d final : public Node {
   // convolution oneDNN has no depthwise backward_weights kernel for).
   bool host_weight_grad() const { return host_dw_; }
   std::size_t weight_copy_bytes() const override { return fwd_w_.bytes(); }
+  std::size_t frozen_copy_bytes() const override { return fwd_w_.frozen_bytes(); }
 
  protected:
   void on_bind() override {

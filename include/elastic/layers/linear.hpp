@@ -90,6 +90,7 @@ class Linear final : public Node {
   void backward_weights(const RunCtx& run) override { bwd_weights_(run.stream); }
   Reads weights_reads() const override { return {.inputs = true}; }
   std::size_t weight_copy_bytes() const override { return w_.bytes(); }
+  std::size_t frozen_copy_bytes() const override { return w_.frozen_bytes(); }
 
  protected:
   void on_bind() override {

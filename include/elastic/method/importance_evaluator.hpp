@@ -39,48 +39,70 @@ class ImportanceEvaluator {
     }
     const auto values = ps.value_arena();
     const auto n = static_cast<std::int64_t>(values.size());
-    w0_.resize(values.size());
-    host::copy(w0_.data(), values.data(), n);
     buffers0_.clear();
     for (const auto& b : ps.buffers()) buffers0_.insert(buffers0_.end(), b.values().begin(), b.values().end());
     const std::vector<bool> all(ps.size(), true);
+    const bool streaming = ps.streaming();
 
+    // Gradients are streamed: each node's are used as soon as its backward_weights has run.
     g.select(all);
+    g.stream_grads(true);
     g.set_step(step);
     g.forward(true);
-    g.backward();
     if (metric == ImportanceMetric::grad_magnitude) {
-      for (std::size_t k = 0; k < ps.size(); ++k) per_param[k] = abs_sum(ps[k].grads());
-    } else {
-      opt.preview(ps, all, lr);  // w1: the step training would take, the optimizer's state untouched
-      // dw0 = w1 - w0, kept in a copy so the gradients of the second pass can be taken at w1.
-      dw_.resize(values.size());
-      host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
-        host::array(dw_.data() + b, c) = host::array(values.data() + b, c) - host::array(w0_.data() + b, c);
+      g.backward([&](int i) {
+        for (int k : g.node(i).param_ids()) per_param[std::size_t(k)] = abs_sum(ps[std::size_t(k)].grads());
       });
+    } else {
+      // w1, the step training would take (the optimizer's state untouched), into a copy of the
+      // weights: the rest of the pass still runs at w0.
+      w1_.resize(values.size());
+      g.backward([&](int i) {
+        for (int k : g.node(i).param_ids()) opt.preview(ps, std::size_t(k), w1_.data() + ps[std::size_t(k)].offset, lr);
+      });
+      w0_.resize(values.size());
+      host::copy(w0_.data(), values.data(), n);
+      host::copy(values.data(), w1_.data(), n);
       restore_buffers(ps);  // the second pass sees the same batch-norm statistics
+      // The gradient at w1 against dw0 = w1 - w0.
       g.forward(true);
-      g.backward();
-      for (std::size_t k = 0; k < ps.size(); ++k)
-        per_param[k] = -dot(ps[k].grad, dw_.data() + ps[k].offset, ps[k].size());
+      g.backward([&](int i) {
+        for (int k : g.node(i).param_ids()) {
+          const Param& p = ps[std::size_t(k)];
+          per_param[std::size_t(k)] = -dot(p.grad, p.value, w0_.data() + p.offset, p.size());
+        }
+      });
+      host::copy(values.data(), w0_.data(), n);
+      // The copies take the weights' memory twice: training steps get it back.
+      std::vector<float>().swap(w0_);
+      std::vector<float>().swap(w1_);
+      opt.release_preview();
     }
-    host::copy(values.data(), w0_.data(), n);
+    g.stream_grads(streaming);
     restore_buffers(ps);
     g.select(current_mask);
     return normalize(per_unit(units, per_param));
   }
 
+  // Bytes the probe holds besides the model's own buffers: two copies of the weights for
+  // the loss-drop metric (and the optimizer's preview scratch), none for the others.
+  static std::int64_t extra_bytes(const ParamStore& ps, ImportanceMetric metric) {
+    return metric == ImportanceMetric::loss_drop ? 2 * ps.grad_bytes() : 0;
+  }
+
  private:
-  // sum a[i] * b[i] in double, over 64 fixed chunks summed in order: the same
-  // result on any thread count (reruns and resumed runs select identically).
-  static double dot(const float* a, const float* b, std::int64_t n) {
+  // sum g[i] * (w1[i] - w0[i]) in double (the difference in float), over 64 fixed chunks
+  // summed in order: the same result on any thread count (reruns and resumed runs select
+  // identically).
+  static double dot(const float* g, const float* w1, const float* w0, std::int64_t n) {
     constexpr int kChunks = 64;
     std::array<double, kChunks> part{};
 #pragma omp parallel for schedule(static) if (n > host::kParallelMin)
     for (int c = 0; c < kChunks; ++c) {
       const std::int64_t begin = n * c / kChunks, count = n * (c + 1) / kChunks - begin;
-      part[std::size_t(c)] =
-          (host::array(a + begin, count).cast<double>() * host::array(b + begin, count).cast<double>()).sum();
+      part[std::size_t(c)] = (host::array(g + begin, count).cast<double>() *
+                              (host::array(w1 + begin, count) - host::array(w0 + begin, count)).cast<double>())
+                                 .sum();
     }
     double s = 0;
     for (double p : part) s += p;
@@ -119,7 +141,7 @@ class ImportanceEvaluator {
     }
   }
 
-  std::vector<float> w0_, dw_, buffers0_;  // reused across evaluations
+  std::vector<float> w0_, w1_, buffers0_;  // the probe's copies (w0_, w1_ freed after it)
 };
 
 }  // namespace elastic

@@ -3,11 +3,13 @@
 // handles a training loop needs (input, logits, loss, batch-norm layers).
 #pragma once
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "elastic/core/resident.hpp"
 #include "elastic/graph/graph.hpp"
 #include "elastic/layers/batchnorm.hpp"
 #include "elastic/layers/loss.hpp"
@@ -41,6 +43,9 @@ struct Model {
   std::vector<ValueId> batch_norms;
   std::vector<std::string> head_prefixes;  // params of the new head, e.g. {"fc."}: not loaded from a backbone
   Preprocess preprocess;
+  // The process's resident memory other than the model's own buffers when it was built (code,
+  // libraries, kernels, whatever the program held then): the base of TrainingMemory's figures.
+  std::int64_t base_bytes = 0;
 
   std::int64_t batch() const { return input_shape.at(0); }
   SoftmaxCrossEntropy& loss_node() { return graph->node_as<SoftmaxCrossEntropy>(loss); }
@@ -64,6 +69,9 @@ inline Model finish_model(std::string name, std::unique_ptr<Graph> graph, ValueI
   m.loss = graph->add<SoftmaxCrossEntropy>({logits}, "loss");
   graph->mark_output(logits);
   graph->finalize(seed);
+  // What finalize wrote is the params' and buffers' values and the pinned values; everything
+  // else (activations, gradients, scratch) takes memory only when written.
+  m.base_bytes = std::max<std::int64_t>(0, resident_bytes() - graph->params().value_bytes() - graph->pinned_bytes());
   m.input_shape = graph->shape(images);
   m.num_classes = graph->shape(logits).at(1);
   for (std::size_t v = 0; v < graph->size(); ++v)

@@ -65,26 +65,32 @@ class Optimizer {
     attach(params);
     if (selected.size() != params.size())
       fail("{}: selection has {} entries for {} params", name(), selected.size(), params.size());
-    std::size_t largest = 0;
     for (std::size_t k = 0; k < params.size(); ++k)
-      if (selected[k]) largest = std::max(largest, sizes_[k]);
-    scratch_.resize(slot_count());
-    for (auto& b : scratch_)
-      if (b.size() < largest) b.resize(largest);
-    std::array<float*, 4> s{};
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      if (!selected[k]) continue;
-      const auto n = static_cast<std::int64_t>(sizes_[k]);
-      for (std::size_t i = 0; i < slot_count(); ++i) {
-        s[i] = scratch_[i].data();
-        if (slots_[i][k].empty())
-          host::for_chunks(n, [&](std::int64_t b, std::int64_t c) { host::array(s[i] + b, c).setZero(); });
-        else
-          host::copy(s[i], slots_[i][k].data(), n);
-      }
-      apply(params[k].value, params[k].grad, std::span<float* const>(s.data(), slot_count()), n, lr, steps_[k] + 1);
-    }
+      if (selected[k]) preview(params, k, params[k].value, lr);
   }
+
+  // The same for param k alone, writing its new weights to `out` (its size;
+  // `out` may be the param's own values).
+  void preview(ParamStore& params, std::size_t k, float* out, float lr) {
+    attach(params);
+    if (k >= params.size()) fail("{}: no param {}", name(), k);
+    const auto n = static_cast<std::int64_t>(sizes_[k]);
+    scratch_.resize(slot_count());
+    std::array<float*, 4> s{};
+    for (std::size_t i = 0; i < slot_count(); ++i) {
+      if (scratch_[i].size() < sizes_[k]) scratch_[i].resize(sizes_[k]);
+      s[i] = scratch_[i].data();
+      if (slots_[i][k].empty())
+        host::for_chunks(n, [&](std::int64_t b, std::int64_t c) { host::array(s[i] + b, c).setZero(); });
+      else
+        host::copy(s[i], slots_[i][k].data(), n);
+    }
+    if (out != params[k].value) host::copy(out, params[k].value, n);
+    apply(out, params[k].grad, std::span<float* const>(s.data(), slot_count()), n, lr, steps_[k] + 1);
+  }
+
+  // Gives back the scratch of preview() (as large as the largest param it previewed).
+  void release_preview() { std::vector<std::vector<float>>().swap(scratch_); }
 
   // The update arithmetic alone, on raw buffers of n elements: weights,
   // gradients and one buffer per slot (slot_count() of them), as a param's t-th
@@ -108,20 +114,21 @@ class Optimizer {
     slots_.assign(slot_names().size(), std::vector<std::vector<float>>(params.size()));
   }
 
+  // Every param's update count and the slots of the params that have them (a param never
+  // updated has none: its slots are zero).
   OptimizerState state() const {
     OptimizerState st;
     for (std::size_t k = 0; k < names_.size(); ++k) {
       st.steps[names_[k]] = steps_[k];
-      for (std::size_t s = 0; s < slots_.size(); ++s) {
-        auto& out = st.slots[names_[k] + "." + slot_names()[s]];
-        if (slots_[s][k].empty())
-          out.assign(sizes_[k], 0.0f);
-        else
-          out = slots_[s][k];
-      }
+      for (std::size_t s = 0; s < slots_.size(); ++s)
+        if (!slots_[s][k].empty()) st.slots[names_[k] + "." + slot_names()[s]] = slots_[s][k];
     }
     return st;
   }
+
+  // Whether param k has slots (it was updated at least once, and its slots are not all zero
+  // after a restore).
+  bool has_slots(std::size_t k) const { return !slots_.empty() && k < slots_[0].size() && !slots_[0][k].empty(); }
 
   // Bytes of slot memory in use: only params updated at least once have slots.
   std::size_t slot_bytes() const {
@@ -131,33 +138,33 @@ class Optimizer {
     return n;
   }
 
-  // Restores a state taken from this optimizer on the same params. Every name
-  // and size must match; an error names the first that does not.
+  // Restores a state taken from this optimizer on the same params: every param's update
+  // count, and slots where the state has them (zero where it has none). An error names the
+  // first param or slot that does not match.
   void load_state(const OptimizerState& st) {
     if (names_.empty()) fail("{}: attach() the params before loading a state", name());
-    if (st.steps.size() != names_.size() || st.slots.size() != names_.size() * slots_.size())
-      fail("{}: the state holds {} params and {} slots, the optimizer {} and {}", name(), st.steps.size(),
-           st.slots.size(), names_.size(), names_.size() * slots_.size());
+    if (st.steps.size() != names_.size())
+      fail("{}: the state holds {} params, the optimizer {}", name(), st.steps.size(), names_.size());
+    std::map<std::string, std::pair<std::size_t, std::size_t>, std::less<>> known;  // slot key -> (param, slot)
     for (std::size_t k = 0; k < names_.size(); ++k) {
       if (!st.steps.count(names_[k])) fail("{}: the state has no entry for param '{}'", name(), names_[k]);
-      for (std::size_t s = 0; s < slots_.size(); ++s) {
-        const auto key = names_[k] + "." + slot_names()[s];
-        const auto it = st.slots.find(key);
-        if (it == st.slots.end()) fail("{}: the state has no slot '{}'", name(), key);
-        if (it->second.size() != sizes_[k])
-          fail("{}: slot '{}' has {} values, the param {}", name(), key, it->second.size(), sizes_[k]);
-      }
+      for (std::size_t s = 0; s < slots_.size(); ++s) known[names_[k] + "." + slot_names()[s]] = {k, s};
     }
-    for (std::size_t k = 0; k < names_.size(); ++k) {
-      steps_[k] = st.steps.at(names_[k]);
-      for (std::size_t s = 0; s < slots_.size(); ++s) {
-        const auto& values = st.slots.at(names_[k] + "." + slot_names()[s]);
-        // All-zero slots stay unallocated (std::vector{}.swap frees the memory).
-        if (std::all_of(values.begin(), values.end(), [](float x) { return x == 0.0f; }))
-          std::vector<float>().swap(slots_[s][k]);
-        else
-          slots_[s][k] = values;
-      }
+    for (const auto& [key, values] : st.slots) {
+      const auto it = known.find(key);
+      if (it == known.end()) fail("{}: the state has slot '{}', which no param of the optimizer has", name(), key);
+      if (values.size() != sizes_[it->second.first])
+        fail("{}: slot '{}' has {} values, the param {}", name(), key, values.size(), sizes_[it->second.first]);
+    }
+    for (std::size_t k = 0; k < names_.size(); ++k) steps_[k] = st.steps.at(names_[k]);
+    for (const auto& [key, at] : known) {
+      auto& slot = slots_[at.second][at.first];
+      const auto it = st.slots.find(key);
+      // All-zero slots stay unallocated (std::vector{}.swap frees the memory).
+      if (it == st.slots.end() || std::all_of(it->second.begin(), it->second.end(), [](float x) { return x == 0.0f; }))
+        std::vector<float>().swap(slot);
+      else
+        slot = it->second;
     }
   }
 

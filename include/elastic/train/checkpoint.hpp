@@ -39,7 +39,9 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
           {"windows", r.windows},
           {"steps", r.steps},
           {"selected_units", r.selected_units},
-          {"selection_ms", r.selection_ms}};
+          {"selection_ms", r.selection_ms},
+          {"memory_mib", r.memory_mib},
+          {"weight_copies", r.weight_copies}};
 }
 
 inline nlohmann::json to_json(const ControlState& c) {
@@ -143,16 +145,18 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   if (j.contains("full_step_ms")) r.full_step_ms = json_number(j.at("full_step_ms"), "selection full_step_ms");
   if (j.contains("steps")) r.steps = json_integer<std::int64_t>(j.at("steps"), "selection steps");
   if (j.contains("windows")) r.windows = json_integer<std::int64_t>(j.at("windows"), "selection windows");
+  if (j.contains("memory_mib")) r.memory_mib = json_number(j.at("memory_mib"), "selection memory_mib");
+  if (j.contains("weight_copies")) r.weight_copies = j.at("weight_copies").get<bool>();
   return r;
 }
 
 inline void save_checkpoint(const std::filesystem::path& path, const ParamStore& store, const TrainerState& state,
                             const nlohmann::json& run, const std::optional<io::ModelInfo>& info = std::nullopt) {
   io::SafetensorsWriter w;
-  for (const auto& p : store.params()) w.add_f32(p.name, p.shape, p.values());
-  for (const auto& b : store.buffers()) w.add_f32(b.name, b.shape, b.values());
+  for (const auto& p : store.params()) w.add_f32_view(p.name, p.shape, p.values());
+  for (const auto& b : store.buffers()) w.add_f32_view(b.name, b.shape, b.values());
   for (const auto& [key, values] : state.optimizer.slots)
-    w.add_f32(kOptimizerPrefix + key, {static_cast<std::int64_t>(values.size())}, values);
+    w.add_f32_view(kOptimizerPrefix + key, {static_cast<std::int64_t>(values.size())}, values);
   std::string mask;
   for (bool b : state.mask) mask += b ? '1' : '0';
   nlohmann::json selections = nlohmann::json::array();

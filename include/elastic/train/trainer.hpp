@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,7 @@
 #include "elastic/method/importance_evaluator.hpp"
 #include "elastic/method/time_control.hpp"
 #include "elastic/method/timing_profiler.hpp"
+#include "elastic/method/training_memory.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/optim/schedule.hpp"
 #include "elastic/train/loop.hpp"
@@ -85,6 +87,13 @@ struct TrainerOptions {
   // this many seconds, planning rho instead of holding `rho`.
   std::optional<double> deadline_s;
   TimeControlOptions control;
+  // Elastic types: the process's peak resident memory stays within this many MiB
+  // (TrainingMemory's model, every candidate checked exactly before it is installed);
+  // `memory_resolution` steps of the budget in the DP's memory dimension.
+  std::optional<double> memory_budget_mib;
+  int memory_resolution = 1000;
+  // The run writes checkpoints: each takes a copy of the optimizer's slots, counted in the budget.
+  bool writes_checkpoints = false;
 
   // Refuses options that cannot work together (UsageError naming the flag),
   // before anything slow runs: the Trainer's constructor calls it, and a
@@ -101,6 +110,11 @@ struct TrainerOptions {
       usage_fail("--deadline needs an elastic training type (it plans rho), not {}", name_of(type));
     if (deadline_s && !control.correct)
       usage_fail("--deadline plans with measured step times: it needs time control on (--time_control on)");
+    if (memory_budget_mib && !(*memory_budget_mib > 0 && std::isfinite(*memory_budget_mib)))
+      usage_fail("--memory_budget must be a positive size in MiB, got {}", *memory_budget_mib);
+    if (memory_budget_mib && !is_elastic(type))
+      usage_fail("--memory_budget needs an elastic training type (it selects what to train), not {}", name_of(type));
+    if (memory_resolution < 1) usage_fail("the memory resolution must be at least 1, got {}", memory_resolution);
   }
 };
 
@@ -115,6 +129,10 @@ struct SelectionRecord {
   double predicted_share = 1;  // T(m) / T(all) under the model when it was solved
   std::vector<std::string> selected_units;
   double selection_ms = 0;  // the importance probe and the DP (counted in the epoch's training time)
+  // With a memory budget: the run's predicted peak under it (training's or the next probe's,
+  // MiB) and whether frozen weights' copies were kept; 0 without a budget.
+  double memory_mib = 0;
+  bool weight_copies = true;
   // Its measurement windows (measured_share < 0: none completed): the means
   // over them of the measured step and of the full step under each window's
   // correction, and their ratio.
@@ -192,6 +210,7 @@ class Trainer {
       if (profile_->units.size() != units_.size())
         fail("the profile has {} units but model '{}' has {}", profile_->units.size(), m_.name, units_.size());
       control_.emplace(*profile_, o_.control);
+      if (o_.memory_budget_mib) memory_.emplace(m_, opt_->slot_count());
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
       if (o_.deadline_s && forward_s > *o_.deadline_s)
@@ -297,6 +316,11 @@ class Trainer {
     // and the DP: selecting is part of training time.
     epoch_start_ = clock();
     in_epoch_ = true;
+    // The epoch's training steps start with an empty streamed gradient buffer.
+    recent_.assign(units_.size(), false);
+    if (memory_) {
+      if constexpr (requires { train.memory_bytes(); }) memory_->set_data_bytes(train.memory_bytes());
+    }
     if (!resuming && is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     TrainStep train_step(m_, *opt_);  // params change only through it within the epoch
     double t0 = clock();
@@ -394,6 +418,7 @@ class Trainer {
                         : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
                                                                                   : ImportanceMetric::grad_magnitude;
     const float lr = learning_rate();
+    if (memory_) check_memory_feasible();
     auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
     for (std::size_t u = 0; u < importance.size(); ++u)
       if (!std::isfinite(importance[u]))
@@ -424,10 +449,14 @@ class Trainer {
     const double start = clock();
     const TimeController& c = *control_;
     const auto t_dw = c.dp_t_dw(), t_dy = c.dp_t_dy();
-    const Selection s = dp_.select(t_dw, t_dy, importance_, c.budget(rho_));
+    MemoryChoice mem;
+    const Selection s = memory_ ? select_within_memory(t_dw, t_dy, c.budget(rho_), mem)
+                                : dp_.select(t_dw, t_dy, importance_, c.budget(rho_));
     if (open_) close_selection();
     mask_ = param_mask(units_, s.mask, m_.params().size());
+    if (memory_) m_.graph->keep_weight_copies(mem.keep_copies);
     m_.graph->select(mask_);
+    for (std::size_t u = 0; u < units_.size(); ++u) recent_[u] = recent_[u] || s.mask[u];
     control_->installed();
     SelectionRecord rec;
     rec.epoch = epoch;
@@ -440,16 +469,21 @@ class Trainer {
     for (std::size_t u = 0; u < units_.size(); ++u)
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
     rec.selection_ms = selection_ms + (clock() - start);
+    rec.memory_mib = double(mem.bytes) / kMiB;
+    rec.weight_copies = mem.keep_copies;
     selections_.push_back(rec);
     open_ = true;
     if (log) {
       std::string bits;
       for (bool b : s.mask) bits += b ? '1' : '0';
-      log(
-          fmt::format("selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
-                      "(rho {:.3f}), selected in {:.0f} ms, mask {}",
-                      epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share,
-                      rho_, rec.selection_ms, bits));
+      log(fmt::format(
+          "selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
+          "(rho {:.3f}){}, selected in {:.0f} ms, mask {}",
+          epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, rho_,
+          memory_ ? fmt::format(", memory {:.1f} of {:.1f} MiB{}", rec.memory_mib, *o_.memory_budget_mib,
+                                mem.keep_copies ? "" : " (frozen weights' copies given up)")
+                  : "",
+          rec.selection_ms, bits));
     }
   }
 
@@ -542,6 +576,99 @@ class Trainer {
           *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, needed_s * 1.05);
   }
 
+  // Per unit: whether the optimizer holds its slots (a unit trained before keeps them).
+  std::vector<bool> units_with_slots() const {
+    std::vector<bool> has(units_.size());
+    for (std::size_t u = 0; u < units_.size(); ++u) has[u] = opt_->has_slots(std::size_t(units_[u].params[0]));
+    return has;
+  }
+
+  // The run's peak under unit mask `train`: its training steps, or the next probe, which runs
+  // with the slots this selection leaves (and, with checkpoints, their copy).
+  MemoryBreakdown peak_memory(const std::vector<bool>& train, const std::vector<bool>& has_slots,
+                              bool keep_copies) const {
+    MemoryBreakdown steps = memory_->training(train, has_slots, recent_, keep_copies);
+    if (o_.writes_checkpoints) steps.checkpoint = steps.optimizer;
+    std::vector<bool> after = has_slots;
+    for (std::size_t u = 0; u < after.size(); ++u) after[u] = after[u] || train[u];
+    const MemoryBreakdown probe = memory_->probe(after, probe_metric());
+    return probe.total() > steps.total() ? probe : steps;
+  }
+
+  ImportanceMetric probe_metric() const {
+    return o_.type == TrainType::elastic_training                    ? ImportanceMetric::loss_drop
+           : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
+                                                                     : ImportanceMetric::grad_magnitude;
+  }
+
+  // Before a probe: refuses a budget that the probe, or the smallest selection after it,
+  // cannot keep (UsageError naming the smallest feasible budget).
+  void check_memory_feasible() {
+    const auto has = units_with_slots();
+    const double budget = *o_.memory_budget_mib * kMiB;
+    const MemoryBreakdown probe = memory_->probe(has, probe_metric());
+    double smallest = std::numeric_limits<double>::infinity();
+    std::vector<bool> one(units_.size(), false);
+    for (std::size_t u = 0; u < units_.size(); ++u) {
+      one[u] = true;
+      smallest = std::min(smallest,
+                          double(std::min(peak_memory(one, has, true).total(), peak_memory(one, has, false).total())));
+      one[u] = false;
+    }
+    const double needed = std::max(double(probe.total()), smallest);
+    if (needed > budget)
+      usage_fail(
+          "--memory_budget {:.0f} MiB is too small for {} at this batch and input size: the importance probe "
+          "needs {:.0f} MiB ({}) and training the smallest unit {:.0f} MiB; the smallest feasible budget is "
+          "{:.0f} MiB",
+          *o_.memory_budget_mib, m_.name, double(probe.total()) / kMiB, probe.describe(), smallest / kMiB,
+          std::ceil(needed / kMiB));
+  }
+
+  // What the memory budget decided for a selection.
+  struct MemoryChoice {
+    bool keep_copies = true;
+    std::int64_t bytes = 0;  // its predicted peak (peak_memory)
+  };
+
+  // The DP under the time budget and the memory budget. The DP works on TrainingMemory's
+  // additive model; each candidate is checked against the exact peak, and while it is over,
+  // the DP's memory budget drops below the candidate's modelled memory by the excess and it
+  // solves again. Solved with frozen
+  // weights' copies kept and given up; copies are kept unless giving them up buys importance.
+  Selection select_within_memory(std::span<const double> t_dw, std::span<const double> t_dy, double time_budget,
+                                 MemoryChoice& choice) {
+    const auto has = units_with_slots();
+    const double budget = *o_.memory_budget_mib * kMiB;
+    std::optional<Selection> best;
+    for (const bool keep : {true, false}) {
+      const auto add = memory_->additive(has, recent_, keep);
+      double dp_budget = budget - add.fixed;
+      for (int attempt = 0; attempt < 16 && dp_budget >= 0; ++attempt) {
+        const Selection s =
+            dp_.select(t_dw, t_dy, importance_, time_budget,
+                       MemoryModel{add.stretch, add.unit, dp_budget, static_cast<std::int32_t>(o_.memory_resolution)});
+        const std::int64_t exact = peak_memory(s.mask, has, keep).total();
+        if (double(exact) <= budget) {
+          if (!best || s.importance > best->importance) {
+            best = s;
+            choice = {keep, exact};
+          }
+          break;
+        }
+        // The next candidate's modelled memory must be below this one's by at least the excess.
+        dp_budget = std::min(dp_budget, s.memory) - (double(exact) - budget) - dp_budget / o_.memory_resolution;
+      }
+    }
+    if (best) return *best;
+    // Nothing fits (check_memory_feasible refused budgets below the smallest selection, so
+    // only slots gathered since can lead here): train nothing until the next probe.
+    Selection none;
+    none.mask.assign(units_.size(), false);
+    choice = {true, peak_memory(none.mask, has, true).total()};
+    return none;
+  }
+
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
   void add_l1(Param& p) const {
     if (p.role != ParamRole::weight || p.shape.size() < 2) return;
@@ -559,6 +686,8 @@ class Trainer {
   ImportanceEvaluator<> evaluator_;
   std::unique_ptr<Optimizer> opt_;
   std::optional<TimeController> control_;  // elastic types
+  std::optional<TrainingMemory> memory_;   // with a memory budget
+  std::vector<bool> recent_;               // units whose gradients the streamed buffer held this epoch
   std::vector<bool> mask_;
   std::vector<SelectionRecord> selections_;
   std::vector<double> importance_;  // the interval's, from its probe

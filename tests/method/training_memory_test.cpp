@@ -1,0 +1,114 @@
+#include "elastic/method/training_memory.hpp"
+
+#include <doctest/doctest.h>
+
+#include "elastic/models/zoo.hpp"
+#include "elastic/testing/gradcheck.hpp"
+#include "elastic/train/step.hpp"
+
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace method_training_memory_test {
+
+using namespace elastic;
+
+namespace {
+std::vector<bool> every_other(std::size_t n, std::size_t from) {
+  std::vector<bool> m(n, false);
+  for (std::size_t u = from; u < n; u += 2) m[u] = true;
+  return m;
+}
+}  // namespace
+
+TEST_CASE("each part of the model is what the engine holds: slots, copies, arena, streamed gradients") {
+  Context ctx(2);
+  Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 32, .batch = 4});
+  testing::random_input(*m.graph, m.images, 1);
+  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  SGDW opt;
+  TrainingMemory mem(m, opt.slot_count());
+  const std::size_t n = mem.size();
+  const auto train = every_other(n, n / 2), none = std::vector<bool>(n, false);
+  const auto mask = param_mask(mem.units(), train, m.params().size());
+  m.graph->select(mask);
+  {
+    TrainStep step(m, opt);
+    step(0, mask, 1e-3f);
+  }
+  const MemoryBreakdown b = mem.training(train, none, none, true);
+  CHECK(b.optimizer == std::int64_t(opt.slot_bytes()));  // the optimizer's own count
+  CHECK(b.weight_copies == std::int64_t(m.graph->weight_copy_bytes()));
+  CHECK(b.weight_copies > 0);
+  CHECK(mem.training(train, none, none, false).weight_copies == 0);
+  CHECK(b.activations == m.graph->plan_arena_bytes() + m.graph->own_bytes());
+  CHECK(b.weights == m.params().value_bytes() + m.graph->pinned_bytes());
+  std::int64_t largest = 0;
+  for (std::size_t u = 0; u < n; ++u)
+    if (train[u]) largest = std::max(largest, m.params().stream_bytes(mem.units()[u].node));
+  CHECK(b.gradients == largest);
+  // Slots of units trained earlier stay counted.
+  const auto earlier = every_other(n, 0);
+  std::int64_t earlier_slots = 0;
+  for (std::size_t u = 0; u < n; ++u)
+    if (earlier[u] && !train[u]) earlier_slots += mem.slot_bytes(u);
+  CHECK(mem.training(train, earlier, none, true).optimizer == b.optimizer + earlier_slots);
+  CHECK(b.total() == b.base + b.weights + b.weight_copies + b.activations + b.gradients + b.optimizer + b.scratch +
+                         b.data + b.probe + b.checkpoint);
+  // The probe: the full plan's arena and two copies of the weights.
+  const MemoryBreakdown p = mem.probe(none, ImportanceMetric::loss_drop);
+  m.graph->select_all();
+  CHECK(p.activations == m.graph->plan_arena_bytes() + m.graph->own_bytes());
+  CHECK(p.probe >= 2 * m.params().grad_bytes());
+  CHECK(mem.probe(none, ImportanceMetric::grad_magnitude).probe == 0);
+}
+
+TEST_CASE("the DP's additive model is exact for one unit and never above the exact figure's other parts") {
+  Context ctx(2);
+  Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 32, .batch = 2});
+  TrainingMemory mem(m, 1);
+  const std::size_t n = mem.size();
+  const std::vector<bool> none(n, false);
+  const auto add = mem.additive(none, none, false);
+  for (std::size_t u = 0; u < n; ++u) {
+    std::vector<bool> one(n, false);
+    one[u] = true;
+    const auto exact = mem.training(one, none, one, false).total();
+    CAPTURE(u);
+    // The streamed buffer is the one part the additive form leaves to the exact check.
+    CHECK(add.fixed + add.stretch[u] + add.unit[u] + double(m.params().stream_bytes(mem.units()[u].node)) ==
+          double(exact));
+  }
+  // With copies kept, a trained unit's cost is its slots less its copy, never below zero.
+  const auto kept = mem.additive(none, none, true);
+  for (std::size_t u = 0; u < n; ++u) {
+    CHECK(kept.unit[u] >= 0);
+    CHECK(kept.unit[u] == std::max(0.0, double(mem.slot_bytes(u) - mem.copy_bytes(u))));
+  }
+  // Units that already have slots cost nothing more.
+  const std::vector<bool> all(n, true);
+  for (double x : mem.additive(all, none, false).unit) CHECK(x == 0);
+}
+
+#if !defined(__SANITIZE_ADDRESS__)
+TEST_CASE("the predicted peak is the process's measured peak resident memory, within 10%") {
+  Context ctx(2);
+  Model m = build_model("resnet50", ctx, {.num_classes = 10, .input_size = 96, .batch = 4});
+  testing::random_input(*m.graph, m.images, 2);
+  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  SGDW opt;
+  TrainingMemory mem(m, opt.slot_count());
+  const std::vector<bool> all(mem.size(), true);
+  const auto mask = param_mask(mem.units(), all, m.params().size());
+  {
+    TrainStep step(m, opt);
+    for (std::uint64_t s = 0; s < 2; ++s) step(s, mask, 1e-3f);
+  }
+  const double predicted = double(mem.training(all, all, all, true).total());
+  const double measured = double(peak_resident_bytes());
+  MESSAGE("predicted ", predicted / kMiB, " MiB, measured ", measured / kMiB, " MiB");
+  CHECK(predicted == doctest::Approx(measured).epsilon(0.10));
+  // The model's own buffers are most of it: a prediction of the base alone is far off.
+  CHECK(double(m.base_bytes) < 0.5 * measured);
+}
+#endif
+
+}  // namespace method_training_memory_test
