@@ -1,5 +1,7 @@
 #include "elastic/method/training_memory.hpp"
 
+#include <functional>
+
 #include <doctest/doctest.h>
 
 #include "elastic/models/zoo.hpp"
@@ -12,28 +14,42 @@ namespace method_training_memory_test {
 using namespace elastic;
 
 namespace {
+// Every other unit from `from` on.
 std::vector<bool> every_other(std::size_t n, std::size_t from) {
   std::vector<bool> m(n, false);
   for (std::size_t u = from; u < n; u += 2) m[u] = true;
   return m;
 }
+
+// A model (batch 4) on a random batch, trained `steps` times with `opt` under the units
+// `pick(number of units)` chooses.
+struct Trained {
+  Context ctx{2};
+  Model m;
+  std::vector<bool> units;
+  Trained(const char* name, std::int64_t size, Optimizer& opt, int steps,
+          const std::function<std::vector<bool>(std::size_t)>& pick) {
+    m = build_model(name, ctx, {.num_classes = 10, .input_size = size, .batch = 4});
+    testing::random_input(*m.graph, m.images, 1);
+    m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+    const auto all = selection_units(*m.graph);
+    units = pick(all.size());
+    const auto mask = param_mask(all, units, m.params().size());
+    m.graph->select(mask);
+    TrainStep step(m, opt);
+    for (int s = 0; s < steps; ++s) step(std::uint64_t(s), mask, 1e-3f);
+  }
+};
 }  // namespace
 
 TEST_CASE("each part of the model is what the engine holds: slots, copies, arena, streamed gradients") {
-  Context ctx(2);
-  Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 32, .batch = 4});
-  testing::random_input(*m.graph, m.images, 1);
-  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
   SGDW opt;
+  Trained t("mobilenetv2", 32, opt, 1, [](std::size_t n) { return every_other(n, n / 2); });
+  Model& m = t.m;
   TrainingMemory mem(m, opt.slot_count());
   const std::size_t n = mem.size();
-  const auto train = every_other(n, n / 2), none = std::vector<bool>(n, false);
-  const auto mask = param_mask(mem.units(), train, m.params().size());
-  m.graph->select(mask);
-  {
-    TrainStep step(m, opt);
-    step(0, mask, 1e-3f);
-  }
+  const auto& train = t.units;
+  const std::vector<bool> none(n, false);
   const MemoryBreakdown b = mem.training(train, none, none, true);
   CHECK(b.optimizer == std::int64_t(opt.slot_bytes()));  // the optimizer's own count
   CHECK(b.weight_copies == std::int64_t(m.graph->weight_copy_bytes()));
@@ -90,18 +106,11 @@ TEST_CASE("the DP's additive model is exact for one unit and never above the exa
 
 #if !defined(__SANITIZE_ADDRESS__)
 TEST_CASE("the predicted peak is the process's measured peak resident memory, within 10%") {
-  Context ctx(2);
-  Model m = build_model("resnet50", ctx, {.num_classes = 10, .input_size = 96, .batch = 4});
-  testing::random_input(*m.graph, m.images, 2);
-  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
   SGDW opt;
+  Trained t("resnet50", 96, opt, 2, [](std::size_t n) { return std::vector<bool>(n, true); });
+  Model& m = t.m;
   TrainingMemory mem(m, opt.slot_count());
   const std::vector<bool> all(mem.size(), true);
-  const auto mask = param_mask(mem.units(), all, m.params().size());
-  {
-    TrainStep step(m, opt);
-    for (std::uint64_t s = 0; s < 2; ++s) step(s, mask, 1e-3f);
-  }
   const double predicted = double(mem.training(all, all, all, true).total());
   const double measured = double(peak_resident_bytes());
   MESSAGE("predicted ", predicted / kMiB, " MiB, measured ", measured / kMiB, " MiB");

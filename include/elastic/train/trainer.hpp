@@ -414,9 +414,7 @@ class Trainer {
   void reselect(Source& train, int epoch) {
     const double start = clock();
     train.load(m_, 0);  // the probe batch: the epoch's first
-    const auto metric = o_.type == TrainType::elastic_training                    ? ImportanceMetric::loss_drop
-                        : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
-                                                                                  : ImportanceMetric::grad_magnitude;
+    const ImportanceMetric metric = probe_metric();
     const float lr = learning_rate();
     if (memory_) check_memory_feasible();
     auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
@@ -595,6 +593,7 @@ class Trainer {
     return probe.total() > steps.total() ? probe : steps;
   }
 
+  // The importance metric of the run's training type.
   ImportanceMetric probe_metric() const {
     return o_.type == TrainType::elastic_training                    ? ImportanceMetric::loss_drop
            : o_.type == TrainType::elastic_training_weight_magnitude ? ImportanceMetric::weight_magnitude
