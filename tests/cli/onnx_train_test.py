@@ -69,7 +69,11 @@ with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     sel = summary.get("rho_per_selection", [])
-    check(len(sel) >= 2 and all(0 < s["predicted_share"] <= rho for s in sel), f"selections within rho {rho}: {sel}")
+    # Time control is on: every selection keeps the rho in force, which is the asked one unless the
+    # machine slowed down so much that even the cheapest unit needs more (said in the log).
+    slowed = "cannot be met" in r.stderr + r.stdout
+    check(len(sel) >= 2 and all(0 < s["predicted_share"] <= s["rho"] + 1e-9 and (s["rho"] == rho or slowed)
+                                for s in sel), f"selections within rho {rho}: {sel}")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     epochs = [j for j in records if j["type"] == "train_epoch"]

@@ -124,8 +124,10 @@ with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "logs", "bf16", "profile.json")) as f:
             check(json.load(f)["key"]["precision"] == "bf16", "the bf16 run's profile is keyed bf16")
         sel = summary.get("rho_per_selection", [])
-        check(len(sel) >= 2 and all(0 < s["predicted_share"] <= 0.6 for s in sel),
-              f"bf16 selections within rho: {sel}")
+        # Time control is on: the rho in force is 0.6 unless the machine slowed down too much for it (logged).
+        slowed = "cannot be met" in r.stderr + r.stdout
+        check(len(sel) >= 2 and all(0 < s["predicted_share"] <= s["rho"] + 1e-9 and (s["rho"] == 0.6 or slowed)
+                                    for s in sel), f"bf16 selections within rho: {sel}")
         with open(os.path.join(tmp, "logs", "bf16", "metrics.jsonl")) as f:
             epochs = [j for j in map(json.loads, f) if j["type"] == "train_epoch"]
         check(len(epochs) == 2 and all(0 < e["loss"] < 10 for e in epochs), f"bf16 training losses: {epochs}")

@@ -49,6 +49,16 @@ TEST_CASE("uncorrected, the controller prices a step as the profile does") {
   CHECK(c.smallest_rho({0, 0, 0, 1}) == doctest::Approx(16.0 / 34));
   CHECK(c.smallest_rho({1, 0, 0, 0}) == doctest::Approx(25.0 / 34));  // the whole stretch down to unit a
   CHECK(c.smallest_rho({0, 0, 0, 0}) == 1.0);                         // nothing worth training: no smaller rho helps
+  // For a DP of 7 quanta per backward (24 ms, so 3.43 ms each), three quanta more: at the exact
+  // rho the DP, rounding the top unit's 6 ms up to 2 quanta and the 6 ms budget down to 1, finds
+  // nothing; at the padded one it selects the top unit (and c, which fits beside it).
+  const std::vector<double> top_two{0, 0, 1, 1};
+  const double padded = c.smallest_rho(top_two, 7);
+  CHECK(padded == doctest::Approx(16.0 / 34 + 3 * 24.0 / 7 / 34));
+  DPSelector<> dp(7);
+  CHECK(dp.select(c.dp_t_dw(), c.dp_t_dy(), top_two, c.budget(16.0 / 34)).mask == std::vector<bool>(4, false));
+  CHECK(dp.select(c.dp_t_dw(), c.dp_t_dy(), top_two, c.budget(padded)).mask[3]);
+  CHECK(c.smallest_rho({1, 0, 0, 0}, 7) == 1.0);  // never above 1
 }
 
 TEST_CASE("a window measures after the settling steps, corrects forward and backward, and asks to re-solve once off") {

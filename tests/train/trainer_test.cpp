@@ -707,4 +707,45 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
                        doctest::Contains("--deadline needs an elastic training type"), UsageError);
 }
 
+TEST_CASE("a machine too slow for the given rho mid-run trains on at the smallest useful rho and says so once") {
+  Setup s;
+  const Profile p = s.fixed_profile(0.5, 2, 1);
+  // Full step 41.5 ms, forward 14.5 of it. From step 3 the forward runs 4x slower and the
+  // backward at half speed: the forward alone is then 58 of 71.5 ms, above rho 0.45.
+  FakeMachine machine{p, selection_units(*s.model.graph)};
+  FakeBatches source{s.batches, machine};
+  source.before_step = [&](std::uint64_t step) {
+    if (step >= 3) machine.fwd_x = 4, machine.bwd_x = 0.5;
+  };
+  const double rho = 0.45;
+  Trainer tr(s.model,
+             {.type = TrainType::elastic_training,
+              .num_epochs = 3,
+              .interval = 1,
+              .rho = rho,
+              .learning_rate = 0.05f,
+              .control = quick_control()},
+             12, p);
+  machine.trainer = &tr;
+  tr.clock = [&] { return machine.read(); };
+  std::vector<std::string> lines;
+  tr.log = [&](const std::string& l) { lines.push_back(l); };
+  for (int e = 0; e < 3; ++e) tr.train_epoch(source, e);  // later probes are not refused either
+  const auto& sels = tr.selections();
+  REQUIRE(sels.size() >= 3);
+  CHECK(sels.front().predicted_share <= rho);
+  for (const auto& r : sels) {
+    CAPTURE(r.step);
+    CHECK(std::count(r.unit_mask.begin(), r.unit_mask.end(), true) >= 1);  // never an empty selection
+  }
+  const auto& last = sels.back();
+  CHECK(last.rho > rho);
+  CHECK(last.rho < 1.0);
+  CHECK(tr.rho() == last.rho);
+  CHECK(last.predicted_share <= last.rho + 1e-9);
+  CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+          return l.find("rho 0.450 cannot be met") != std::string::npos;
+        }) == 1);
+}
+
 }  // namespace train_trainer_test

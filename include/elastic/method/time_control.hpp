@@ -121,15 +121,19 @@ class TimeController {
     return t;
   }
   double budget(double rho) const { return rho * full_ms() - s_.fwd_scale * p_.t_fwd_frozen; }
-  // The smallest rho whose budget admits one unit with positive importance.
-  double smallest_rho(const std::vector<double>& importance) const {
+  // The smallest rho whose budget admits one unit with positive importance. With the DP's
+  // `dp_resolution` (quanta per backward pass), three quanta more: the DP rounds the unit's
+  // cost and its stretch up and the budget down, one quantum each at most.
+  double smallest_rho(const std::vector<double>& importance, int dp_resolution = 0) const {
     const auto dw = dp_t_dw(), dy = dp_t_dy();
     const double full = full_ms(), fwd0 = s_.fwd_scale * p_.t_fwd_frozen;
-    double best = 1.0, stretch = 0;
+    double best = 1.0, stretch = 0, total = 0;
     for (std::size_t u = dw.size(); u-- > 0;) {
       stretch += dy[u];
+      total += dw[u] + dy[u];
       if (importance[u] > 0) best = std::min(best, (fwd0 + stretch + dw[u]) / full);
     }
+    if (best < 1.0 && dp_resolution > 0) best = std::min(1.0, best + 3 * total / dp_resolution / full);
     return best;
   }
 

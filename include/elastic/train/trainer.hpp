@@ -176,6 +176,8 @@ struct TrainerState {
   double rho = 0;
   double train_ms = 0;
   bool open_selection = false;
+  // The machine became too slow for the time budget (the deadline, or a given rho below
+  // the smallest useful one after a correction): said once, trains on at the smallest.
   bool deadline_missed = false;
   EpochProgress epoch;
 };
@@ -298,7 +300,7 @@ class Trainer {
     open_ = s.open_selection && !selections_.empty();
     deadline_missed_ = s.deadline_missed;
     progress_ = s.epoch;
-    if (!importance_.empty()) floor_rho_ = control_->smallest_rho(importance_);
+    if (!importance_.empty()) floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
     m_.graph->select(mask_);
   }
 
@@ -426,17 +428,17 @@ class Trainer {
                         units_[u].name, importance[u], step_ + 1, epoch + 1));
     importance_ = std::move(importance);
     control_->new_interval();
-    floor_rho_ = control_->smallest_rho(importance_);
+    floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
     const Profile& p = *profile_;
-    if (!o_.deadline_s && o_.rho < floor_rho_)
+    // Refused before the first step; later, a machine that has slowed down trains on at the
+    // smallest useful rho (rho_in_force).
+    if (!o_.deadline_s && o_.rho < floor_rho_ && selections_.empty())
       usage_fail(
           "--rho {} is too small for {} at this batch and input size: the cheapest useful selection "
           "needs rho >= {:.3f} (the forward pass alone is {:.3f} of a full step)",
           o_.rho, m_.name, floor_rho_, p.t_fwd / p.full_step_ms());
-    if (o_.deadline_s) {
-      if (step_ == 0) check_deadline_feasible();
-      rho_ = planned_rho(epoch);
-    }
+    if (o_.deadline_s && step_ == 0) check_deadline_feasible();
+    rho_ = rho_in_force(epoch);
     install(epoch, "probe", clock() - start);
   }
 
@@ -510,8 +512,8 @@ class Trainer {
                       "full step); forward x{:.3f}, backward x{:.3f} of the profile",
                       step_, meas.measured_ms, meas.predicted_ms, 100 * meas.error, control_->state().fwd_scale,
                       control_->state().bwd_scale));
-    floor_rho_ = control_->smallest_rho(importance_);
-    if (o_.deadline_s) rho_ = planned_rho(epoch);
+    floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
+    rho_ = rho_in_force(epoch);
     install(epoch, "correction");
   }
 
@@ -528,7 +530,7 @@ class Trainer {
 
   // Deadline mode, every 100 steps: plan rho again and re-solve if it moved.
   void plan_deadline(int epoch, const char* reason) {
-    const double rho = planned_rho(epoch);
+    const double rho = rho_in_force(epoch);
     if (std::abs(rho - rho_) < 0.005) return;
     rho_ = rho;
     install(epoch, reason);
@@ -537,9 +539,29 @@ class Trainer {
   // Training time so far, this epoch's running part included.
   double elapsed_ms() const { return train_ms_ + (clock() - epoch_start_); }
 
-  // The rho that finishes within the deadline from here, clamped to
-  // [smallest useful rho, 1]; says once when even the smallest cannot.
-  double planned_rho(int epoch) {
+  // The rho the DP solves for: the given one, or with a deadline the one that finishes
+  // in time from here (planned_rho); at most 1 and never below the smallest useful rho,
+  // which a machine slower than its profile raises mid-run. Says once when the time
+  // budget cannot be met; rho returns to the asked one when the machine speeds up.
+  double rho_in_force(int epoch) {
+    const double rho = o_.deadline_s ? planned_rho(epoch) : o_.rho;
+    if (rho >= floor_rho_) return std::min(1.0, rho);
+    if (!deadline_missed_ && log)
+      log(o_.deadline_s
+              ? fmt::format("at the speed measured now the deadline of {:.1f} s cannot be met from step {}: it would "
+                            "need rho {:.3f}, below the smallest useful {:.3f}; training on at that rho (said once; "
+                            "rho rises again if the machine speeds up)",
+                            *o_.deadline_s, step_, rho, floor_rho_)
+              : fmt::format("at the speed measured now rho {:.3f} cannot be met from step {}: the cheapest useful "
+                            "selection needs {:.3f} of a full step; training on at that rho (said once; rho returns "
+                            "to {:.3f} if the machine speeds up)",
+                            rho, step_, floor_rho_, rho));
+    deadline_missed_ = true;
+    return floor_rho_;
+  }
+
+  // With a deadline: the rho that finishes within it from here, unclamped.
+  double planned_rho(int epoch) const {
     // The plan aims 1% short of the deadline: the last re-plan's 100 steps run
     // at whatever speed the machine has then (measured ends: 0.9995-1.002 of the aim).
     const double remaining = *o_.deadline_s * 1000 * 0.99 - elapsed_ms();
@@ -548,18 +570,7 @@ class Trainer {
     const int probes_left = (o_.num_epochs - 1) / o_.interval - epoch / o_.interval;
     const double probe_ms = selections_.empty() ? 0 : selections_.back().selection_ms;
     const TimeController& c = *control_;
-    const double rho = deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
-    if (rho < floor_rho_) {
-      if (!deadline_missed_ && log)
-        log(
-            fmt::format("at the speed measured now the deadline of {:.1f} s cannot be met from step {}: it would need "
-                        "rho {:.3f}, below the smallest useful {:.3f}; training on at that rho (said once; rho rises "
-                        "again if the machine speeds up)",
-                        *o_.deadline_s, step_, rho, floor_rho_));
-      deadline_missed_ = true;
-      return floor_rho_;
-    }
-    return std::min(1.0, rho);
+    return deadline_rho(remaining, steps_left, probes_left * probe_ms, c.full_ms(), c.state().other_ms);
   }
 
   // Before the first step: refuses a deadline that the smallest useful rho cannot meet.
