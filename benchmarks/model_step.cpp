@@ -9,13 +9,15 @@
 // optimizer's share of them), then runs one more step with oneDNN's verbose
 // log on, between marker lines, for benchmarks/kernel_report to attribute.
 // `probe` times the importance probe `steps` times in a row with the model's
-// default optimizer, and a full forward and backward. `--precision bf16`
+// default optimizer, and a full forward and backward; `probe spill` keeps the
+// weights the probe moves in a temporary file instead of in memory. `--precision bf16`
 // (anywhere) builds the model in bf16 and adds oneDNN's bf16 matmul rate.
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
-//                   [full | select RHO FILE | train FILE | kernels | probe] [--precision fp32|bf16]
+//                   [full | select RHO FILE | train FILE | kernels | probe [spill]] [--precision fp32|bf16]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -107,7 +109,7 @@ int main(int raw_argc, char** raw_argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
-                 "[full | select RHO FILE | train FILE | kernels | probe]\n");
+                 "[full | select RHO FILE | train FILE | kernels | probe [spill]]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -204,15 +206,17 @@ int main(int raw_argc, char** raw_argv) {
       for (std::size_t k = 0; k < some.size(); k += 3) some[k] = true;
       m.graph->select(some);
       ImportanceEvaluator<> evaluator;
+      ProbeScope scope;
+      if (argc > 8 && std::string_view(argv[8]) == "spill") scope.spill_dir = std::filesystem::temp_directory_path();
       std::vector<std::string> ms;
       for (int i = 0; i < steps; ++i) {
         Stopwatch sw;
-        evaluator.evaluate(m, *run_opt, 1e-4f, ImportanceMetric::loss_drop, 0, some);
+        evaluator.evaluate(m, *run_opt, 1e-4f, ImportanceMetric::loss_drop, 0, some, scope);
         ms.push_back(fmt::format("{:.0f}", sw.elapsed_ms()));
       }
       const TrainingMemory memory(m, run_opt->slot_count(), x.numel() * std::int64_t(sizeof(float)));
       const std::string probe_memory =
-          json(memory.probe(std::vector<bool>(memory.size(), false), ImportanceMetric::loss_drop));
+          json(memory.probe(std::vector<bool>(memory.size(), false), ImportanceMetric::loss_drop, scope));
       m.graph->select(all);
       const Summary pass = measure(1, 2, [&] {
         m.graph->forward(true);

@@ -317,6 +317,7 @@ class TrainRun {
       usage_fail("run directory '{}' already holds a run: pass --resume to continue it or choose another --run_name",
                  run_dir_.string());
     fs::create_directories(run_dir_);
+    topt_.spill_dir = run_dir_;  // the probe's spill file, when the memory budget needs one (unlinked at once)
     if (a_.save_txt) {
       text_log_.reset(std::fopen((run_dir_ / "log.txt").c_str(), a_.resume ? "ab" : "wb"));
       if (!text_log_) fail("cannot write '{}'", (run_dir_ / "log.txt").string());

@@ -1,5 +1,10 @@
 #include "elastic/method/importance_evaluator.hpp"
 
+#include <csignal>
+#include <filesystem>
+
+#include <sys/resource.h>
+
 #include <doctest/doctest.h>
 
 #include "elastic/layers/linear.hpp"
@@ -79,6 +84,17 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   CHECK(scores[1] == doctest::Approx(unit[1] / largest).epsilon(1e-3));
   CHECK(std::max(std::abs(scores[0]), std::abs(scores[1])) == doctest::Approx(1.0));
 
+  // Scored alone, fc2 moves and fc1 stays at w0 in both passes.
+  const auto fc2 = eval.evaluate(m, opt, lr, ImportanceMetric::loss_drop, 0, all, {{false, true}, {}});
+  std::vector<double> w1_top = w;
+  for (std::size_t i = 9; i < w.size(); ++i) w1_top[i] -= lr * g0[i];
+  const auto g1_top = grads(w1_top, x, 1);
+  double top = 0;
+  for (std::size_t i = 9; i < w.size(); ++i) top += -g1_top[i] * (w1_top[i] - w[i]);
+  CHECK(fc2[0] == 0);
+  CHECK(fc2[1] == doctest::Approx(top / std::abs(top)));
+  CHECK(std::abs(top - unit[1]) > 1e-6 * std::abs(top));  // fc1's move changes fc2's score: a different figure
+
   // Gradient magnitude: sum |g0| per unit, normalized.
   const auto gm = eval.evaluate(m, opt, lr, ImportanceMetric::grad_magnitude, 0, all);
   double gu[2] = {0, 0};
@@ -134,6 +150,72 @@ TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bi
     for (double s : scores) any_nonzero = any_nonzero || s != 0;
     CHECK(any_nonzero);
   }
+}
+
+TEST_CASE(
+    "spilled to a file or kept in memory the probe scores alike; a scope scores its units; a failed spill "
+    "leaves the weights as they were") {
+  Context ctx(2);
+  Model m = small_cnn(ctx, {.batch = 4, .width1 = 8, .width2 = 8});
+  Rng rng(5);
+  Tensor x(m.input_shape);
+  for (auto& v : x.span()) v = rng.normal();
+  m.graph->write(m.images, x);
+  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  SGDW opt;
+  const std::vector<bool> all(m.params().size(), true);
+  m.graph->forward(true);
+  m.graph->backward();
+  opt.step(m.params(), all, 0.1f);  // momentum to preview from
+  const auto values = m.params().value_arena();
+  const std::vector<float> w_before(values.begin(), values.end());
+  const auto unchanged = [&] {
+    return std::memcmp(w_before.data(), values.data(), values.size() * sizeof(float)) == 0;
+  };
+  ImportanceEvaluator<> eval;
+  const auto dir = std::filesystem::temp_directory_path();
+  const auto in_memory = eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all);
+  CHECK(unchanged());
+  const auto in_file = eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {{}, dir});
+  CHECK(unchanged());
+  CHECK(in_file == in_memory);
+  const auto units = selection_units(*m.graph);
+  const std::size_t n = units.size();
+  CHECK(eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {std::vector<bool>(n, true), {}}) ==
+        in_memory);
+
+  // The upper half alone: the lower units score 0, the upper ones their own figures.
+  std::vector<bool> upper(n, false);
+  for (std::size_t u = n / 2; u < n; ++u) upper[u] = true;
+  const auto scoped = eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {upper, dir});
+  CHECK(unchanged());
+  for (std::size_t u = 0; u < n; ++u) {
+    CAPTURE(u);
+    if (!upper[u]) CHECK(scoped[u] == 0);
+  }
+  CHECK(std::any_of(scoped.begin(), scoped.end(), [](double v) { return v != 0; }));
+  CHECK(scoped != in_memory);
+
+  // The file may hold the last unit's params and one float more: the probe moves that unit's
+  // weights, fails on the next, and puts the moved ones back.
+  std::int64_t head = 0;
+  for (int k : units.back().params) head += m.params()[std::size_t(k)].size() * std::int64_t(sizeof(float));
+  rlimit old_limit{};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old_limit;
+  small.rlim_cur = rlim_t(head + 4);
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+  CHECK_THROWS_WITH_AS(eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {{}, dir}),
+                       doctest::Contains(("cannot write the spill file in '" + dir.string() + "'").c_str()), Error);
+  ::setrlimit(RLIMIT_FSIZE, &old_limit);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK(unchanged());
+  CHECK(eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {{}, dir}) == in_memory);
+  // A directory that is not there is named.
+  CHECK_THROWS_WITH_AS(eval.evaluate(m, opt, 0.1f, ImportanceMetric::loss_drop, 3, all, {{}, "/nonexistent/spill"}),
+                       doctest::Contains("cannot create a spill file in '/nonexistent/spill'"), Error);
+  CHECK(unchanged());
 }
 
 }  // namespace method_importance_evaluator_test

@@ -69,12 +69,42 @@ TEST_CASE("each part of the model is what the engine holds: slots, copies, arena
   CHECK(mem.training(train, earlier, none, true).optimizer == b.optimizer + earlier_slots);
   CHECK(b.total() == b.base + b.weights + b.weight_copies + b.activations + b.gradients + b.optimizer + b.scratch +
                          b.data + b.probe + b.checkpoint);
-  // The probe: the full plan's arena and two copies of the weights.
+  // The probe: the full plan's arena, w0 of every param and one param to read it back into,
+  // and the optimizer's preview scratch (one param's slots).
+  std::int64_t biggest = 0, every = 0;
+  for (const Param& q : m.params().params()) {
+    biggest = std::max(biggest, q.size() * std::int64_t(sizeof(float)));
+    every += q.size() * std::int64_t(sizeof(float));
+  }
+  const std::int64_t preview = biggest * std::int64_t(opt.slot_count());
   const MemoryBreakdown p = mem.probe(none, ImportanceMetric::loss_drop);
   m.graph->select_all();
   CHECK(p.activations == m.graph->plan_arena_bytes() + m.graph->own_bytes());
-  CHECK(p.probe >= 2 * m.params().grad_bytes());
+  CHECK(p.weight_copies == 0);
+  CHECK(p.probe == every + biggest + preview);
   CHECK(mem.probe(none, ImportanceMetric::grad_magnitude).probe == 0);
+  // Spilled to a file, w0 takes no memory.
+  CHECK(mem.probe(none, ImportanceMetric::loss_drop, {{}, "/tmp"}).probe == biggest + preview);
+  // A scope of the upper half: its plan's arena, the frozen copies below it, w0 of its params.
+  std::vector<bool> upper(n, false);
+  for (std::size_t u = n / 2; u < n; ++u) upper[u] = true;
+  const MemoryBreakdown h = mem.probe(none, ImportanceMetric::loss_drop, {upper, {}}, true);
+  const auto upper_params = param_mask(mem.units(), upper, m.params().size());
+  CHECK(h.activations == m.graph->plan_arena_bytes(upper_params) + m.graph->own_bytes());
+  CHECK(h.activations < p.activations);
+  std::int64_t copies = 0, upper_bytes = 0, upper_largest = 0;
+  for (std::size_t u = 0; u < n; ++u) {
+    if (!upper[u]) copies += mem.copy_bytes(u);
+    for (int k : mem.units()[u].params)
+      if (upper[u]) {
+        const std::int64_t bytes = m.params()[std::size_t(k)].size() * std::int64_t(sizeof(float));
+        upper_bytes += bytes;
+        upper_largest = std::max(upper_largest, bytes);
+      }
+  }
+  CHECK(h.weight_copies == copies);
+  CHECK(h.probe == upper_bytes + upper_largest + upper_largest * std::int64_t(opt.slot_count()));
+  CHECK(mem.probe(none, ImportanceMetric::loss_drop, {upper, {}}, false).weight_copies == 0);
 }
 
 TEST_CASE("the DP's additive model is exact for one unit and never above the exact figure's other parts") {

@@ -35,10 +35,13 @@ data::ImageSet quadrant_set(int n, std::uint64_t seed) {
 
 struct Setup {
   Context ctx{2};
-  Model model = small_cnn(ctx, {.batch = 8, .num_classes = 4, .width1 = 8, .width2 = 16, .seed = 3});
+  Model model;
   data::ImageSet set = quadrant_set(96, 1);
   ImageBatcher batches{set, 0.2f, 0.3f, 5};
-  Setup() { model.set_batch_stats(false); }
+  explicit Setup(const SmallCnnOptions& o = {.batch = 8, .num_classes = 4, .width1 = 8, .width2 = 16, .seed = 3})
+      : model(small_cnn(ctx, o)) {
+    model.set_batch_stats(false);
+  }
   Profile profile() {
     batches.start_epoch(0, false);
     batches.load(model, 0);
@@ -170,28 +173,43 @@ TEST_CASE("a rho below the cheapest useful selection is refused, naming the smal
   CHECK_THROWS_AS(Trainer(s.model, {.type = TrainType::elastic_training}, 12, fewer), Error);
 }
 
+namespace {
+// The probe scoring units f and above of n, spilled to the temporary directory or not.
+ProbeScope scope_from(std::size_t n, std::size_t f, bool spill) {
+  ProbeScope scope{std::vector<bool>(n, false),
+                   spill ? std::filesystem::temp_directory_path() : std::filesystem::path()};
+  for (std::size_t u = f; u < n; ++u) scope.units[u] = true;
+  return scope;
+}
+}  // namespace
+
 TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the best that fits, too small is refused") {
-  Setup s;
-  const Profile p = s.fixed_profile(0, 1, 1);  // rho 1 holds every unit: memory alone decides
-  TrainingMemory mem(s.model, 1);              // SGDW: one slot per param
+  // Wider layers on a batch of 2, trained with Adam: weights and slots weigh against activations.
+  const SmallCnnOptions wide{.batch = 2, .num_classes = 4, .width1 = 32, .width2 = 64, .seed = 3};
+  Setup s(wide);
+  Profile p = s.fixed_profile(0, 1, 1);  // rho 1 holds every unit: memory alone decides
+  p.key.optimizer = "adam";
+  TrainingMemory mem(s.model, 2);  // Adam: two slots per param
   const std::size_t n = mem.size();
   const std::vector<bool> none(n, false);
-  std::int64_t slots = 0;
-  for (std::size_t u = 0; u < n; ++u) slots += mem.slot_bytes(u);
-  // Every selection's peak is at least the probe's, which grows with the slots it leaves:
-  // half of all units' slots on top of the first probe is a budget that binds.
-  const auto probe0 = mem.probe(none, ImportanceMetric::loss_drop).total();
-  const double budget = double(probe0 + slots / 2);
-  // The peak the trainer must keep, with copies kept or given up, whichever is smaller.
+  // Room for the probe of every unit with the weights it moves spilled to a file (in memory they
+  // do not fit), not for training every unit: a budget that binds.
+  const double budget = double(mem.probe(none, ImportanceMetric::loss_drop, scope_from(n, 0, true)).total());
+  CHECK(double(mem.probe(none, ImportanceMetric::loss_drop, scope_from(n, 0, false)).total()) > budget);
+  CHECK(double(mem.training(std::vector<bool>(n, true), none, none, false).total()) > budget);
+  // The peak the trainer must keep, with copies kept or given up, whichever is smaller: training's,
+  // or the smallest probe's after it (the last unit alone, spilled, no copies).
   const auto peak = [&](const std::vector<bool>& m) {
     std::int64_t best = std::numeric_limits<std::int64_t>::max();
     for (bool keep : {true, false})
-      best = std::min(
-          best, std::max(mem.training(m, none, none, keep).total(), mem.probe(m, ImportanceMetric::loss_drop).total()));
+      best = std::min(best,
+                      std::max(mem.training(m, none, none, keep).total(),
+                               mem.probe(m, ImportanceMetric::loss_drop, scope_from(n, n - 1, true), false).total()));
     return best;
   };
 
-  TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = 1, .rho = 1.0, .learning_rate = 0.05f};
+  TrainerOptions o{
+      .type = TrainType::elastic_training, .num_epochs = 1, .rho = 1.0, .optimizer = "adam", .learning_rate = 0.05f};
   o.memory_budget_mib = budget / kMiB;
   o.control.correct = false;
   Trainer tr(s.model, o, 12, p);
@@ -202,15 +220,15 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
   const SelectionRecord& sel = tr.selections()[0];
   CHECK(sel.memory_mib * kMiB <= budget);
   CHECK(double(peak(sel.unit_mask)) <= budget);  // recomputed here from the model
-  CHECK(lines[0].find(fmt::format("of {:.1f} MiB", budget / kMiB)) != std::string::npos);
-  // The budget binds: the time budget alone takes every unit worth training.
+  CHECK(std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
+    return l.find(fmt::format("of {:.1f} MiB", budget / kMiB)) != std::string::npos;
+  }));
+  // The probe scored every unit, spilled.
   const auto& importance = tr.state().importance;
-  std::size_t useful = 0;
-  for (double x : importance) useful += x > 0;
-  CHECK(sel.selected_units.size() >= 1);
-  CHECK(sel.selected_units.size() < useful);
-  // Against every mask (2^9): none that fits has more importance.
-  double best = 0;
+  CHECK(lines[0].find(fmt::format("scores units 1 to {} of {}, the weights it moves spilled to '{}'", n, n,
+                                  std::filesystem::temp_directory_path().string())) != std::string::npos);
+  // Against every mask (2^9): none that fits has more importance, and some that do not fit have.
+  double best = 0, useful = 0;
   for (std::uint32_t bits = 1; bits < (1u << n); ++bits) {
     std::vector<bool> m(n);
     double value = 0;
@@ -219,20 +237,52 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
       if (m[u]) value += importance[u];
     }
     if (value > best && double(peak(m)) <= budget) best = value;
+    useful = std::max(useful, value);
   }
-  MESSAGE("selected importance ", sel.importance, ", best that fits ", best);
+  MESSAGE("selected importance ", sel.importance, ", best that fits ", best, ", best ", useful);
+  CHECK(best < useful);  // the budget binds
   CHECK(sel.importance >= 0.95 * best);
   CHECK(sel.importance <= best + 1e-12);
 
-  // A budget below the first probe is refused before it runs, naming the smallest feasible one.
-  Setup s2;
-  TrainerOptions tight = o;
-  tight.memory_budget_mib = double(probe0) / kMiB * 0.9;
-  Trainer refused(s2.model, tight, 12, p);
-  refused.log = nullptr;
-  CHECK_THROWS_WITH_AS(refused.train_epoch(s2.batches, 0), doctest::Contains("the smallest feasible budget is"),
-                       UsageError);
-  CHECK(refused.selections().empty());
+  // A budget below the smallest probe is refused before it runs, naming the smallest feasible one.
+  {
+    Setup s2(wide);
+    TrainingMemory mem2(s2.model, 2);  // its own base: the process has grown since the first model
+    TrainerOptions tight = o;
+    tight.memory_budget_mib =
+        double(mem2.probe(none, ImportanceMetric::loss_drop, scope_from(n, n - 1, true), false).total()) / kMiB * 0.99;
+    Trainer refused(s2.model, tight, 12, p);
+    refused.log = nullptr;
+    CHECK_THROWS_WITH_AS(refused.train_epoch(s2.batches, 0), doctest::Contains("the smallest feasible budget is"),
+                         UsageError);
+    CHECK(refused.selections().empty());
+  }
+  // Room for the probe of the upper half only (spilled, copies kept): it scores the widest scope
+  // that fits, the units below it score 0 and are not selected.
+  {
+    Setup s3(wide);
+    TrainingMemory mem3(s3.model, 2);
+    TrainerOptions narrow = o;
+    const std::size_t half = n / 2;
+    narrow.memory_budget_mib =
+        double(mem3.probe(none, ImportanceMetric::loss_drop, scope_from(n, half, true), true).total()) / kMiB;
+    Trainer scoped(s3.model, narrow, 12, p);
+    std::vector<std::string> scoped_lines;
+    scoped.log = [&](const std::string& line) { scoped_lines.push_back(line); };
+    scoped.train_epoch(s3.batches, 0);
+    const auto& imp = scoped.state().importance;
+    std::size_t g = 0;
+    while (g < n && imp[g] == 0) ++g;
+    CAPTURE(g);
+    CHECK(g >= 1);
+    CHECK(g <= half);
+    for (bool spill : {false, true})
+      for (bool keep : {true, false})
+        CHECK(double(mem3.probe(none, ImportanceMetric::loss_drop, scope_from(n, g - 1, spill), keep).total()) >
+              *narrow.memory_budget_mib * kMiB);
+    for (std::size_t u = 0; u < g; ++u) CHECK(!scoped.selections()[0].unit_mask[u]);
+    CHECK(scoped_lines[0].find(fmt::format("scores units {} to {} of {}", g + 1, n, n)) != std::string::npos);
+  }
 }
 
 TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {

@@ -11,7 +11,8 @@
 //                   leaves the selection, so that training stays exact when it comes back)
 //   scratch         the buffers all nodes share (oneDNN scratchpads, trained weights' copies)
 //   data            the batch source's buffers (what it reports)
-//   probe           the probe's two copies of the weights and the optimizer's preview scratch
+//   probe           the probe's copy of the weights it moves (unless spilled to a file), the
+//                   optimizer's preview scratch
 //   checkpoint      a checkpoint's copy of the optimizer's slots (runs that write checkpoints)
 // Training's peak is the sum; the run's is the larger of training's and the probe's. The DP's
 // additive form (fixed + stretch[f] + sum unit[k]) approximates it; the trainer checks every
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -92,23 +94,33 @@ class TrainingMemory {
       if (train[u] || recent[u]) b.gradients = std::max(b.gradients, stream_[u]);
       if (train[u] || has_slots[u]) b.optimizer += slots_[u];
     }
-    b.activations = g_.own_bytes() + g_.plan_arena_bytes(param_mask(units_, train, g_.params().size()));
+    b.activations = g_.own_bytes() + arena(param_mask(units_, train, g_.params().size()));
     return b;
   }
 
-  // The importance probe (ImportanceEvaluator): the full plan with streamed gradients, the
-  // optimizer's slots as they are, and the probe's own copies.
-  MemoryBreakdown probe(const std::vector<bool>& has_slots, ImportanceMetric metric) const {
+  // The importance probe (ImportanceEvaluator) scoring the units in `scope` (empty: all): the
+  // plan that trains them with streamed gradients, the optimizer's slots as they are, frozen
+  // copies of the units outside the scope (when kept), and the probe's own memory (w0 of the
+  // scored params unless spilled to a file, and the optimizer's preview scratch).
+  MemoryBreakdown probe(const std::vector<bool>& has_slots, ImportanceMetric metric, const ProbeScope& scope = {},
+                        bool keep_copies = true) const {
     check(has_slots, "has_slots");
+    const std::vector<bool> scored = scope.units.empty() ? std::vector<bool>(units_.size(), true) : scope.units;
+    check(scored, "the probe's scope");
     MemoryBreakdown b = fixed_;
     std::int64_t largest = 0;
     for (std::size_t u = 0; u < units_.size(); ++u) {
-      b.gradients = std::max(b.gradients, stream_[u]);
       if (has_slots[u]) b.optimizer += slots_[u];
+      if (!scored[u]) {
+        if (keep_copies) b.weight_copies += copy_[u];
+        continue;
+      }
+      b.gradients = std::max(b.gradients, stream_[u]);
       for (int k : units_[u].params) largest = std::max(largest, g_.params()[std::size_t(k)].size());
     }
-    b.activations = g_.own_bytes() + g_.plan_arena_bytes(std::vector<bool>(g_.params().size(), true));
-    b.probe = ImportanceEvaluator<>::extra_bytes(g_.params(), metric);
+    const std::vector<bool> params = param_mask(units_, scored, g_.params().size());
+    b.activations = g_.own_bytes() + arena(params);
+    b.probe = ImportanceEvaluator<>::extra_bytes(g_.params(), metric, params, !scope.spill_dir.empty());
     if (metric == ImportanceMetric::loss_drop) b.probe += largest * std::int64_t(sizeof(float) * slot_count_);
     return b;
   }
@@ -149,6 +161,15 @@ class TrainingMemory {
   }
 
  private:
+  // The planner's arena for a param mask, each mask planned once (up to 4096 remembered, so
+  // that a long run's candidates do not grow the process).
+  std::int64_t arena(const std::vector<bool>& params) const {
+    const auto it = arenas_.find(params);
+    if (it != arenas_.end()) return it->second;
+    if (arenas_.size() >= 4096) arenas_.clear();
+    return arenas_[params] = g_.plan_arena_bytes(params);
+  }
+
   void check(const std::vector<bool>& mask, const char* what) const {
     if (mask.size() != units_.size())
       fail("training memory: {} has {} entries for {} units", what, mask.size(), size());
@@ -160,6 +181,7 @@ class TrainingMemory {
   MemoryBreakdown fixed_;                            // base, weights, scratch and data
   std::vector<std::int64_t> slots_, copy_, stream_;  // per unit
   std::vector<double> stretch_;
+  mutable std::map<std::vector<bool>, std::int64_t> arenas_;
 };
 
 }  // namespace elastic

@@ -94,6 +94,9 @@ struct TrainerOptions {
   int memory_resolution = 1000;
   // The run writes checkpoints: each takes a copy of the optimizer's slots, counted in the budget.
   bool writes_checkpoints = false;
+  // Where the importance probe may spill the weights it moves when the memory budget has no room
+  // for them (a temporary file, unlinked at once; empty: the system's temporary directory).
+  std::filesystem::path spill_dir;
 
   // Refuses options that cannot work together (UsageError naming the flag),
   // before anything slow runs: the Trainer's constructor calls it, and a
@@ -418,8 +421,9 @@ class Trainer {
     train.load(m_, 0);  // the probe batch: the epoch's first
     const ImportanceMetric metric = probe_metric();
     const float lr = learning_rate();
-    if (memory_) check_memory_feasible();
-    auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_);
+    ProbeScope scope;
+    if (memory_) scope = plan_probe(epoch);
+    auto importance = evaluator_.evaluate(m_, *opt_, lr, metric, step_, mask_, scope);
     for (std::size_t u = 0; u < importance.size(); ++u)
       if (!std::isfinite(importance[u]))
         throw NonFiniteLoss(
@@ -593,14 +597,15 @@ class Trainer {
   }
 
   // The run's peak under unit mask `train`: its training steps, or the next probe, which runs
-  // with the slots this selection leaves (and, with checkpoints, their copy).
+  // with the slots this selection leaves (and, with checkpoints, their copy) and can always
+  // narrow its scope down to the smallest (smallest_probe).
   MemoryBreakdown peak_memory(const std::vector<bool>& train, const std::vector<bool>& has_slots,
                               bool keep_copies) const {
     MemoryBreakdown steps = memory_->training(train, has_slots, recent_, keep_copies);
     if (o_.writes_checkpoints) steps.checkpoint = steps.optimizer;
     std::vector<bool> after = has_slots;
     for (std::size_t u = 0; u < after.size(); ++u) after[u] = after[u] || train[u];
-    const MemoryBreakdown probe = memory_->probe(after, probe_metric());
+    const MemoryBreakdown probe = smallest_probe(after);
     return probe.total() > steps.total() ? probe : steps;
   }
 
@@ -611,12 +616,30 @@ class Trainer {
                                                                      : ImportanceMetric::grad_magnitude;
   }
 
-  // Before a probe: refuses a budget that the probe, or the smallest selection after it,
-  // cannot keep (UsageError naming the smallest feasible budget).
-  void check_memory_feasible() {
+  std::filesystem::path spill_dir() const {
+    return o_.spill_dir.empty() ? std::filesystem::temp_directory_path() : o_.spill_dir;
+  }
+  // The probe scoring units f and above.
+  ProbeScope probe_scope(std::size_t f, bool spill) const {
+    ProbeScope scope{std::vector<bool>(units_.size(), false), spill ? spill_dir() : std::filesystem::path()};
+    for (std::size_t u = f; u < units_.size(); ++u) scope.units[u] = true;
+    return scope;
+  }
+  // The smallest probe: the last unit alone, its w0 spilled, no frozen copies kept.
+  MemoryBreakdown smallest_probe(const std::vector<bool>& has_slots) const {
+    return memory_->probe(has_slots, probe_metric(), probe_scope(units_.size() - 1, true), false);
+  }
+
+  // Before a probe under the memory budget: the widest scope that fits (units f and above, f as
+  // low as fits; units below score 0 and are never selected: training them could not fit
+  // either), w0 kept in memory if that fits too, else spilled to a file; frozen copies below the
+  // scope kept if the graph keeps them and they fit. Refuses a budget that the smallest probe,
+  // or the smallest selection after it, cannot keep (UsageError naming the smallest feasible
+  // budget).
+  ProbeScope plan_probe(int epoch) {
     const auto has = units_with_slots();
     const double budget = *o_.memory_budget_mib * kMiB;
-    const MemoryBreakdown probe = memory_->probe(has, probe_metric());
+    const MemoryBreakdown smallest_p = smallest_probe(has);
     double smallest = std::numeric_limits<double>::infinity();
     std::vector<bool> one(units_.size(), false);
     for (std::size_t u = 0; u < units_.size(); ++u) {
@@ -625,14 +648,37 @@ class Trainer {
                           double(std::min(peak_memory(one, has, true).total(), peak_memory(one, has, false).total())));
       one[u] = false;
     }
-    const double needed = std::max(double(probe.total()), smallest);
+    const double needed = std::max(double(smallest_p.total()), smallest);
     if (needed > budget)
       usage_fail(
-          "--memory_budget {:.0f} MiB is too small for {} at this batch and input size: the importance probe "
-          "needs {:.0f} MiB ({}) and training the smallest unit {:.0f} MiB; the smallest feasible budget is "
-          "{:.0f} MiB",
-          *o_.memory_budget_mib, m_.name, double(probe.total()) / kMiB, probe.describe(), smallest / kMiB,
+          "--memory_budget {:.0f} MiB is too small for {} at this batch and input size: the smallest importance "
+          "probe needs {:.0f} MiB ({}) and training the smallest unit {:.0f} MiB; the smallest feasible budget "
+          "is {:.0f} MiB",
+          *o_.memory_budget_mib, m_.name, double(smallest_p.total()) / kMiB, smallest_p.describe(), smallest / kMiB,
           std::ceil(needed / kMiB));
+    const ImportanceMetric metric = probe_metric();
+    const bool kept = m_.graph->keeps_weight_copies();
+    for (const bool keep : {kept, false}) {
+      for (std::size_t f = 0; f < units_.size(); ++f)
+        for (const bool spill : {false, true}) {
+          ProbeScope scope = probe_scope(f, spill);
+          const MemoryBreakdown b = memory_->probe(has, metric, scope, keep);
+          if (double(b.total()) > budget) continue;
+          m_.graph->keep_weight_copies(keep);
+          if ((f > 0 || spill || keep != kept) && log)
+            log(fmt::format(
+                "importance probe at epoch {} within the memory budget: scores units {} to {} of {}{}{}, "
+                "{:.1f} of {:.1f} MiB",
+                epoch + 1, f + 1, units_.size(), units_.size(),
+                spill ? fmt::format(", the weights it moves spilled to '{}'", scope.spill_dir.string()) : "",
+                keep != kept ? ", frozen weights' copies given up" : "", double(b.total()) / kMiB,
+                *o_.memory_budget_mib));
+          return scope;
+        }
+      if (!kept) break;
+    }
+    // The smallest probe fits (checked above): its scope is among those tried.
+    fail("internal: no probe scope fits {:.1f} MiB", *o_.memory_budget_mib);
   }
 
   // What the memory budget decided for a selection.
