@@ -280,6 +280,7 @@ class TrainRun {
     build_model();
     check_resume_settings();
     take_profile();
+    topt_.other_data_bytes = test_loader_->memory_bytes();  // the evaluation loader's ring, filled ahead
     trainer_.emplace(*m_, topt_, steps_per_epoch_, profile_);
     if (a_.resume) resume();
     connect_trainer();

@@ -211,6 +211,7 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
   TrainerOptions o{
       .type = TrainType::elastic_training, .num_epochs = 1, .rho = 1.0, .optimizer = "adam", .learning_rate = 0.05f};
   o.memory_budget_mib = budget / kMiB;
+  o.memory_margin = 0;  // the model's figures exactly (the margin is checked below)
   o.control.correct = false;
   Trainer tr(s.model, o, 12, p);
   std::vector<std::string> lines;
@@ -223,8 +224,9 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
   CHECK(std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
     return l.find(fmt::format("of {:.1f} MiB", budget / kMiB)) != std::string::npos;
   }));
-  // The probe scored every unit, spilled.
+  // The probe scored every unit, spilled; its record carries the interval's importance.
   const auto& importance = tr.state().importance;
+  CHECK(sel.unit_importance == importance);
   CHECK(lines[0].find(fmt::format("scores units 1 to {} of {}, the weights it moves spilled to '{}'", n, n,
                                   std::filesystem::temp_directory_path().string())) != std::string::npos);
   // Against every mask (2^9): none that fits has more importance, and some that do not fit have.
@@ -282,6 +284,22 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
               *narrow.memory_budget_mib * kMiB);
     for (std::size_t u = 0; u < g; ++u) CHECK(!scoped.selections()[0].unit_mask[u]);
     CHECK(scoped_lines[0].find(fmt::format("scores units {} to {} of {}", g + 1, n, n)) != std::string::npos);
+  }
+  // A margin of 2%: the plans fill 98% of the budget.
+  {
+    Setup s4(wide);
+    TrainingMemory mem4(s4.model, 2);
+    TrainerOptions margin = o;
+    margin.memory_margin = 0.02;
+    const double full = double(mem4.probe(none, ImportanceMetric::loss_drop, scope_from(n, 0, true)).total());
+    margin.memory_budget_mib = full / kMiB;
+    Trainer held(s4.model, margin, 12, p);
+    held.log = nullptr;
+    held.train_epoch(s4.batches, 0);
+    CHECK(held.selections()[0].memory_mib * kMiB <= 0.98 * full);
+    CHECK(held.importance().front() == 0);  // the probe of every unit did not fit in 98%
+    margin.memory_margin = 0.5;
+    CHECK_THROWS_WITH_AS(margin.check(), doctest::Contains("the memory margin must be in [0, 0.5)"), UsageError);
   }
 }
 

@@ -26,22 +26,24 @@ inline constexpr const char* kOptimizerPrefix = "optimizer/";
 inline nlohmann::json to_json(const SelectionRecord& r) {
   std::string bits;
   for (bool b : r.unit_mask) bits += b ? '1' : '0';
-  return {{"epoch", r.epoch},
-          {"step", r.step},
-          {"reason", r.reason},
-          {"rho", r.rho},
-          {"unit_mask", bits},
-          {"importance", r.importance},
-          {"predicted_share", r.predicted_share},
-          {"measured_share", r.measured_share >= 0 ? nlohmann::json(r.measured_share) : nlohmann::json()},
-          {"measured_step_ms", r.measured_step_ms},
-          {"full_step_ms", r.full_step_ms},
-          {"windows", r.windows},
-          {"steps", r.steps},
-          {"selected_units", r.selected_units},
-          {"selection_ms", r.selection_ms},
-          {"memory_mib", r.memory_mib},
-          {"weight_copies", r.weight_copies}};
+  nlohmann::json j = {{"epoch", r.epoch},
+                      {"step", r.step},
+                      {"reason", r.reason},
+                      {"rho", r.rho},
+                      {"unit_mask", bits},
+                      {"importance", r.importance},
+                      {"predicted_share", r.predicted_share},
+                      {"measured_share", r.measured_share >= 0 ? nlohmann::json(r.measured_share) : nlohmann::json()},
+                      {"measured_step_ms", r.measured_step_ms},
+                      {"full_step_ms", r.full_step_ms},
+                      {"windows", r.windows},
+                      {"steps", r.steps},
+                      {"selected_units", r.selected_units},
+                      {"selection_ms", r.selection_ms},
+                      {"memory_mib", r.memory_mib},
+                      {"weight_copies", r.weight_copies}};
+  if (!r.unit_importance.empty()) j["unit_importance"] = r.unit_importance;
+  return j;
 }
 
 inline nlohmann::json to_json(const ControlState& c) {
@@ -147,6 +149,8 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   if (j.contains("windows")) r.windows = json_integer<std::int64_t>(j.at("windows"), "selection windows");
   if (j.contains("memory_mib")) r.memory_mib = json_number(j.at("memory_mib"), "selection memory_mib");
   if (j.contains("weight_copies")) r.weight_copies = j.at("weight_copies").get<bool>();
+  if (j.contains("unit_importance"))
+    for (const auto& x : j.at("unit_importance")) r.unit_importance.push_back(json_number(x, "unit_importance"));
   return r;
 }
 

@@ -23,6 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include <malloc.h>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -92,8 +94,15 @@ struct TrainerOptions {
   // `memory_resolution` steps of the budget in the DP's memory dimension.
   std::optional<double> memory_budget_mib;
   int memory_resolution = 1000;
+  // The share of the budget held back for what the model does not see (threads' stacks, the
+  // allocator's slack, logs): the plans fill (1 - memory_margin) of it. TrainingMemory's
+  // predictions were 0.5-3.1% under the measured peaks (benchmarks/RESULTS.md).
+  double memory_margin = 0.04;
   // The run writes checkpoints: each takes a copy of the optimizer's slots, counted in the budget.
   bool writes_checkpoints = false;
+  // With a memory budget: bytes the caller's own buffers hold besides the training batch source's
+  // (an evaluation loader's ring), counted as data.
+  std::int64_t other_data_bytes = 0;
   // Where the importance probe may spill the weights it moves when the memory budget has no room
   // for them (a temporary file, unlinked at once; empty: the system's temporary directory).
   std::filesystem::path spill_dir;
@@ -115,6 +124,8 @@ struct TrainerOptions {
       usage_fail("--deadline plans with measured step times: it needs time control on (--time_control on)");
     if (memory_budget_mib && !(*memory_budget_mib > 0 && std::isfinite(*memory_budget_mib)))
       usage_fail("--memory_budget must be a positive size in MiB, got {}", *memory_budget_mib);
+    if (!(memory_margin >= 0 && memory_margin < 0.5))
+      usage_fail("the memory margin must be in [0, 0.5), got {}", memory_margin);
     if (memory_budget_mib && !is_elastic(type))
       usage_fail("--memory_budget needs an elastic training type (it selects what to train), not {}", name_of(type));
     if (memory_resolution < 1) usage_fail("the memory resolution must be at least 1, got {}", memory_resolution);
@@ -128,8 +139,9 @@ struct SelectionRecord {
   std::string reason = "probe";  // probe (new importance), correction (time model), deadline (new rho)
   double rho = 0;                // the rho it was solved for
   std::vector<bool> unit_mask;
-  double importance = 0;       // total importance of the selection
-  double predicted_share = 1;  // T(m) / T(all) under the model when it was solved
+  double importance = 0;                // total importance of the selection
+  double predicted_share = 1;           // T(m) / T(all) under the model when it was solved
+  std::vector<double> unit_importance;  // a probe's: the interval's per-unit importance (else empty)
   std::vector<std::string> selected_units;
   double selection_ms = 0;  // the importance probe and the DP (counted in the epoch's training time)
   // With a memory budget: the run's predicted peak under it (training's or the next probe's,
@@ -215,7 +227,14 @@ class Trainer {
       if (profile_->units.size() != units_.size())
         fail("the profile has {} units but model '{}' has {}", profile_->units.size(), m_.name, units_.size());
       control_.emplace(*profile_, o_.control);
-      if (o_.memory_budget_mib) memory_.emplace(m_, opt_->slot_count());
+      if (o_.memory_budget_mib) {
+        memory_.emplace(m_, opt_->slot_count(), o_.other_data_bytes);
+        // Large blocks are mapped and unmapped on their own from here on: glibc otherwise raises
+        // its mapping threshold after the first such free, and later large blocks come from the
+        // heap, whose freed pages stay resident (the probe's buffers, a checkpoint's, copies
+        // given up would all count twice). Process-wide; the training step allocates nothing.
+        ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+      }
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
       if (o_.deadline_s && forward_s > *o_.deadline_s)
@@ -255,6 +274,8 @@ class Trainer {
   const std::vector<SelectionRecord>& selections() const { return selections_; }
   // The rho in force (with a deadline: the planned one) and the training time so far.
   double rho() const { return rho_; }
+  // The interval's unit importance, from its probe (units it did not score have 0).
+  const std::vector<double>& importance() const { return importance_; }
   double train_ms() const { return train_ms_; }
   // Training time so far, within an epoch too (cheap: for periodic checkpoints).
   double training_ms() const { return train_ms_ + (in_epoch_ ? clock() - epoch_start_ : 0); }
@@ -324,7 +345,8 @@ class Trainer {
     // The epoch's training steps start with an empty streamed gradient buffer.
     recent_.assign(units_.size(), false);
     if (memory_) {
-      if constexpr (requires { train.memory_bytes(); }) memory_->set_data_bytes(train.memory_bytes());
+      if constexpr (requires { train.memory_bytes(); })
+        memory_->set_data_bytes(train.memory_bytes() + o_.other_data_bytes);
     }
     if (!resuming && is_elastic(o_.type) && epoch % o_.interval == 0) reselect(train, epoch);
     TrainStep train_step(m_, *opt_);  // params change only through it within the epoch
@@ -469,6 +491,7 @@ class Trainer {
     rec.rho = rho_;
     rec.unit_mask = s.mask;
     rec.importance = s.importance;
+    if (std::string_view(reason) == "probe") rec.unit_importance = importance_;
     rec.predicted_share = c.step_ms(s.mask) / c.full_ms();
     for (std::size_t u = 0; u < units_.size(); ++u)
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
@@ -609,6 +632,9 @@ class Trainer {
     return probe.total() > steps.total() ? probe : steps;
   }
 
+  // What the plans may fill: the budget less its margin (bytes).
+  double planned_memory() const { return *o_.memory_budget_mib * kMiB * (1 - o_.memory_margin); }
+
   // The importance metric of the run's training type.
   ImportanceMetric probe_metric() const {
     return o_.type == TrainType::elastic_training                    ? ImportanceMetric::loss_drop
@@ -638,7 +664,7 @@ class Trainer {
   // budget).
   ProbeScope plan_probe(int epoch) {
     const auto has = units_with_slots();
-    const double budget = *o_.memory_budget_mib * kMiB;
+    const double budget = planned_memory();
     const MemoryBreakdown smallest_p = smallest_probe(has);
     double smallest = std::numeric_limits<double>::infinity();
     std::vector<bool> one(units_.size(), false);
@@ -652,10 +678,10 @@ class Trainer {
     if (needed > budget)
       usage_fail(
           "--memory_budget {:.0f} MiB is too small for {} at this batch and input size: the smallest importance "
-          "probe needs {:.0f} MiB ({}) and training the smallest unit {:.0f} MiB; the smallest feasible budget "
-          "is {:.0f} MiB",
+          "probe needs {:.0f} MiB ({}) and training the smallest unit {:.0f} MiB; with the {:.0f}% margin the "
+          "smallest feasible budget is {:.0f} MiB",
           *o_.memory_budget_mib, m_.name, double(smallest_p.total()) / kMiB, smallest_p.describe(), smallest / kMiB,
-          std::ceil(needed / kMiB));
+          100 * o_.memory_margin, std::ceil(needed / (1 - o_.memory_margin) / kMiB));
     const ImportanceMetric metric = probe_metric();
     const bool kept = m_.graph->keeps_weight_copies();
     for (const bool keep : {kept, false}) {
@@ -695,7 +721,7 @@ class Trainer {
   Selection select_within_memory(std::span<const double> t_dw, std::span<const double> t_dy, double time_budget,
                                  MemoryChoice& choice) {
     const auto has = units_with_slots();
-    const double budget = *o_.memory_budget_mib * kMiB;
+    const double budget = planned_memory();
     std::optional<Selection> best;
     for (const bool keep : {true, false}) {
       const auto add = memory_->additive(has, recent_, keep);
