@@ -2,9 +2,12 @@
 // 32x32, batch 32, rho 0.5) with re-selection every 100 steps, printing the
 // resident memory every 100 steps. The claim: memory after step 200 and after
 // step 2000 differ by less than 2% (nothing grows per step or per selection).
-// Usage: soak [steps] [threads]
+// With a memory budget (MiB) the selections keep within it, and the peak is printed.
+// Usage: soak [steps] [threads] [memory_budget_mib]
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -25,7 +28,9 @@ double rss_mib() { return double(resident_bytes()) / kMiB; }
 int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::atoi(argv[1]) : 2000;
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2;
+  const std::optional<double> budget = argc > 3 ? std::optional<double>(std::atof(argv[3])) : std::nullopt;
   try {
+    if (budget) return_freed_memory();  // as `elastic train --memory_budget` does
     const data::Dataset d = data::open_dataset("fashion_mnist", "");
     Context ctx(threads);
     Model m = build_model("mobilenetv2", ctx, {.num_classes = 10, .input_size = 32, .batch = 32});
@@ -36,10 +41,14 @@ int main(int argc, char** argv) {
     loader.load(m, 0);
     const Profile p = TimingProfiler<>().run(m, ctx.threads(), std::vector<bool>(m.params().size(), true));
     const int epochs = (steps + 99) / 100;
-    Trainer t(
-        m,
-        {.type = TrainType::elastic_training, .num_epochs = epochs, .interval = 1, .rho = 0.5, .learning_rate = 0.01f},
-        100, p);
+    Trainer t(m,
+              {.type = TrainType::elastic_training,
+               .num_epochs = epochs,
+               .interval = 1,
+               .rho = 0.5,
+               .learning_rate = 0.01f,
+               .memory_budget_mib = budget},
+              100, p);
     t.log = nullptr;
     std::vector<double> rss;
     t.on_step = [&](std::uint64_t step, double, std::int64_t, std::int64_t) {
@@ -55,6 +64,12 @@ int main(int argc, char** argv) {
     const double at200 = rss.size() > 1 ? rss[1] : rss.front(), last = rss.back();
     fmt::print("RSS after step 200: {:.1f} MiB, after step {}: {:.1f} MiB, difference {:+.2f}% ({} selections)\n",
                at200, t.step(), last, 100 * (last - at200) / at200, t.selections().size());
+    if (budget)
+      fmt::print("memory budget {:.1f} MiB: peak {:.1f} MiB, largest predicted {:.1f} MiB\n", *budget,
+                 double(peak_resident_bytes()) / kMiB,
+                 std::max_element(t.selections().begin(), t.selections().end(), [](const auto& a, const auto& b) {
+                   return a.memory_mib < b.memory_mib;
+                 })->memory_mib);
   } catch (const std::exception& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

@@ -276,6 +276,7 @@ class TrainRun {
 
   int run() {
     resolve_settings();
+    if (a_.memory_budget_mib) return_freed_memory();  // before the data and the model take memory
     open_data();
     build_model();
     check_resume_settings();

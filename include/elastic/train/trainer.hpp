@@ -23,8 +23,6 @@
 #include <string_view>
 #include <vector>
 
-#include <malloc.h>
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -229,11 +227,8 @@ class Trainer {
       control_.emplace(*profile_, o_.control);
       if (o_.memory_budget_mib) {
         memory_.emplace(m_, opt_->slot_count(), o_.other_data_bytes);
-        // Large blocks are mapped and unmapped on their own from here on: glibc otherwise raises
-        // its mapping threshold after the first such free, and later large blocks come from the
-        // heap, whose freed pages stay resident (the probe's buffers, a checkpoint's, copies
-        // given up would all count twice). Process-wide; the training step allocates nothing.
-        ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+        // The probe's buffers, a checkpoint's and copies given up leave the process when freed.
+        return_freed_memory();
       }
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
