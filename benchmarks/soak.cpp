@@ -57,8 +57,9 @@ int main(int argc, char** argv) {
     fmt::print("step   RSS MiB   selected units   train loss\n");
     for (int e = 0; e < epochs; ++e) {
       const EpochRecord r = t.train_epoch(source, e);
-      fmt::print("{:5}   {:7.1f}   {:14}   {:.4f}\n", t.step(), rss.back(), t.selections().back().selected_units.size(),
-                 r.train.loss());
+      fmt::print("{:5}   {:7.1f}   {:14}   {:.4f}{}\n", t.step(), rss.back(),
+                 t.selections().back().selected_units.size(), r.train.loss(),
+                 budget ? fmt::format("   predicted {:.1f} MiB", t.selections().back().memory_mib) : "");
       std::fflush(stdout);
     }
     const double at200 = rss.size() > 1 ? rss[1] : rss.front(), last = rss.back();
