@@ -9,6 +9,7 @@
 
 #include "elastic/layers/linear.hpp"
 #include "elastic/models/small_cnn.hpp"
+#include "elastic/testing/gradcheck.hpp"
 
 // One namespace per test file: the tests of a directory build as one translation unit.
 namespace method_importance_evaluator_test {
@@ -50,6 +51,13 @@ std::vector<double> grads(const std::vector<double>& w, const double x[2], int l
     g[6 + i] = dh[i];
   }
   return g;
+}
+// The small CNN (batch 4) on a random batch drawn with `seed`.
+Model small_cnn_on_batch(Context& ctx, std::uint64_t seed) {
+  Model m = small_cnn(ctx, {.batch = 4, .width1 = 8, .width2 = 8});
+  testing::random_input(*m.graph, m.images, seed);
+  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  return m;
 }
 }  // namespace
 
@@ -109,12 +117,7 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
 
 TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bit-identical") {
   Context ctx(2);
-  Model m = small_cnn(ctx, {.batch = 4, .width1 = 8, .width2 = 8});
-  Rng rng(3);
-  Tensor x(m.input_shape);
-  for (auto& v : x.span()) v = rng.normal();
-  m.graph->write(m.images, x);
-  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  Model m = small_cnn_on_batch(ctx, 3);
   for (int which = 0; which < 2; ++which) {
     std::unique_ptr<Optimizer> opt;
     if (which == 0)
@@ -156,12 +159,7 @@ TEST_CASE(
     "spilled to a file or kept in memory the probe scores alike; a scope scores its units; a failed spill "
     "leaves the weights as they were") {
   Context ctx(2);
-  Model m = small_cnn(ctx, {.batch = 4, .width1 = 8, .width2 = 8});
-  Rng rng(5);
-  Tensor x(m.input_shape);
-  for (auto& v : x.span()) v = rng.normal();
-  m.graph->write(m.images, x);
-  m.loss_node().set_labels(std::vector<std::int32_t>{1, 2, 3, 4});
+  Model m = small_cnn_on_batch(ctx, 5);
   SGDW opt;
   const std::vector<bool> all(m.params().size(), true);
   m.graph->forward(true);

@@ -439,6 +439,11 @@ struct FakeMachine {
     for (std::size_t u = 0; u < units.size(); ++u) m[u] = param_mask[std::size_t(units[u].params.front())];
     return m;
   }
+  // Runs `tr` on this machine: the trainer's clock reads it.
+  void drive(Trainer& tr) {
+    trainer = &tr;
+    tr.clock = [this] { return read(); };
+  }
   double step_ms(const std::vector<bool>& um) const { return fwd_x * p.t_forward(um) + bwd_x * p.t_bwd(um); }
   double full_ms() const { return step_ms(std::vector<bool>(units.size(), true)); }
   double read() {
@@ -488,8 +493,7 @@ TEST_CASE("measured steps correct the time model, and the re-solved selection ho
               .learning_rate = 0.05f,
               .control = quick_control()},
              12, p);
-  machine.trainer = &tr;
-  tr.clock = [&] { return machine.read(); };
+  machine.drive(tr);
   std::vector<SelectionRecord> logged;
   tr.on_selection = [&](const SelectionRecord& r) { logged.push_back(r); };
   std::vector<std::string> lines;
@@ -558,8 +562,7 @@ FakeRun fake_run(int epochs, int resume_after, std::int64_t stop_at = -1) {
   };
   FakeRun out;
   for (int e = 0; e < epochs; ++e) {
-    machine.trainer = tr.get();
-    tr->clock = [&] { return machine.read(); };
+    machine.drive(*tr);
     tr->log = nullptr;
     tr->stop = [&] { return std::int64_t(tr->step()) == stop_at; };
     FakeBatches source{s->batches, machine};
@@ -567,8 +570,7 @@ FakeRun fake_run(int epochs, int resume_after, std::int64_t stop_at = -1) {
     if (!rec.complete) {
       CHECK(rec.steps == stop_at % 12);
       restart();
-      machine.trainer = tr.get();
-      tr->clock = [&] { return machine.read(); };
+      machine.drive(*tr);
       tr->log = nullptr;
       FakeBatches resumed{s->batches, machine};
       rec = tr->train_epoch(resumed, e);
@@ -637,8 +639,7 @@ TEST_CASE("a busy core: the kernels move to one thread while that is faster and 
                          .learning_rate = 0.05f,
                          .control = control};
   Trainer tr(s.model, o, 12, p);
-  machine.trainer = &tr;
-  tr.clock = [&] { return machine.read(); };
+  machine.drive(tr);
   std::vector<std::string> lines;
   tr.log = [&](const std::string& l) { lines.push_back(l); };
   std::vector<int> threads;  // per step
@@ -689,8 +690,7 @@ TEST_CASE("a machine slow on any thread count pays for few trials: each lost one
               .learning_rate = 0.05f,
               .control = control},
              12, p);
-  machine.trainer = &tr;
-  tr.clock = [&] { return machine.read(); };
+  machine.drive(tr);
   std::vector<std::string> lines;
   tr.log = [&](const std::string& l) { lines.push_back(l); };
   std::vector<std::uint64_t> trials;  // steps at which one thread was tried
@@ -727,8 +727,7 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
                 .deadline_s = deadline_s,
                 .control = quick_control()},
                12, p);
-    machine.trainer = &tr;
-    tr.clock = [&] { return machine.read(); };
+    machine.drive(tr);
     tr.log = [&](const std::string& l) {
       if (lines) lines->push_back(l);
     };
@@ -770,8 +769,7 @@ TEST_CASE("a deadline plans rho from the remaining time, absorbs a slowdown and 
   FakeMachine machine{p, selection_units(*s.model.graph)};
   FakeBatches source{s.batches, machine};
   Trainer tr(s.model, {.type = TrainType::elastic_training, .num_epochs = 20, .deadline_s = 2.6}, 12, p);
-  machine.trainer = &tr;
-  tr.clock = [&] { return machine.read(); };
+  machine.drive(tr);
   tr.log = nullptr;
   CHECK_THROWS_WITH_AS(tr.train_epoch(source, 0), doctest::Contains("shortest feasible deadline is about"), UsageError);
   CHECK(tr.step() == 0);
@@ -798,8 +796,7 @@ TEST_CASE("a machine too slow for the given rho mid-run trains on at the smalles
               .learning_rate = 0.05f,
               .control = quick_control()},
              12, p);
-  machine.trainer = &tr;
-  tr.clock = [&] { return machine.read(); };
+  machine.drive(tr);
   std::vector<std::string> lines;
   tr.log = [&](const std::string& l) { lines.push_back(l); };
   for (int e = 0; e < 3; ++e) tr.train_epoch(source, e);  // later probes are not refused either
