@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include "elastic/core/resident.hpp"
 #include "elastic/layers/add.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/linear.hpp"
@@ -108,6 +109,33 @@ TEST_CASE("switching plans back and forth gives identical results") {
   CHECK(grads_of(g, 0) == first);
   const Tensor again = g.read(net.c3);
   CHECK(std::equal(out.span().begin(), out.span().end(), again.span().begin()));
+}
+
+TEST_CASE("a long run's selections keep at most kCachedPlans plans, and a plan made again gives the same results") {
+  Context ctx(2);
+  Graph g(ctx);
+  const ValueId x = g.input("x", {2, 4, 6, 6});
+  ValueId h = x;
+  for (const char* name : {"c1", "c2", "c3", "c4"}) h = g.add<Conv2d>({h}, name, conv3x3(4, 4));
+  g.finalize(7);
+  testing::random_input(g, x, 8);
+  g.write_grad(h, Tensor(g.shape(h), 1.0f));
+  g.forward(true);
+  g.backward();
+  const auto first = grads_of(g, 0);
+  for (std::uint32_t bits = 1; bits < 120; ++bits) {  // 119 masks over the 8 params
+    std::vector<bool> mask(8);
+    for (std::size_t k = 0; k < 8; ++k) mask[k] = (bits >> k) & 1;
+    g.select(mask);
+    g.forward(true);
+    g.backward();
+    CHECK(g.cached_plans() <= Graph::kCachedPlans);
+  }
+  CHECK(g.cached_plans() < 119);
+  g.select_all();  // made again: the first plan was dropped
+  g.forward(true);
+  g.backward();
+  CHECK(grads_of(g, 0) == first);
 }
 
 namespace {
@@ -236,6 +264,40 @@ TEST_CASE("frozen weights' copies given up: none kept, and every step's results 
     g->backward();
   }
   CHECK(grads_of(all, 0) == grads_of(own, 0));
+}
+
+TEST_CASE("activations given back between steps: the memory leaves the process, every step's results stay the same") {
+  for (const std::vector<bool>& mask :
+       {std::vector<bool>(6, true), std::vector<bool>{false, false, true, true, true, true}}) {
+    Chain kept, released;
+    for (Chain* c : {&kept, &released}) c->g.select(mask);
+    for (int s = 0; s < 3; ++s) {
+      kept.step(mask);
+      released.g.release_activations();
+      released.step(mask);
+      const Tensor a = kept.g.read(kept.c3), b = released.g.read(released.c3);
+      CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin()));
+    }
+    for (int k = 0; k < 6; ++k) CHECK(grads_of(kept.g, k) == grads_of(released.g, k));
+    auto va = kept.g.params().value_arena(), vb = released.g.params().value_arena();
+    CHECK(std::equal(va.begin(), va.end(), vb.begin()));
+  }
+  // Activations of 4 MiB each: a step writes the arena, giving it back lowers the resident set.
+  Context ctx(2);
+  Graph g(ctx);
+  const ValueId x = g.input("x", {4, 16, 128, 128});
+  const ValueId c1 = g.add<Conv2d>({x}, "c1", conv3x3(16, 16));
+  const ValueId c2 = g.add<Conv2d>({c1}, "c2", conv3x3(16, 16));
+  const ValueId c3 = g.add<Conv2d>({c2}, "c3", conv3x3(16, 16));
+  g.finalize(2);
+  testing::random_input(g, x, 3);
+  g.write_grad(c3, Tensor(g.shape(c3), 0.01f));
+  g.forward(true);
+  g.backward();
+  const std::int64_t arena = g.plan_arena_bytes(), before = resident_bytes();
+  REQUIRE(arena >= 8 * 1024 * 1024);
+  g.release_activations();
+  CHECK(before - resident_bytes() >= arena / 2);
 }
 
 TEST_CASE("a frozen convolution's weights written directly count from the next select() or reuse_frozen_weights()") {

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <ranges>
 
+#include <malloc.h>
+
 #include <doctest/doctest.h>
 
 #include "elastic/core/random.hpp"
@@ -264,6 +266,42 @@ TEST_CASE("a memory budget that holds everything gives the time-only selection")
     CHECK(both.importance == doctest::Approx(time_only.importance).epsilon(1e-12));
     CHECK(both.cost <= p.budget);
   }
+}
+
+TEST_CASE("the memory-aware DP's tables are the size memory_table_bytes says, and are given back after each solve") {
+  // Two units of t_dw 1 and t_dy 1 make 1000 quanta of 1/250 each: a budget of 2 holds 500 of
+  // them, rows of 501 cells; a memory resolution of 9 makes 10 rows. A double per cell and a bit
+  // per unit and cell in rows of whole 64-bit words: 10 * 501 * 8 + 2 * 10 * 8 * 8 bytes.
+  DPSelector<> dp(1000);
+  const std::vector<double> two{1, 1};
+  CHECK(dp.memory_table_bytes(two, two, 2.0, 9) == 10 * 501 * 8 + 2 * 10 * 8 * 8);
+  CHECK(dp.memory_table_bytes(two, two, 2.0, 0) * 10 == dp.memory_table_bytes(two, two, 2.0, 9));  // linear in rows
+  CHECK(dp.memory_table_bytes(two, two, -1.0, 9) == 0);
+  CHECK(dp.retained_bytes() == 0);
+
+  // 200 units at the full resolutions: tables of about 17 MB, none of it kept.
+  Rng rng(17);
+  const Instance p = random_instance(rng, 200);
+  std::vector<double> stretch(200), unit(200);
+  double total = 0;
+  for (std::size_t k = 0; k < 200; ++k) {
+    stretch[k] = double(200 - k);
+    unit[k] = rng.uniform(1.0f, 10.0f);
+    total += unit[k];
+  }
+  const MemoryModel mem{stretch, unit, total / 3, 1000};
+  const std::int64_t table = dp.memory_table_bytes(p.dw, p.dy, p.budget, 1000);
+  CHECK(table > 4'000'000);
+  const auto in_use = [] {
+    const struct mallinfo2 m = mallinfo2();
+    return std::int64_t(m.uordblks + m.hblkhd);  // heap chunks and mapped blocks in use
+  };
+  const std::int64_t before = in_use();
+  const Selection s = dp.select(p.dw, p.dy, p.imp, p.budget, mem);
+  CHECK(s.earliest >= 0);
+  CHECK(s.memory <= mem.budget);
+  CHECK(dp.retained_bytes() < 64 * 1024);  // the per-unit scratch only
+  CHECK(in_use() - before < 64 * 1024);    // as the allocator sees it
 }
 
 TEST_CASE("DP selection edge cases") {

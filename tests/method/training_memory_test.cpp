@@ -69,6 +69,17 @@ TEST_CASE("each part of the model is what the engine holds: slots, copies, arena
   CHECK(mem.training(train, earlier, none, true).optimizer == b.optimizer + earlier_slots);
   CHECK(b.total() == b.base + b.weights + b.weight_copies + b.activations + b.gradients + b.optimizer + b.scratch +
                          b.data + b.probe + b.checkpoint);
+  // While the DP solves between steps: the plan's arena given back, the DP's tables taken; slots
+  // as the optimizer holds them (here: the trained units' after their step).
+  const MemoryBreakdown solve = mem.solving(train, train, none, true, 12345);
+  CHECK(solve.activations == m.graph->own_bytes());
+  CHECK(solve.selector == 12345);
+  CHECK(solve.optimizer == b.optimizer);
+  CHECK(solve.weight_copies == b.weight_copies);
+  CHECK(solve.gradients == b.gradients);
+  CHECK(solve.total() == b.total() - m.graph->plan_arena_bytes() + 12345);
+  // Before the first selection the plan in force trains every unit, but no slots exist yet.
+  CHECK(mem.solving(std::vector<bool>(n, true), none, none, true, 0).optimizer == 0);
   // The probe: the full plan's arena, w0 of every param and one param to read it back into,
   // and the optimizer's preview scratch (one param's slots).
   std::int64_t biggest = 0, every = 0;

@@ -62,6 +62,21 @@ struct Setup {
   }
 };
 }  // namespace
+}  // namespace train_trainer_test
+
+// oneDNN's count of primitives in its cache: exported by libdnnl for its own tests, not in its headers.
+namespace dnnl::impl {
+dnnl_status_t get_primitive_cache_size(int* size);
+}
+
+namespace train_trainer_test {
+namespace {
+int cached_primitives() {
+  int n = -1;
+  REQUIRE(dnnl::impl::get_primitive_cache_size(&n) == dnnl_success);
+  return n;
+}
+}  // namespace
 
 // A seed here would be one nobody reads (the trainer draws nothing at random).
 template <class O>
@@ -221,6 +236,11 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
   const SelectionRecord& sel = tr.selections()[0];
   CHECK(sel.memory_mib * kMiB <= budget);
   CHECK(double(peak(sel.unit_mask)) <= budget);  // recomputed here from the model
+  // The DP solved between steps within the budget too: its tables at full resolution (1000)
+  // would not fit in the room the plan left here, so it solved at a coarser one.
+  CHECK(sel.solve_mib * kMiB <= budget);
+  CHECK(sel.memory_resolution >= 1);
+  CHECK(sel.memory_resolution < o.memory_resolution);
   CHECK(std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
     return l.find(fmt::format("of {:.1f} MiB", budget / kMiB)) != std::string::npos;
   }));
@@ -305,6 +325,26 @@ TEST_CASE("a memory budget: each selection's exact peak fits, the DP finds the b
     margin.memory_margin = 0.5;
     CHECK_THROWS_WITH_AS(margin.check(), doctest::Contains("the memory margin must be in [0, 0.5)"), UsageError);
   }
+}
+
+TEST_CASE("under a memory budget the kernels of the thread count time control may move to are made at the start") {
+  // Shapes of this test's own, so that no other test's primitives are in oneDNN's cache.
+  Setup s({.batch = 6, .num_classes = 4, .width1 = 12, .width2 = 20, .seed = 9});
+  const Profile p = s.fixed_profile(0, 1, 1);
+  TrainerOptions o{.type = TrainType::elastic_training, .num_epochs = 1, .rho = 0.6};
+  o.memory_budget_mib = 4096;
+  o.control.adapt_threads = false;  // nothing moves the kernels: none made
+  const int before = cached_primitives();
+  { Trainer fixed(s.model, o, 12, p); }
+  CHECK(cached_primitives() == before);
+  o.control.adapt_threads = true;
+  { Trainer adapting(s.model, o, 12, p); }
+  const int both = cached_primitives();
+  CHECK(both > before);  // the one-thread kernels, made and kept by the cache
+  CHECK(s.model.graph->context().threads() == 2);
+  s.model.graph->set_threads(1);  // what a switch does later: every kernel comes from the cache
+  s.model.graph->set_threads(2);
+  CHECK(cached_primitives() == both);
 }
 
 TEST_CASE("prunetrain adds an L1 pull on kernel weights and nothing else") {

@@ -112,11 +112,15 @@ class Graph {
   }
 
   // Installs the plan of `mask` (one flag per param). Plans are cached, so
-  // switching between a few selections costs only re-binding handles.
+  // switching between a few selections costs only re-binding handles; a long run's
+  // selections keep at most kCachedPlans of them (then only the one in force is kept).
+  static constexpr std::size_t kCachedPlans = 64;
   void select(const std::vector<bool>& mask) {
     require_finalized();
     auto it = plans_.find(mask);
     if (it == plans_.end()) {
+      if (plans_.size() >= kCachedPlans)
+        std::erase_if(plans_, [&](const auto& entry) { return &entry.second != current_; });
       Compiled c;
       c.plan = derive_plan(topo_, mask);
       c.memory = plan_memory(topo_, c.plan);
@@ -136,7 +140,14 @@ class Graph {
     ++reuse_epoch_;
     bind();
   }
+  // Gives the arena's memory back to the OS between steps (nothing in it outlives a step; its
+  // pages read as zero and take memory again when the next step writes them).
+  void release_activations() {
+    require_finalized();
+    release_floats(arena_.get(), arena_floats_);
+  }
   void select_all() { select(std::vector<bool>(params_.size(), true)); }
+  std::size_t cached_plans() const { return plans_.size(); }
   void select_none() { select(std::vector<bool>(params_.size(), false)); }
 
   const BackwardPlan& plan() const { return current_->plan; }
@@ -465,7 +476,7 @@ class Graph {
   std::vector<Topology::NodeInfo> info_;
   Topology topo_;
   bool finalized_ = false;
-  std::map<std::vector<bool>, Compiled> plans_;
+  std::map<std::vector<bool>, Compiled> plans_;  // at most kCachedPlans
   const Compiled* current_ = nullptr;
   std::shared_ptr<float[]> arena_;
   std::vector<std::shared_ptr<float[]>> transients_;  // per slot, shared by every node's transients()

@@ -257,14 +257,22 @@ class DPSelector {
     }
 
     // best_[m * width + b]: most importance from units above f within time b and memory m;
-    // take_ bit ((f * mwidth + m) * words * 64 + b): unit f improved cell (m, b).
+    // take_ bit ((f * mwidth + m) * words * 64 + b): unit f improved cell (m, b). Both are given
+    // back when the solve returns (memory_table_bytes).
     const std::size_t width = static_cast<std::size_t>(cap) + 1, words = (width + 63) / 64, mwidth = mcap + 1;
-    const double table_mib = (double(n) * double(mwidth) * double(words) * 8 + double(mwidth * width) * 8) / 1048576;
+    const double table_mib = double(table_bytes(n, cap, mcap)) / 1048576;
     if (table_mib > 1024)
       usage_fail(
           "DP selection: the time x memory table would take {:.0f} MiB (N = {}, time resolution {}, memory "
           "resolution {}); lower a resolution",
           table_mib, n, resolution_, memory.resolution);
+    const struct GiveBack {
+      DPSelector& dp;
+      ~GiveBack() {
+        std::vector<double>().swap(dp.best_);
+        std::vector<std::uint64_t>().swap(dp.take_);
+      }
+    } give_back{*this};
     best_.assign(mwidth * width, 0.0);
     take_.assign(n * mwidth * words, 0);
     double best_value = 0;
@@ -305,6 +313,24 @@ class DPSelector {
     finish(out, t_dw, t_dy, importance);
     out.memory = memory_of(out, memory);
     return out;
+  }
+
+  // Bytes of the tables the memory-aware select allocates for these times and this time budget
+  // at memory resolution `memory_resolution`: (memory_resolution + 1) rows of the time
+  // capacities within the budget, a double and N bits per cell. They are taken for the solve and
+  // given back when it returns; a caller under a memory budget counts them while it solves.
+  std::int64_t memory_table_bytes(std::span<const double> t_dw, std::span<const double> t_dy, double budget,
+                                  std::int32_t memory_resolution) const {
+    const Quantum cap = time_capacity(t_dw, t_dy, budget);
+    return cap < 0 ? 0 : table_bytes(t_dw.size(), cap, static_cast<std::size_t>(std::max(0, memory_resolution)));
+  }
+
+  // Bytes the selector keeps between solves (its scratch's capacity): O(N) after a memory-aware
+  // solve, whose tables are given back.
+  std::int64_t retained_bytes() const {
+    const auto bytes = [](const auto& v) { return std::int64_t(v.capacity() * sizeof(v[0])); };
+    return bytes(cost_) + bytes(stretch_) + bytes(mcost_) + bytes(mstretch_) + bytes(best_) + bytes(take_) +
+           bytes(reach_);
   }
 
   // Fills importance, cost and earliest of a mask; returns the cost.
@@ -367,13 +393,29 @@ class DPSelector {
     return false;
   }
 
+  // The memory-aware tables for `n` units, time capacity `cap` and memory capacity `mcap` (bytes).
+  static std::int64_t table_bytes(std::size_t n, Quantum cap, std::size_t mcap) {
+    const auto width = static_cast<std::int64_t>(cap) + 1, words = (width + 63) / 64,
+               mwidth = static_cast<std::int64_t>(mcap) + 1;
+    return std::int64_t(n) * mwidth * words * 8 + mwidth * width * 8;
+  }
+
+  // Quanta per unit of time: the full backward pass is `resolution_` of them.
+  double time_scale(std::span<const double> t_dw, std::span<const double> t_dy) const {
+    double total = 0;
+    for (std::size_t k = 0; k < t_dw.size(); ++k) total += t_dw[k] + t_dy[k];
+    return total > 0 ? double(resolution_) / total : 0.0;
+  }
+  // The quantized budget (rounded down, at most the resolution).
+  Quantum time_capacity(std::span<const double> t_dw, std::span<const double> t_dy, double budget) const {
+    return static_cast<Quantum>(std::min<double>(std::floor(budget * time_scale(t_dw, t_dy)), resolution_));
+  }
+
   // Quantizes times: the full backward pass is `resolution_` units; costs (cost_, and stretch_[f],
   // the t_dy from the loss down to f) round up, the budget down. Returns the quantized budget.
   Quantum quantize_time(std::span<const double> t_dw, std::span<const double> t_dy, double budget) {
     const std::size_t n = t_dw.size();
-    double total = 0;
-    for (std::size_t k = 0; k < n; ++k) total += t_dw[k] + t_dy[k];
-    const double scale = total > 0 ? double(resolution_) / total : 0.0;
+    const double scale = time_scale(t_dw, t_dy);
     const auto up = [&](double t) { return static_cast<Quantum>(std::ceil(t * scale)); };
     cost_.resize(n);
     stretch_.resize(n + 1);
@@ -384,7 +426,7 @@ class DPSelector {
       suffix += t_dy[k];
       stretch_[k] = up(suffix);
     }
-    return static_cast<Quantum>(std::min<double>(std::floor(budget * scale), resolution_));
+    return time_capacity(t_dw, t_dy, budget);
   }
 
   Quantum resolution_;

@@ -1,7 +1,8 @@
 // TrainingMemory: the process's peak resident memory while training under a
 // selection, and while the importance probe runs, predicted from what the
 // engine knows (docs/method.md, "The memory budget"):
-//   base            the process when the model was built, less its buffers (Model::base_bytes)
+//   base            the process when the model was built, less its buffers (Model::base_bytes),
+//                   and what the trainer measured beyond it (the kernels of a second thread count)
 //   weights         params' and buffers' values, pinned inputs and outputs
 //   weight copies   frozen params' kept copies (re-laid-out or bf16), while the graph keeps them
 //   activations     the plan's arena: exact, from the memory planner, for any mask; and what
@@ -14,6 +15,8 @@
 //   probe           the probe's copy of the weights it moves (unless spilled to a file), the
 //                   optimizer's preview scratch
 //   checkpoint      a checkpoint's copy of the optimizer's slots (runs that write checkpoints)
+//   selector        the DP's tables while it solves (DPSelector::memory_table_bytes), between
+//                   steps, with the activations given back (solving)
 // Training's peak is the sum; the run's is the larger of training's and the probe's. The DP's
 // additive form (fixed + stretch[f] + sum unit[k]) approximates it; the trainer checks every
 // candidate against the exact figure before installing it.
@@ -37,29 +40,31 @@ inline constexpr double kMiB = 1024.0 * 1024.0;
 
 struct MemoryBreakdown {
   std::int64_t base = 0, weights = 0, weight_copies = 0, activations = 0, gradients = 0, optimizer = 0, scratch = 0,
-               data = 0, probe = 0, checkpoint = 0;
+               data = 0, probe = 0, checkpoint = 0, selector = 0;
 
   std::int64_t total() const {
-    return base + weights + weight_copies + activations + gradients + optimizer + scratch + data + probe + checkpoint;
+    return base + weights + weight_copies + activations + gradients + optimizer + scratch + data + probe + checkpoint +
+           selector;
   }
   // "total 812.3 MiB: base 61.0, weights 97.7, ..." (MiB).
   std::string describe() const {
     return fmt::format(
         "{:.1f} MiB: base {:.1f}, weights {:.1f}, weight copies {:.1f}, activations {:.1f}, gradients {:.1f}, "
-        "optimizer {:.1f}, scratch {:.1f}, data {:.1f}, probe {:.1f}, checkpoint {:.1f}",
+        "optimizer {:.1f}, scratch {:.1f}, data {:.1f}, probe {:.1f}, checkpoint {:.1f}, selector {:.1f}",
         double(total()) / kMiB, double(base) / kMiB, double(weights) / kMiB, double(weight_copies) / kMiB,
         double(activations) / kMiB, double(gradients) / kMiB, double(optimizer) / kMiB, double(scratch) / kMiB,
-        double(data) / kMiB, double(probe) / kMiB, double(checkpoint) / kMiB);
+        double(data) / kMiB, double(probe) / kMiB, double(checkpoint) / kMiB, double(selector) / kMiB);
   }
 };
 
 class TrainingMemory {
  public:
-  // `data_bytes`: what the batch source holds; `slot_count`: the optimizer's slots per param.
-  TrainingMemory(Model& m, std::size_t slot_count, std::int64_t data_bytes = 0)
+  // `data_bytes`: what the batch source holds; `slot_count`: the optimizer's slots per param;
+  // `more_base`: memory the process holds beyond the model's base (measured by the caller).
+  TrainingMemory(Model& m, std::size_t slot_count, std::int64_t data_bytes = 0, std::int64_t more_base = 0)
       : g_(*m.graph), units_(selection_units(*m.graph)), slot_count_(slot_count) {
     const ParamStore& ps = g_.params();
-    fixed_.base = m.base_bytes;
+    fixed_.base = m.base_bytes + more_base;
     fixed_.weights = ps.value_bytes() + g_.pinned_bytes();
     fixed_.scratch = g_.transient_bytes();
     fixed_.data = data_bytes;
@@ -95,6 +100,21 @@ class TrainingMemory {
       if (train[u] || has_slots[u]) b.optimizer += slots_[u];
     }
     b.activations = g_.own_bytes() + arena(param_mask(units_, train, g_.params().size()));
+    return b;
+  }
+
+  // Between steps while the DP solves, the graph's activations given back
+  // (Graph::release_activations): the plan of `current` (units) holds its streamed gradients and
+  // frozen copies, the optimizer the slots of `has_slots`, and the DP its tables
+  // (`table_bytes`).
+  MemoryBreakdown solving(const std::vector<bool>& current, const std::vector<bool>& has_slots,
+                          const std::vector<bool>& recent, bool keep_copies, std::int64_t table_bytes) const {
+    MemoryBreakdown b = training(current, has_slots, recent, keep_copies);
+    b.optimizer = 0;  // slots are made at a param's first step: the plan in force may have none yet
+    for (std::size_t u = 0; u < units_.size(); ++u)
+      if (has_slots[u]) b.optimizer += slots_[u];
+    b.activations = g_.own_bytes();
+    b.selector = table_bytes;
     return b;
   }
 

@@ -41,4 +41,11 @@ inline std::vector<bool> param_mask(const std::vector<Unit>& units, const std::v
   return mask;
 }
 
+// The units whose params `params` (a param mask) selects; a unit's params are selected together.
+inline std::vector<bool> unit_mask_of(const std::vector<Unit>& units, const std::vector<bool>& params) {
+  std::vector<bool> mask(units.size(), false);
+  for (std::size_t u = 0; u < units.size(); ++u) mask[u] = params.at(static_cast<std::size_t>(units[u].params[0]));
+  return mask;
+}
+
 }  // namespace elastic

@@ -41,7 +41,9 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
                       {"selected_units", r.selected_units},
                       {"selection_ms", r.selection_ms},
                       {"memory_mib", r.memory_mib},
-                      {"weight_copies", r.weight_copies}};
+                      {"weight_copies", r.weight_copies},
+                      {"solve_mib", r.solve_mib},
+                      {"memory_resolution", r.memory_resolution}};
   if (!r.unit_importance.empty()) j["unit_importance"] = r.unit_importance;
   return j;
 }
@@ -149,6 +151,9 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
   if (j.contains("windows")) r.windows = json_integer<std::int64_t>(j.at("windows"), "selection windows");
   if (j.contains("memory_mib")) r.memory_mib = json_number(j.at("memory_mib"), "selection memory_mib");
   if (j.contains("weight_copies")) r.weight_copies = j.at("weight_copies").get<bool>();
+  if (j.contains("solve_mib")) r.solve_mib = json_number(j.at("solve_mib"), "selection solve_mib");
+  if (j.contains("memory_resolution"))
+    r.memory_resolution = json_integer<int>(j.at("memory_resolution"), "selection memory_resolution");
   if (j.contains("unit_importance"))
     for (const auto& x : j.at("unit_importance")) r.unit_importance.push_back(json_number(x, "unit_importance"));
   return r;

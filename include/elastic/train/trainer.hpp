@@ -146,6 +146,11 @@ struct SelectionRecord {
   // MiB) and whether frozen weights' copies were kept; 0 without a budget.
   double memory_mib = 0;
   bool weight_copies = true;
+  // With a memory budget: the predicted peak while the DP solved (its tables and what the plan
+  // before it held between steps, MiB) and the memory resolution it solved at (the configured
+  // one, or coarser where its tables would not fit otherwise).
+  double solve_mib = 0;
+  int memory_resolution = 0;
   // Its measurement windows (measured_share < 0: none completed): the means
   // over them of the measured step and of the full step under each window's
   // correction, and their ratio.
@@ -226,9 +231,9 @@ class Trainer {
         fail("the profile has {} units but model '{}' has {}", profile_->units.size(), m_.name, units_.size());
       control_.emplace(*profile_, o_.control);
       if (o_.memory_budget_mib) {
-        memory_.emplace(m_, opt_->slot_count(), o_.other_data_bytes);
         // The probe's buffers, a checkpoint's and copies given up leave the process when freed.
         return_freed_memory();
+        memory_.emplace(m_, opt_->slot_count(), o_.other_data_bytes, other_thread_kernels());
       }
       // Before any probe, the forward passes alone bound what a deadline can buy.
       const double forward_s = double(schedule_.total_steps) * profile_->t_fwd_frozen / 1000;
@@ -493,6 +498,8 @@ class Trainer {
     rec.selection_ms = selection_ms + (clock() - start);
     rec.memory_mib = double(mem.bytes) / kMiB;
     rec.weight_copies = mem.keep_copies;
+    rec.solve_mib = double(mem.solve_bytes) / kMiB;
+    rec.memory_resolution = mem.resolution;
     selections_.push_back(rec);
     open_ = true;
     if (log) {
@@ -502,8 +509,10 @@ class Trainer {
           "selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
           "(rho {:.3f}){}, selected in {:.0f} ms, mask {}",
           epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, rho_,
-          memory_ ? fmt::format(", memory {:.1f} of {:.1f} MiB{}", rec.memory_mib, *o_.memory_budget_mib,
-                                mem.keep_copies ? "" : " (frozen weights' copies given up)")
+          memory_ ? fmt::format(", memory {:.1f} of {:.1f} MiB{} (solving {:.1f} MiB at memory resolution {})",
+                                rec.memory_mib, *o_.memory_budget_mib,
+                                mem.keep_copies ? "" : " (frozen weights' copies given up)", rec.solve_mib,
+                                rec.memory_resolution)
                   : "",
           rec.selection_ms, bits));
     }
@@ -607,6 +616,19 @@ class Trainer {
           *o_.deadline_s, schedule_.total_steps, floor_rho_, needed_s, needed_s * 1.05);
   }
 
+  // With a memory budget, where the time controller may move the kernels to one thread fewer
+  // (TimeControlOptions::adapt_threads): oneDNN's primitive cache keeps the kernels of both
+  // thread counts once both have run, so the other count's are made now, before any plan is
+  // sized, and their memory (measured) is counted in the base. Returns it (bytes).
+  std::int64_t other_thread_kernels() {
+    const int threads = m_.graph->context().threads();
+    if (!o_.control.correct || !o_.control.adapt_threads || threads < 2) return 0;
+    const std::int64_t before = resident_bytes();
+    m_.graph->set_threads(threads - 1);
+    m_.graph->set_threads(threads);
+    return std::max<std::int64_t>(0, resident_bytes() - before);
+  }
+
   // Per unit: whether the optimizer holds its slots (a unit trained before keeps them).
   std::vector<bool> units_with_slots() const {
     std::vector<bool> has(units_.size());
@@ -705,18 +727,30 @@ class Trainer {
   // What the memory budget decided for a selection.
   struct MemoryChoice {
     bool keep_copies = true;
-    std::int64_t bytes = 0;  // its predicted peak (peak_memory)
+    std::int64_t bytes = 0;        // its predicted peak (peak_memory)
+    std::int64_t solve_bytes = 0;  // the predicted peak while the DP solved (TrainingMemory::solving)
+    int resolution = 0;            // the DP's memory resolution
   };
 
   // The DP under the time budget and the memory budget. The DP works on TrainingMemory's
   // additive model; each candidate is checked against the exact peak, and while it is over,
   // the DP's memory budget drops below the candidate's modelled memory by the excess and it
-  // solves again. Solved with frozen
-  // weights' copies kept and given up; copies are kept unless giving them up buys importance.
+  // solves again. Solved with frozen weights' copies kept and given up; copies are kept unless
+  // giving them up buys importance. The DP runs between steps with the activations given back,
+  // its tables in the room the plan in force leaves: at the configured memory resolution, or the
+  // finest whose tables fit.
   Selection select_within_memory(std::span<const double> t_dw, std::span<const double> t_dy, double time_budget,
                                  MemoryChoice& choice) {
     const auto has = units_with_slots();
     const double budget = planned_memory();
+    m_.graph->release_activations();
+    const std::int64_t held =
+        memory_->solving(unit_mask_of(units_, mask_), has, recent_, m_.graph->keeps_weight_copies(), 0).total();
+    const std::int64_t row = dp_.memory_table_bytes(t_dw, t_dy, time_budget, 0);
+    const int resolution = static_cast<int>(
+        std::clamp(std::floor((budget - double(held)) / double(row)) - 1, 1.0, double(o_.memory_resolution)));
+    choice.resolution = resolution;
+    choice.solve_bytes = held + dp_.memory_table_bytes(t_dw, t_dy, time_budget, resolution);
     std::optional<Selection> best;
     for (const bool keep : {true, false}) {
       const auto add = memory_->additive(has, recent_, keep);
@@ -724,17 +758,18 @@ class Trainer {
       for (int attempt = 0; attempt < 16 && dp_budget >= 0; ++attempt) {
         const Selection s =
             dp_.select(t_dw, t_dy, importance_, time_budget,
-                       MemoryModel{add.stretch, add.unit, dp_budget, static_cast<std::int32_t>(o_.memory_resolution)});
+                       MemoryModel{add.stretch, add.unit, dp_budget, static_cast<std::int32_t>(resolution)});
         const std::int64_t exact = peak_memory(s.mask, has, keep).total();
         if (double(exact) <= budget) {
           if (!best || s.importance > best->importance) {
             best = s;
-            choice = {keep, exact};
+            choice.keep_copies = keep;
+            choice.bytes = exact;
           }
           break;
         }
         // The next candidate's modelled memory must be below this one's by at least the excess.
-        dp_budget = std::min(dp_budget, s.memory) - (double(exact) - budget) - dp_budget / o_.memory_resolution;
+        dp_budget = std::min(dp_budget, s.memory) - (double(exact) - budget) - dp_budget / resolution;
       }
     }
     if (best) return *best;
@@ -742,7 +777,8 @@ class Trainer {
     // only slots gathered since can lead here): train nothing until the next probe.
     Selection none;
     none.mask.assign(units_.size(), false);
-    choice = {true, peak_memory(none.mask, has, true).total()};
+    choice.keep_copies = true;
+    choice.bytes = peak_memory(none.mask, has, true).total();
     return none;
   }
 
