@@ -201,6 +201,9 @@ int main(int raw_argc, char** raw_argv) {
       return 0;
     }
     if (mode == "probe") {  // the importance probe, `steps` times in a row (the first pays for first touches)
+      // As under a memory budget, where probes are what the model predicts: the probe's large
+      // buffers leave the process when freed (otherwise a second probe's come from the heap).
+      return_freed_memory();
       auto run_opt = make_optimizer("", name, std::nullopt);
       std::vector<bool> some(m.params().size(), false);
       for (std::size_t k = 0; k < some.size(); k += 3) some[k] = true;

@@ -478,6 +478,7 @@ class Trainer {
     MemoryChoice mem;
     const Selection s = memory_ ? select_within_memory(t_dw, t_dy, c.budget(rho_), mem)
                                 : dp_.select(t_dw, t_dy, importance_, c.budget(rho_));
+    const double dp_ms = clock() - start;
     if (open_) close_selection();
     mask_ = param_mask(units_, s.mask, m_.params().size());
     if (memory_) m_.graph->keep_weight_copies(mem.keep_copies);
@@ -507,14 +508,14 @@ class Trainer {
       for (bool b : s.mask) bits += b ? '1' : '0';
       log(fmt::format(
           "selection at epoch {} ({}): {} of {} units, importance {:.4f}, predicted {:.3f} of a full step "
-          "(rho {:.3f}){}, selected in {:.0f} ms, mask {}",
+          "(rho {:.3f}){}, selected in {:.0f} ms (the DP {:.1f} ms), mask {}",
           epoch + 1, reason, rec.selected_units.size(), units_.size(), rec.importance, rec.predicted_share, rho_,
           memory_ ? fmt::format(", memory {:.1f} of {:.1f} MiB{} (solving {:.1f} MiB at memory resolution {})",
                                 rec.memory_mib, *o_.memory_budget_mib,
                                 mem.keep_copies ? "" : " (frozen weights' copies given up)", rec.solve_mib,
                                 rec.memory_resolution)
                   : "",
-          rec.selection_ms, bits));
+          rec.selection_ms, dp_ms, bits));
     }
   }
 
