@@ -416,7 +416,7 @@ TEST_CASE("the importance probe and the DP count as training time, and the selec
   REQUIRE(tr.selections().size() == 1);
   CHECK(tr.selections()[0].selection_ms == 10);
   CHECK(lines[0].find("selected in 10 ms (the DP 0.0 ms)") != std::string::npos);  // the probe took the 10
-  CHECK(tr.train_epoch(source, 1).train_ms == 120);  // no selection in epoch 1
+  CHECK(tr.train_epoch(source, 1).train_ms == 120);                                // no selection in epoch 1
 }
 
 TEST_CASE("SGDW's learning rate follows the cosine, Adam's stays constant, as in the reference") {
