@@ -1,13 +1,22 @@
 // `elastic step`: one forward and backward of a model on given inputs, with
 // every result written out, so any reference implementation can be compared
-// from outside. Dropout is off and batch norm uses running statistics.
+// from outside. Dropout is off and batch norm uses running statistics. With
+// `--steps N` it trains instead: the inputs are N batches, each taken by one
+// training step (TrainStep, the Trainer's) of every param, with the run's
+// optimizer and cosine schedule; it writes each step's loss and the final
+// params, so a reference can check the whole update rule.
 #pragma once
+
+#include <optional>
 
 #include <CLI/CLI.hpp>
 
 #include "driver/driver.hpp"
 #include "elastic/io/weights.hpp"
 #include "elastic/models/zoo.hpp"
+#include "elastic/optim/optimizer.hpp"
+#include "elastic/optim/schedule.hpp"
+#include "elastic/train/step.hpp"
 
 namespace elastic::cli {
 
@@ -15,6 +24,11 @@ struct StepArgs {
   std::string model_name, weights, inputs, out, precision = "fp32";
   std::int64_t num_classes = 0, input_size = 224;
   int threads = 0;
+  // Training steps (0: one forward and backward, gradients out).
+  std::int64_t steps = 0, schedule_steps = 0;
+  std::string optimizer;
+  float learning_rate = 1e-4f;
+  std::optional<float> weight_decay;
 };
 
 inline void add_step_command(CLI::App& app, StepArgs& a) {
@@ -33,6 +47,20 @@ inline void add_step_command(CLI::App& app, StepArgs& a) {
       ->capture_default_str()
       ->check(cli::non_negative);
   add_precision_option(*c, a.precision);
+  c->add_option("--steps", a.steps,
+                "train instead: N steps of every param, the inputs split into N equal batches; writes loss (N) "
+                "and param/<name> after the last step")
+      ->check(cli::non_negative);
+  c->add_option("--optimizer", a.optimizer, "with --steps: sgd (SGDW, momentum 0.9) or adam [default: the model's]");
+  c->add_option("--learning_rate", a.learning_rate, "with --steps: the initial learning rate of the cosine")
+      ->capture_default_str()
+      ->check(cli::positive);
+  c->add_option("--weight_decay", a.weight_decay,
+                "with --steps: decoupled weight decay [default: 5e-4 with sgd, none with adam]")
+      ->check(cli::non_negative);
+  c->add_option("--schedule_steps", a.schedule_steps,
+                "with --steps: the cosine's length in steps [default: --steps]; step k uses its k-th rate")
+      ->check(cli::non_negative);
 }
 
 inline int run_step(const StepArgs& a) {
@@ -46,10 +74,15 @@ inline int run_step(const StepArgs& a) {
                to_string(want), a.input_size);
   if (static_cast<std::int64_t>(labels.size()) != images.dim(0))
     fail("'{}': {} labels for {} images", a.inputs, labels.size(), images.dim(0));
+  const std::int64_t steps = std::max<std::int64_t>(a.steps, 1);
+  if (images.dim(0) % steps != 0)
+    usage_fail("'{}': {} images do not split into --steps {} equal batches", a.inputs, images.dim(0), a.steps);
+  const std::int64_t batch = images.dim(0) / steps;
   Context ctx(a.threads);
-  Model m = build_named_model(
-      a.model_name, ctx,
-      {.num_classes = a.num_classes, .input_size = a.input_size, .batch = images.dim(0), .precision = precision});
+  ModelOptions options{
+      .num_classes = a.num_classes, .input_size = a.input_size, .batch = batch, .precision = precision};
+  if (a.steps > 0) options.dropout = 0.0f;  // the steps are compared with a reference that has no random draws
+  Model m = build_named_model(a.model_name, ctx, options);
   if (!a.weights.empty())
     io::load_weights(m.params(), a.weights);
   else if (!is_onnx_model(a.model_name))
@@ -59,13 +92,35 @@ inline int run_step(const StepArgs& a) {
     if (l < 0 || l >= a.num_classes) fail("'{}': label {} is outside [0, {})", a.inputs, l, a.num_classes);
     y.push_back(static_cast<std::int32_t>(l));
   }
+  io::SafetensorsWriter w;
+  if (a.steps > 0) {
+    const auto opt = make_optimizer(a.optimizer, m.name, a.weight_decay);
+    const CosineDecay schedule{a.learning_rate, a.schedule_steps > 0 ? a.schedule_steps : a.steps};
+    const std::vector<bool> all(m.params().size(), true);
+    m.graph->select(all);
+    std::vector<float> losses;
+    {
+      TrainStep step(m, *opt);
+      const std::int64_t per_image = images.numel() / images.dim(0);
+      for (std::int64_t k = 0; k < steps; ++k) {
+        Tensor x({batch, 3, a.input_size, a.input_size});
+        std::copy_n(images.data() + k * batch * per_image, batch * per_image, x.data());
+        m.graph->write(m.images, x);
+        m.loss_node().set_labels({y.begin() + k * batch, y.begin() + (k + 1) * batch});
+        losses.push_back(step(std::uint64_t(k), all, schedule(k)).loss());
+      }
+    }
+    w.add_f32("loss", {steps}, losses);
+    for (const auto& p : m.params().params()) w.add_f32("param/" + p.name, p.shape, p.values());
+    w.write(a.out);
+    return 0;
+  }
   m.graph->write(m.images, images);
   m.loss_node().set_labels(y);
   m.graph->select_all();
   m.params().zero_grads();
   m.graph->forward(false);
   m.graph->backward();
-  io::SafetensorsWriter w;
   const Tensor logits = m.graph->read(m.logits);
   w.add_f32("logits", logits.shape(), logits.span());
   const float loss = m.loss_node().loss();

@@ -1,0 +1,172 @@
+#!/usr/bin/python3
+"""The fine-tuning job of `elastic train`, written as a plain PyTorch loop: the peer of
+benchmarks/compare_end_to_end, and the reference of its step check.
+
+What it shares with elastic, point by point:
+  - the model: scripts/export_torchvision.build, whose state-dict names are elastic's, so the same
+    safetensors backbone loads into both;
+  - the data: Fashion-MNIST's IDX files, classes kept and relabelled in order, gray replicated to
+    RGB, resized bilinearly (half-pixel centers, no antialiasing) and normalized with ImageNet's
+    mean and deviation, as elastic's loader does;
+  - the update: SGDW as the reference builds it (momentum 0.9, decoupled decay weight_decay * lr_t
+    applied before the momentum step, lr_t a cosine to 0 over the run's steps), written out by
+    hand: PyTorch's own `weight_decay` is an L2 term on the gradient, which is not the same;
+  - frozen batch-norm statistics (the batch-norm layers in eval mode, their scale and shift
+    trained), the head's dropout active in training.
+
+check_steps(...) runs `elastic step --steps N` and the same N steps here in float64, from the same
+weights on the same batches with dropout off, and compares the losses and each param's change.
+"""
+import copy
+import gzip
+import math
+import os
+import struct
+import subprocess
+import tempfile
+
+import torch
+
+from export_torchvision import build, read_safetensors, write_safetensors
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(dims)
+
+
+def idx_file(data_dir, stem):
+    for name in (stem, stem + ".gz"):
+        if os.path.exists(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    raise SystemExit(f"{data_dir}: no {stem}[.gz]")
+
+
+def fashion_mnist(data_dir, split, classes, size):
+    """(images N x 3 x size x size float32, normalized; labels N int64) of a split ("train" or
+    "t10k"), keeping `classes` relabelled 0.. in their order."""
+    images = read_idx(idx_file(data_dir, f"{split}-images-idx3-ubyte"))
+    labels = read_idx(idx_file(data_dir, f"{split}-labels-idx1-ubyte")).long()
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    relabel = torch.full((256,), -1, dtype=torch.long)
+    for i, c in enumerate(classes):
+        keep |= labels == c
+        relabel[c] = i
+    x = images[keep].float().unsqueeze(1).expand(-1, 3, -1, -1)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return ((x / 255 - MEAN) / STD).contiguous(), relabel[labels[keep]]
+
+
+def freeze_batch_norm(model):
+    """Training mode with batch-norm statistics frozen (their layers in eval mode)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+def cosine(lr, step, total):
+    t = min(max(step, 0), total) / max(total, 1)
+    return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class SGDW:
+    """SGD with momentum 0.9 and decoupled weight decay, as elastic's SGDW:
+    v = m v - lr_t g;  w = w - weight_decay lr_t w + v."""
+
+    def __init__(self, params, weight_decay=5e-4, momentum=0.9):
+        self.params = [p for p in params if p.requires_grad]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.wd, self.m = weight_decay, momentum
+
+    @torch.no_grad()
+    def step(self, lr):
+        for p, v in zip(self.params, self.v):
+            v.mul_(self.m).add_(p.grad, alpha=-lr)
+            p.mul_(1 - self.wd * lr).add_(v)
+            p.grad = None
+
+
+def load_backbone(model, path):
+    """The params and buffers of a safetensors file that `model` has with the same shapes (the
+    head of another class count is left as initialized); returns the names loaded."""
+    state = model.state_dict()
+    loaded = []
+    for name, t in read_safetensors(path).items():
+        if name in state and tuple(state[name].shape) == tuple(t.shape):
+            state[name].copy_(t.to(state[name].dtype))
+            loaded.append(name)
+    return loaded
+
+
+def rel_l2(a, b):
+    a, b = a.double(), b.double()
+    d = b.norm().item()
+    return (a - b).norm().item() / d if d > 0 else (a - b).norm().item()
+
+
+def torch_steps(model, images, labels, steps, lr, weight_decay, dtype):
+    """`steps` training steps of every param of a copy of `model` in `dtype`, dropout off, on
+    `images`/`labels` split into `steps` batches, the cosine over `steps` steps. Returns (losses,
+    {param: its change, float64})."""
+    model = copy.deepcopy(model).to(dtype)
+    for m in model.modules():  # dropout off, as in `elastic step --steps`
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    freeze_batch_norm(model)
+    start = {k: p.detach().double().clone() for k, p in model.named_parameters()}
+    opt = SGDW(model.parameters(), weight_decay)
+    batch = images.shape[0] // steps
+    losses = []
+    for k in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(images[k * batch:(k + 1) * batch].to(dtype)),
+                                                 labels[k * batch:(k + 1) * batch])
+        loss.backward()
+        opt.step(cosine(lr, k, steps))
+        losses.append(loss.item())
+    return losses, {k: p.detach().double() - start[k] for k, p in model.named_parameters()}
+
+
+def check_steps(elastic, model_name, num_classes, size, model, images, labels, steps, lr, weight_decay, threads=2):
+    """`steps` training steps of every param in elastic (`elastic step --steps`) and in PyTorch, from
+    `model`'s weights, on `images`/`labels` split into `steps` batches, dropout off, the cosine over
+    `steps` steps. Both are measured against PyTorch in float64, the exact computation; PyTorch in
+    float32 is the yardstick: a param changes by little against its size over a few steps, so
+    float32's rounding of the weights alone puts a floor under the change's error (1.2e-3 for
+    MobileNetV2's late 1x1 convolutions at lr 0.05, in PyTorch as in elastic).
+    Returns {"losses": [(elastic, float64)], "params": [(name, elastic's error, PyTorch float32's)]}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w, x, out = (os.path.join(tmp, f) for f in ("w.safetensors", "x.safetensors", "o.safetensors"))
+        write_safetensors(w, {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")})
+        write_safetensors(x, {"images": images, "labels": labels})
+        cmd = [elastic, "step", "--model_name", model_name, "--num_classes", str(num_classes), "--input_size",
+               str(size), "--weights", w, "--inputs", x, "--out", out, "--threads", str(threads), "--steps",
+               str(steps), "--optimizer", "sgd", "--learning_rate", str(lr), "--weight_decay", str(weight_decay)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr[-2000:]}")
+        got = read_safetensors(out)
+    exact_losses, exact = torch_steps(model, images, labels, steps, lr, weight_decay, torch.float64)
+    _, single = torch_steps(model, images, labels, steps, lr, weight_decay, torch.float32)
+    start = dict(model.named_parameters())
+    params = []
+    for name, change in exact.items():
+        ours = got[f"param/{name}"].reshape(change.shape).double() - start[name].detach().double()
+        params.append((name, rel_l2(ours, change), rel_l2(single[name], change)))
+    return {"losses": list(zip([float(v) for v in got["loss"]], exact_losses)), "params": params}
+
+
+def build_model(model_name, num_classes, size, memory_format="default"):
+    model = build(model_name, num_classes, size)
+    if memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    return model
