@@ -17,13 +17,16 @@ What it shares with elastic, point by point:
 check_steps(...) runs `elastic step --steps N` and the same N steps here in float64, from the same
 weights on the same batches with dropout off, and compares the losses and each param's change.
 """
+import argparse
 import copy
 import gzip
+import json
 import math
 import os
 import struct
 import subprocess
 import tempfile
+import time
 
 import torch
 
@@ -170,3 +173,115 @@ def build_model(model_name, num_classes, size, memory_format="default"):
     if memory_format == "channels_last":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def head_names(model_name):
+    """The state-dict prefix of the head elastic builds anew for fine-tuning."""
+    return {"mobilenetv2": "classifier.", "resnet50": "fc.", "vgg16": "head.", "vit": "heads."}[model_name]
+
+
+def parse_classes(text):
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(c) for c in text.split(",")]
+
+
+def step_time(model, images, labels, batch, steps):
+    """Seconds per training step (SGDW) after 3 warm-up steps, on the first batches of `images`."""
+    opt = SGDW(model.parameters())
+    t0 = 0.0
+    for k in range(3 + steps):
+        if k == 3:
+            t0 = time.perf_counter()
+        i = (k * batch) % (images.shape[0] - batch)
+        loss = torch.nn.functional.cross_entropy(model(images[i:i + batch]), labels[i:i + batch])
+        loss.backward()
+        opt.step(1e-6)
+    return (time.perf_counter() - t0) / steps
+
+
+def train(args):
+    """The fine-tuning job; writes a JSON of per-epoch training time (evaluation excluded) and
+    test accuracy."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    classes = parse_classes(args.classes)
+    x, y = fashion_mnist(args.data_dir, "train", classes, args.input_size)
+    xt, yt = fashion_mnist(args.data_dir, "t10k", classes, args.input_size)
+    model = build_model(args.model_name, len(classes), args.input_size)
+    head = head_names(args.model_name)
+    loaded = [n for n in load_backbone(model, args.weights) if not n.startswith(head)]
+    fresh = build_model(args.model_name, len(classes), args.input_size)  # the head: torch's own initialization
+    with torch.no_grad():
+        for name, t in fresh.state_dict().items():
+            if name.startswith(head):
+                model.state_dict()[name].copy_(t)
+    fmt = args.memory_format
+    if fmt == "best":  # the faster of the two formats on this machine, timed on 10 steps each
+        times = {}
+        for f in ("default", "channels_last"):
+            m = copy.deepcopy(model)
+            xm = x[:20 * args.batch_size]
+            if f == "channels_last":
+                m, xm = m.to(memory_format=torch.channels_last), xm.contiguous(memory_format=torch.channels_last)
+            times[f] = step_time(freeze_batch_norm(m), xm, y, args.batch_size, 10)
+        fmt = min(times, key=times.get)
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    xt = xt.contiguous(memory_format=memory_format)
+    per_epoch = x.shape[0] // args.batch_size  # drop_last, as elastic's training loader
+    if args.steps_per_epoch:
+        per_epoch = min(per_epoch, args.steps_per_epoch)
+    total = per_epoch * args.num_epochs
+    opt = SGDW(model.parameters(), args.weight_decay)
+    g = torch.Generator().manual_seed(args.seed)
+    epochs, train_s, step = [], 0.0, 0
+    for epoch in range(args.num_epochs):
+        freeze_batch_norm(model)
+        order = torch.randperm(x.shape[0], generator=g)
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        for b in range(per_epoch):
+            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            loss = torch.nn.functional.cross_entropy(model(x[idx].contiguous(memory_format=memory_format)), y[idx])
+            loss.backward()
+            opt.step(cosine(args.learning_rate, step, total))
+            loss_sum += loss.item()
+            step += 1
+        train_s += time.perf_counter() - t0
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for b in range(0, xt.shape[0], 256):
+                correct += (model(xt[b:b + 256]).argmax(1) == yt[b:b + 256]).sum().item()
+        epochs.append({"epoch": epoch + 1, "train_time": train_s, "train_loss": loss_sum / per_epoch,
+                       "test_accuracy": 100.0 * correct / xt.shape[0]})
+        print(f"torch epoch {epoch + 1}: {train_s:.1f} s, test accuracy {epochs[-1]['test_accuracy']:.2f}%",
+              flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"memory_format": fmt, "threads": torch.get_num_threads(), "loaded": len(loaded),
+                   "steps": step, "epochs": epochs}, f)
+
+
+def main():
+    p = argparse.ArgumentParser(description="the fine-tuning job in PyTorch (see the module's text)")
+    p.add_argument("--model_name", default="mobilenetv2")
+    p.add_argument("--input_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--classes", default="5-9")
+    p.add_argument("--data_dir", default=FASHION_MNIST)
+    p.add_argument("--weights", required=True, help="safetensors backbone (elastic's names); the head is new")
+    p.add_argument("--num_epochs", type=int, default=3)
+    p.add_argument("--steps_per_epoch", type=int, default=0)
+    p.add_argument("--learning_rate", type=float, default=0.003)
+    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--memory_format", choices=["default", "channels_last", "best"], default="best")
+    p.add_argument("--out", required=True)
+    train(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()

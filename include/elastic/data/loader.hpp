@@ -160,6 +160,7 @@ class Loader {
         fill(s, sync_worker_);
         lock.lock();
         s.state = Slot::ready;
+        skipped_ += s.skipped;
       }
       held_ = b;
       return finish_get(s, sw);
@@ -174,6 +175,7 @@ class Loader {
     if (b != next_get_) restart_locked(b);
     Slot& s = slot(b);
     ready_cv_.wait(lock, [&] { return s.state == Slot::ready && s.generation == generation_ && s.batch.index == b; });
+    skipped_ += s.skipped;  // counted when delivered: a prefetched batch that a restart drops is not
     next_get_ = b + 1;
     held_ = b;
     return finish_get(s, sw);
@@ -209,7 +211,8 @@ class Loader {
     std::lock_guard lock(mu_);
     return wait_ms_;
   }
-  // Samples left out because their file failed to decode (skip_bad), and the files.
+  // Samples left out of the batches delivered so far because their file failed to decode
+  // (skip_bad), and the files.
   std::int64_t skipped() const {
     std::lock_guard lock(mu_);
     return skipped_;
@@ -223,6 +226,7 @@ class Loader {
   struct Slot {
     enum State { free, filling, ready } state = free;
     std::uint64_t generation = 0;
+    std::int64_t skipped = 0;  // samples of the batch whose file failed to decode
     Batch batch;
     std::exception_ptr error;
   };
@@ -265,6 +269,7 @@ class Loader {
     s.generation = generation_;
     s.batch.index = b;
     s.error = nullptr;
+    s.skipped = 0;
     const std::int64_t first = b * o_.batch;
     s.batch.count = std::min(o_.batch, size() - first);
     w.indices.assign(order_.begin() + first, order_.begin() + first + s.batch.count);
@@ -309,8 +314,8 @@ class Loader {
         } catch (const DecodeError& e) {
           if (!o_.skip_bad) throw;
           std::fill(out, out + pixels, 0.0f);
+          ++s.skipped;
           std::lock_guard lock(mu_);
-          ++skipped_;
           if (failed_.insert(split_.name(sample)).second && warn) warn(fmt::format("skipping {}", e.what()));
           continue;
         }
