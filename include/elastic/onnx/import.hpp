@@ -740,7 +740,9 @@ class Importer {
         refuse(n, "only a slice along one axis with step 1 is supported");
       std::int64_t axis = axes ? axes->v.at(0) : 0;
       if (axis < 0) axis += std::int64_t(x.size());
-      const std::int64_t size = x.at(std::size_t(axis));
+      if (axis < 0 || axis >= std::int64_t(x.size()))
+        refuse(n, fmt::format("axis {} is outside the input's {} dims", axes ? axes->v.at(0) : 0, x.size()));
+      const std::int64_t size = x[std::size_t(axis)];
       std::int64_t b = starts->v[0], e = ends->v.at(0);
       if (b < 0) b += size;
       if (e < 0) e += size;
@@ -903,11 +905,14 @@ class Importer {
     Shape t = target->v;
     std::int64_t known = 1, infer = -1;
     for (std::size_t d = 0; d < t.size(); ++d) {
-      if (t[d] == 0 && attr_int(n, "allowzero", 0) == 0) t[d] = x.at(d);
-      if (t[d] == -1)
+      if (t[d] == 0 && attr_int(n, "allowzero", 0) == 0) {
+        if (d >= x.size()) refuse(n, fmt::format("target dim {} copies a dim that {} does not have", d, to_string(x)));
+        t[d] = x[d];
+      }
+      if (t[d] == -1 && infer < 0)
         infer = std::int64_t(d);
-      else
-        known *= t[d];
+      else if (t[d] < 0 || __builtin_mul_overflow(known, t[d], &known))
+        refuse(n, fmt::format("the target shape {} is not a shape", fmt::join(target->v, "x")));
     }
     if (infer >= 0) t[std::size_t(infer)] = known ? numel(x) / known : 0;
     if (numel(t) != numel(x)) refuse(n, fmt::format("reshapes {} into {}", to_string(x), fmt::join(target->v, "x")));
@@ -1246,6 +1251,8 @@ inline Model import_model(const std::filesystem::path& path, Context& ctx, const
     built.emplace(detail::Importer(path, ctx, o, io).run(r));
   } catch (const dnnl::error& e) {  // a layer configuration the kernels do not take
     fail("'{}': oneDNN refuses a layer of the model: {}", path.string(), e.what());
+  } catch (const std::out_of_range& e) {  // an axis, dim or list index the file gets wrong
+    fail("'{}': the model refers to something it does not have ({})", path.string(), e.what());
   }
   Model m = std::move(*built);
   if (report) *report = r;
