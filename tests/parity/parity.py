@@ -32,16 +32,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 import export_onnx  # noqa: E402
 from export_torchvision import build, read_safetensors, relu6_as_clamp, write_safetensors  # noqa: E402
+from torch_finetune import rel_l2  # noqa: E402
 
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
 BF16_FLOOR, BF16_RATIO, BF16_GRAD_MAX = 1e-2, 1.5, 5e-2
-
-
-def rel_l2(ours, ref):
-    ref = ref.double()
-    denom = ref.norm().item()
-    err = (ours.double() - ref).norm().item()
-    return err / denom if denom > 0 else err
 
 
 def main():
