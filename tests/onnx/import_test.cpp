@@ -139,6 +139,23 @@ std::string error_of(const fs::path& p, const ModelOptions& o = {.num_classes = 
   return "";
 }
 
+// The small classifier's layers after its activation, built by hand: pool, global
+// average pool, linear head. Returns the logits.
+ValueId small_tail(Graph& h, ValueId v) {
+  v = h.add<MaxPool2d>({v}, "pool", PoolOptions{.kernel_h = 2, .kernel_w = 2, .stride_h = 2, .stride_w = 2});
+  v = h.add<GlobalAvgPool>({v}, "gap");
+  return h.add<Linear>({v}, "fc", LinearOptions{.in_features = 4, .out_features = 5});
+}
+
+// Logits of the imported model and of the hand-built graph (input x, logits y) on `images`.
+std::pair<Tensor, Tensor> both_logits(Model& m, Graph& h, ValueId x, ValueId y, const Tensor& images) {
+  m.graph->write(m.images, images);
+  h.write(x, images);
+  m.graph->forward(false);
+  h.forward(false);
+  return {m.graph->read(m.logits), h.read(y)};
+}
+
 }  // namespace
 
 TEST_CASE("an imported ONNX classifier computes what the same layers built by hand compute, with the file's weights") {
@@ -155,6 +172,9 @@ TEST_CASE("an imported ONNX classifier computes what the same layers built by ha
   CHECK(m.num_classes == 5);
   CHECK(m.head_prefixes.empty());
   CHECK(m.batch_norms.size() == 1);
+  // The Relu that alone reads the batch norm's output runs inside the batch norm node.
+  CHECK(m.graph->node_as<BatchNorm2d>(m.batch_norms[0]).activation() == Activation::relu);
+  for (std::size_t v = 0; v < m.graph->size(); ++v) CHECK(m.graph->node(ValueId(v)).type() != "relu");
   // Params and buffers under the file's names, holding the file's values.
   const auto& g = b.m.graph();
   std::map<std::string, std::vector<float>> file;
@@ -180,18 +200,11 @@ TEST_CASE("an imported ONNX classifier computes what the same layers built by ha
       {x}, "conv", Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
   v = h.add<BatchNorm2d>({v}, "bn", BatchNorm2dOptions{.num_features = 4});
   v = h.add<Eltwise>({v}, "relu", Activation::relu);
-  v = h.add<MaxPool2d>({v}, "pool", PoolOptions{.kernel_h = 2, .kernel_w = 2, .stride_h = 2, .stride_w = 2});
-  v = h.add<GlobalAvgPool>({v}, "gap");
-  const ValueId y = h.add<Linear>({v}, "fc", LinearOptions{.in_features = 4, .out_features = 5});
+  const ValueId y = small_tail(h, v);
   h.finalize(1);
   for (auto& q : h.params().params()) std::copy(file[q.name].begin(), file[q.name].end(), q.values().begin());
   for (auto& q : h.params().buffers()) std::copy(file[q.name].begin(), file[q.name].end(), q.values().begin());
-  const Tensor images = random_images({3, 3, 8, 8}, 9);
-  m.graph->write(m.images, images);
-  h.write(x, images);
-  m.graph->forward(false);
-  h.forward(false);
-  const Tensor a = m.graph->read(m.logits), e = h.read(y);
+  const auto [a, e] = both_logits(m, h, x, y, random_images({3, 3, 8, 8}, 9));
   REQUIRE(a.shape() == e.shape());
   double worst = 0, scale = 0;
   for (std::int64_t i = 0; i < a.numel(); ++i) {
@@ -200,6 +213,48 @@ TEST_CASE("an imported ONNX classifier computes what the same layers built by ha
   }
   CHECK(worst == 0.0);
   CHECK(scale > 1e-3);  // not a vacuous comparison
+  fs::remove(p);
+}
+
+// A batch norm output that another node reads as well keeps its own value: the Relu
+// stays a node of its own (fused, the Add would read the activated value).
+TEST_CASE("a Relu is not fused into a batch norm whose output another node reads") {
+  Builder b = small_classifier();
+  auto* nodes = b.m.mutable_graph()->mutable_node();
+  for (auto& n : *nodes)
+    if (n.op_type() == "MaxPool") n.set_input(0, "s");
+  b.node("Add", "/skip/Add", {"r", "n"}, {"s"});
+  // Nodes in topological order: the Add before the MaxPool that reads it.
+  std::rotate(nodes->begin() + 3, nodes->end() - 1, nodes->end());
+  const fs::path p = b.write("elastic_import_shared_bn.onnx");
+  Context ctx(2);
+  Model m = onnx_import::import_model(p, ctx, {.num_classes = 5, .input_size = 8, .batch = 2});
+  CHECK_FALSE(m.graph->node_as<BatchNorm2d>(m.batch_norms[0]).activation().has_value());
+
+  Graph h(ctx);
+  const ValueId x = h.input("x", {2, 3, 8, 8});
+  ValueId c = h.add<Conv2d>(
+      {x}, "conv", Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  const ValueId n = h.add<BatchNorm2d>({c}, "bn", BatchNorm2dOptions{.num_features = 4});
+  const ValueId r = h.add<Eltwise>({n}, "relu", Activation::relu);
+  const ValueId y = small_tail(h, h.add<Add>({r, n}, "skip"));
+  h.finalize(1);
+  for (auto& q : h.params().params()) {
+    const int k = m.params().find(q.name);
+    REQUIRE(k >= 0);
+    const auto from = m.params()[std::size_t(k)].values();
+    std::copy(from.begin(), from.end(), q.values().begin());
+  }
+  for (auto& q : h.params().buffers()) {
+    const int k = m.params().find_buffer(q.name);
+    REQUIRE(k >= 0);
+    const auto from = m.params().buffer(std::size_t(k)).values();
+    std::copy(from.begin(), from.end(), q.values().begin());
+  }
+  const auto [a, e] = both_logits(m, h, x, y, random_images({2, 3, 8, 8}, 4));
+  double worst = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::abs(a[i] - e[i])));
+  CHECK(worst < 1e-6);
   fs::remove(p);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 
 #include <omp.h>
@@ -17,6 +18,28 @@ namespace elastic::host {
 // bf16 values on the host: 16 bits, fp32's exponent; conversion from float
 // rounds to nearest even, as oneDNN's and PyTorch's do.
 using bf16 = Eigen::bfloat16;
+
+// Conversions for loops written over T = float or bf16 that must vectorize
+// (Eigen's bf16 conversion branches on NaN, which stops the vectorizer): to
+// float a shift; to bf16 round to nearest even, as Eigen's and oneDNN's do, a
+// NaN kept a quiet NaN.
+inline float to_float(float v) { return v; }
+inline float to_float(bf16 v) {
+  return std::bit_cast<float>(std::uint32_t{Eigen::numext::bit_cast<std::uint16_t>(v)} << 16);
+}
+template <class T>
+T from_float(float v);
+template <>
+inline float from_float<float>(float v) {
+  return v;
+}
+template <>
+inline bf16 from_float<bf16>(float v) {
+  const auto u = std::bit_cast<std::uint32_t>(v);
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return Eigen::numext::bit_cast<bf16>(static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded));
+}
 
 using Array = Eigen::Map<Eigen::ArrayXf>;
 using ConstArray = Eigen::Map<const Eigen::ArrayXf>;
@@ -50,6 +73,50 @@ void for_chunks(std::int64_t n, F&& f) {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     const std::int64_t lines = (n + 15) / 16;
     walk(std::min(n, lines * t / nt * 16), std::min(n, lines * (t + 1) / nt * 16));
+  }
+}
+
+// Loops written once and compiled twice: for the build's own ISA, and for
+// AVX-512 (F, BW, DQ, VL) when the build lacks it and the CPU has it (a
+// header-only library cannot pick its users' -march; oneDNN's kernels are JIT
+// compiled for the CPU, and host loops beside them should not run at SSE2's
+// width). The body passed to vectorized() must be inlined into the AVX-512
+// copy: give its lambda ELASTIC_INLINE. Results may differ between the two
+// copies in the last bit (AVX-512 contracts multiply-adds).
+#define ELASTIC_INLINE __attribute__((always_inline))
+#if defined(__x86_64__) && !defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#define ELASTIC_AVX512_DISPATCH 1
+inline bool cpu_has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+template <class F>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) void run_avx512(F& f) {
+  f();
+}
+#endif
+
+template <class F>
+void vectorized(F&& f) {
+#ifdef ELASTIC_AVX512_DISPATCH
+  if (cpu_has_avx512()) {
+    run_avx512(f);
+    return;
+  }
+#endif
+  f();
+}
+
+// Calls f(begin, end, thread) on `threads` OpenMP threads, each with one
+// contiguous range of [0, rows) (thread t of nt: rows * t / nt up to
+// rows * (t + 1) / nt), the body compiled as vectorized() does.
+template <class F>
+void parallel_rows(std::int64_t rows, int threads, F&& f) {
+#pragma omp parallel num_threads(threads)
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    vectorized([&]() ELASTIC_INLINE { f(rows * t / nt, rows * (t + 1) / nt, static_cast<int>(t)); });
   }
 }
 

@@ -12,6 +12,8 @@
 
 #include <omp.h>
 
+#include "elastic/core/host_math.hpp"
+
 namespace elastic::detail {
 
 class AffineGrads {
@@ -25,42 +27,48 @@ class AffineGrads {
     partial_.assign(static_cast<std::size_t>(2 * c_ * threads_), 0.0);
     block_.assign(static_cast<std::size_t>(2 * c_ * threads_), 0.0f);
   }
+  int threads() const { return threads_; }
 
   // xhat(r, c) gives the normalized input of row r, feature c (as float); dy
   // holds float or bf16 values (summed as float).
   template <class T, class Xhat>
   void run(std::int64_t rows, const T* dy, Xhat xhat, float* dgamma, float* dbeta) {
     const std::int64_t C = c_;
+    run_with(
+        rows, [=](std::int64_t r, std::int64_t c) ELASTIC_INLINE { return host::to_float(dy[r * C + c]); }, xhat,
+        [](std::int64_t, std::int64_t, float) ELASTIC_INLINE {}, dgamma, dbeta);
+  }
+
+  // The same sums of g(r, c) (as float), each of which is also handed to
+  // emit(r, c, g) (a backward pass writing its input's gradient in the same
+  // sweep). Lambdas passed here should be ELASTIC_INLINE (host::vectorized).
+  template <class G, class Xhat, class Emit>
+  void run_with(std::int64_t rows, G grad, Xhat xhat, Emit emit, float* dgamma, float* dbeta) {
+    const std::int64_t C = c_;
     double* partial = partial_.data();
     float* block = block_.data();
-    int used = 1;
-#pragma omp parallel num_threads(threads_)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp single
-      used = nt;
-      double* acc = partial + 2 * C * t;  // [C] sum dy * xhat, [C] sum dy
+    std::fill(partial_.begin(), partial_.end(), 0.0);
+    host::parallel_rows(rows, threads_, [&](std::int64_t begin, std::int64_t end, int t) ELASTIC_INLINE {
+      double* acc = partial + 2 * C * t;  // [C] sum g * xhat, [C] sum g
       float* __restrict sg = block + 2 * C * t;
       float* __restrict sb = sg + C;
-      std::fill(acc, acc + 2 * C, 0.0);
-      const std::int64_t end = rows * (t + 1) / nt;
-      for (std::int64_t r0 = rows * t / nt; r0 < end; r0 += kBlock) {
+      for (std::int64_t r0 = begin; r0 < end; r0 += kBlock) {
         std::fill(sg, sg + 2 * C, 0.0f);
         for (std::int64_t r = r0; r < std::min(end, r0 + kBlock); ++r) {
-          const T* __restrict d = dy + r * C;
 #pragma omp simd
           for (std::int64_t c = 0; c < C; ++c) {
-            const float g = static_cast<float>(d[c]);
+            const float g = grad(r, c);
+            emit(r, c, g);
             sg[c] += g * xhat(r, c);
             sb[c] += g;
           }
         }
         for (std::int64_t c = 0; c < 2 * C; ++c) acc[c] += double(sg[c]);
       }
-    }
+    });
     for (std::int64_t c = 0; c < C; ++c) {
       double g = 0, b = 0;
-      for (int t = 0; t < used; ++t) {
+      for (int t = 0; t < threads_; ++t) {
         g += partial[2 * C * t + c];
         b += partial[2 * C * t + C + c];
       }

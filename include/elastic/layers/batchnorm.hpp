@@ -1,22 +1,32 @@
-// BatchNorm2d as torch.nn.BatchNorm2d, on oneDNN's batch normalization
-// primitives, in two modes switchable at run time:
+// BatchNorm2d as torch.nn.BatchNorm2d, optionally followed in the same pass by
+// a ReLU or ReLU6 (BatchNorm2dOptions::activation: the node's output is then
+// the activation's). Two modes, switchable at run time:
 //  - frozen (the default; fine-tuning, docs/method.md): normalizes with the
-//    running statistics in training and inference alike; gamma and beta train;
+//    running statistics in training and inference alike; gamma and beta train.
+//    The normalization is a per-channel affine map, run as host loops over the
+//    channels-last rows: forward reads x and writes the activated output in one
+//    sweep; backward_data writes dx = mask * dy * gamma * rstd and, when the
+//    params train, sums their gradients in the same sweep. (oneDNN's kernels
+//    take one sweep for the normalization, one for the activation and, in
+//    backward, sum the gamma/beta gradients even when nothing wants them.)
 //  - batch statistics: training forwards normalize with the batch's mean and
 //    (biased) variance and update the running statistics as torch does
-//    (momentum, unbiased variance); inference uses the running statistics.
-// backward_data is oneDNN's full backward, which also sums the gamma/beta
-// gradients; backward_weights takes those when backward_data ran in the same
-// pass, and otherwise computes the two per-channel sums here (one pass over x
-// and dy), cheaper than oneDNN's backward with a diff_src nobody asked for.
-// Values are f32 or bf16 (the input's type); statistics, gamma and beta fp32.
+//    (momentum, unbiased variance), on oneDNN's primitives (the activation
+//    in place after them); inference uses the running statistics.
+// backward_weights takes the gamma/beta gradients when backward_data summed
+// them in the same pass, and otherwise sums them itself (one sweep over x, the
+// output and dy). Values are f32 or bf16 (the input's type); statistics,
+// gamma and beta fp32.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 #include <vector>
 
 #include "elastic/graph/node.hpp"
+#include "elastic/layers/activation.hpp"
 #include "elastic/layers/affine_grads.hpp"
 
 namespace elastic {
@@ -25,17 +35,35 @@ struct BatchNorm2dOptions {
   std::int64_t num_features = 0;
   float eps = 1e-5f;
   float momentum = 0.1f;
+  // Applied to the output in the same pass: relu or relu6 (nullopt: none).
+  std::optional<Activation> activation = std::nullopt;
 };
 
 class BatchNorm2d final : public Node {
  public:
   BatchNorm2d(std::string name, BatchNorm2dOptions o) : Node(std::move(name)), o_(o) {
     if (o.num_features <= 0) fail("layer '{}' (batchnorm2d): num_features must be positive", this->name());
+    if (o.activation) fuse_activation(*o.activation);
   }
 
   std::string_view type() const override { return "batchnorm2d"; }
   void set_batch_stats(bool on) { batch_stats_ = on; }
   bool batch_stats() const { return batch_stats_; }
+
+  // Whether `kind` can be applied inside the node (fuse_activation).
+  static bool fuses(Activation kind) { return kind == Activation::relu || kind == Activation::relu6; }
+
+  // Applies `kind` (relu or relu6) to the output from now on; before the graph is finalized
+  // (the ONNX importer fuses an activation that reads nothing else).
+  void fuse_activation(Activation kind) {
+    if (!fuses(kind))
+      fail("layer '{}' (batchnorm2d): only relu and relu6 fuse into batch norm, not {}", name(),
+           activation_spec(kind).name);
+    o_.activation = kind;
+    lo_ = 0.0f;
+    hi_ = kind == Activation::relu6 ? 6.0f : std::numeric_limits<float>::infinity();
+  }
+  std::optional<Activation> activation() const { return o_.activation; }
 
   void declare(ParamStore& store) override {
     const Shape c{o_.num_features};
@@ -52,63 +80,75 @@ class BatchNorm2d final : public Node {
     const auto x = in[0].dims();
     expect(x.size() == 4 && x[1] == o_.num_features,
            fmt::format("expects input (N, {}, H, W), got {}", o_.num_features, to_string(x)));
+    expect(in[0] == activation_desc(x, in[0].data_type()), "expects a channels-last input");
     set_output(in[0]);
     const auto& eng = ctx.engine();
     const memory::desc stat_md({o_.num_features}, memory::data_type::f32, memory::format_tag::a);
     const auto affine = flags::use_scale | flags::use_shift;
-    const auto global = affine | flags::use_global_stats;
 
     gamma_ = store[weight_].value;
     beta_ = store[bias_].value;
     rmean_ = store.buffer(running_mean_).value;
     rvar_ = store.buffer(running_var_).value;
-    bmean_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
-    bvar_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
+    const auto C = static_cast<std::size_t>(o_.num_features);
+    bmean_.assign(C, 0.0f);
+    bvar_.assign(C, 0.0f);
     const memory scale(stat_md, eng, gamma_), shift(stat_md, eng, beta_);
-    const memory rmean(stat_md, eng, rmean_), rvar(stat_md, eng, rvar_);
     const memory bmean(stat_md, eng, bmean_.data()), bvar(stat_md, eng, bvar_.data());
 
-    batch_normalization_forward::primitive_desc fwd_g({prop_kind::forward_training, in[0], o_.eps, global},
-                                                      user_scratchpad(), eng);
     batch_normalization_forward::primitive_desc fwd_b({prop_kind::forward_training, in[0], o_.eps, affine},
                                                       user_scratchpad(), eng);
     // oneDNN 2.6 offers backward_data only with gamma = 1, so backward_data runs the
     // full backward and sends gamma/beta gradients to scratch, where
     // backward_weights of the same pass finds them.
-    batch_normalization_backward::primitive_desc bwd_g({prop_kind::backward, in[0], in[0], o_.eps, global},
-                                                       user_scratchpad(), eng, fwd_g);
     batch_normalization_backward::primitive_desc bwd_b({prop_kind::backward, in[0], in[0], o_.eps, affine},
                                                        user_scratchpad(), eng, fwd_b);
-    scratch_.assign(static_cast<std::size_t>(2 * o_.num_features), 0.0f);
+    scratch_.assign(2 * C, 0.0f);
     const memory dscale(stat_md, eng, scratch_.data()), dshift(stat_md, eng, scratch_.data() + o_.num_features);
-    const Args common{{DNNL_ARG_SRC, src()}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
-    const auto with = [&](Args a, std::initializer_list<std::pair<const int, memory>> more) {
-      a.insert(more);
-      return a;
-    };
-    fwd_global_ = Call(batch_normalization_forward(fwd_g),
-                       with(common, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}, {DNNL_ARG_DST, dst()}}));
-    fwd_batch_ = Call(batch_normalization_forward(fwd_b),
-                      with(common, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}, {DNNL_ARG_DST, dst()}}));
+    fwd_batch_ = Call(batch_normalization_forward(fwd_b), {{DNNL_ARG_SRC, src()},
+                                                           {DNNL_ARG_SCALE, scale},
+                                                           {DNNL_ARG_SHIFT, shift},
+                                                           {DNNL_ARG_MEAN, bmean},
+                                                           {DNNL_ARG_VARIANCE, bvar},
+                                                           {DNNL_ARG_DST, dst()}});
+    // With an activation, its backward writes the normalization's output gradient into a
+    // transient, from which the normalization's backward reads.
+    const memory dz = o_.activation ? transient(in[0]) : diff_dst();
     // (oneDNN 2.6's batch-statistics backward also insists on the shift argument.)
-    const Args bwd{{DNNL_ARG_SRC, src()},           {DNNL_ARG_SCALE, scale},         {DNNL_ARG_SHIFT, shift},
-                   {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_SRC, diff_src()}, {DNNL_ARG_DIFF_SCALE, dscale},
-                   {DNNL_ARG_DIFF_SHIFT, dshift}};
-    bwd_global_ =
-        Call(batch_normalization_backward(bwd_g), with(bwd, {{DNNL_ARG_MEAN, rmean}, {DNNL_ARG_VARIANCE, rvar}}));
-    bwd_batch_ =
-        Call(batch_normalization_backward(bwd_b), with(bwd, {{DNNL_ARG_MEAN, bmean}, {DNNL_ARG_VARIANCE, bvar}}));
+    bwd_batch_ = Call(batch_normalization_backward(bwd_b), {{DNNL_ARG_SRC, src()},
+                                                            {DNNL_ARG_SCALE, scale},
+                                                            {DNNL_ARG_SHIFT, shift},
+                                                            {DNNL_ARG_DIFF_DST, dz},
+                                                            {DNNL_ARG_DIFF_SRC, diff_src()},
+                                                            {DNNL_ARG_DIFF_SCALE, dscale},
+                                                            {DNNL_ARG_DIFF_SHIFT, dshift},
+                                                            {DNNL_ARG_MEAN, bmean},
+                                                            {DNNL_ARG_VARIANCE, bvar}});
+    act_fwd_ = act_bwd_ = {};
+    if (o_.activation) {
+      const auto spec = activation_spec(*o_.activation);
+      eltwise_forward::primitive_desc f({prop_kind::forward_training, spec.algorithm, in[0], spec.alpha, spec.beta},
+                                        user_scratchpad(), eng);
+      eltwise_backward::primitive_desc b({spec.algorithm, in[0], in[0], spec.alpha, spec.beta}, user_scratchpad(), eng,
+                                         f);
+      act_fwd_ = Call(eltwise_forward(f), {{DNNL_ARG_SRC, dst()}, {DNNL_ARG_DST, dst()}});
+      act_bwd_ =
+          Call(eltwise_backward(b), {{DNNL_ARG_DST, dst()}, {DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_DIFF_SRC, dz}});
+    }
     rows_ = x[0] * x[2] * x[3];
-    rstd_.assign(static_cast<std::size_t>(o_.num_features), 0.0f);
+    rstd_.assign(C, 0.0f);
+    a_.assign(C, 0.0f);
     grads_.reserve(o_.num_features);
   }
 
   void forward(const RunCtx& run) override {
     if (!uses_batch(run)) {
-      fwd_global_(run.stream);
+      run.stream.wait();
+      forward_frozen();
       return;
     }
     fwd_batch_(run.stream);
+    if (act_fwd_) act_fwd_(run.stream);
     run.stream.wait();
     const float m = o_.momentum;
     const float unbias = rows_ > 1 ? float(rows_) / float(rows_ - 1) : 1.0f;
@@ -120,37 +160,34 @@ class BatchNorm2d final : public Node {
 
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
-    (uses_batch(run) ? bwd_batch_ : bwd_global_)(run.stream);
+    if (uses_batch(run)) {
+      if (act_bwd_) act_bwd_(run.stream);
+      bwd_batch_(run.stream);
+      sums_in_scratch_ = true;
+    } else {
+      run.stream.wait();
+      backward_frozen();
+    }
     data_pass_ = run.pass;
   }
 
-  // d gamma[c] = sum dy * (x - mean[c]) / sqrt(var[c] + eps), d beta[c] = sum dy,
-  // over the N*H*W rows of the channels-last tensors, with the statistics the forward used.
+  // d gamma[c] = sum dz * (x - mean[c]) / sqrt(var[c] + eps), d beta[c] = sum dz, over the
+  // N*H*W rows, with dz the gradient at the normalization's output (dy where the activation
+  // passes it) and the statistics the forward used.
   void backward_weights(const RunCtx& run) override {
     run.stream.wait();
-    if (run.pass != 0 && data_pass_ == run.pass) {
+    if (run.pass != 0 && data_pass_ == run.pass && sums_in_scratch_) {
       std::copy_n(scratch_.data(), o_.num_features, dgamma_);
       std::copy_n(scratch_.data() + o_.num_features, o_.num_features, dbeta_);
       return;
     }
     const bool batch = uses_batch(run);
-    const float* mean = batch ? bmean_.data() : rmean_;
-    const float* var = batch ? bvar_.data() : rvar_;
-    for (std::int64_t c = 0; c < o_.num_features; ++c)
-      rstd_[static_cast<std::size_t>(c)] = static_cast<float>(1.0 / std::sqrt(double(var[c]) + o_.eps));
-    const float* rstd = rstd_.data();
-    const std::int64_t C = o_.num_features;
-    with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
-      const T* x = ptr_as<T>(src());
-      grads_.run(
-          rows_, ptr_as<T>(diff_dst()),
-          [=](std::int64_t r, std::int64_t c) { return (static_cast<float>(x[r * C + c]) - mean[c]) * rstd[c]; },
-          dgamma_, dbeta_);
-    });
+    set_rstd(batch ? bvar_.data() : rvar_);
+    sums(batch ? bmean_.data() : rmean_, dgamma_, dbeta_, false);
   }
 
-  Reads data_reads() const override { return {.inputs = true}; }
-  Reads weights_reads() const override { return {.inputs = true}; }
+  Reads data_reads() const override { return {.inputs = true, .output = o_.activation.has_value()}; }
+  Reads weights_reads() const override { return {.inputs = true, .output = o_.activation.has_value()}; }
 
  protected:
   void on_bind() override {
@@ -161,7 +198,117 @@ class BatchNorm2d final : public Node {
  private:
   bool uses_batch(const RunCtx& run) const { return batch_stats_ && run.training; }
 
+  // In float, as oneDNN's kernels and PyTorch compute it: the frozen map then rounds as
+  // theirs does. (A last-bit difference moves outputs that sit on an activation's kink to
+  // its other side; over a few training steps that showed as a 3e-3 error in the biases'
+  // change, against 3e-6 when rounding alike: tests/parity/train_steps_test.py.)
+  void set_rstd(const float* var) {
+    for (std::int64_t c = 0; c < o_.num_features; ++c)
+      rstd_[static_cast<std::size_t>(c)] = 1.0f / std::sqrt(var[c] + o_.eps);
+  }
+
+  // Calls f(pass) with pass(z) true where the activation passes the gradient at output z
+  // (always without an activation).
+  template <class F>
+  void with_mask(F&& f) const {
+    if (!o_.activation) return f([](float) ELASTIC_INLINE { return true; });
+    const float lo = lo_, hi = hi_;
+    f([=](float z) ELASTIC_INLINE { return (z > lo) & (z < hi); });  // & : no branch, vectorizes
+  }
+
+  // z = act((x - mean) * gamma * rstd + beta) with the running statistics.
+  void forward_frozen() {
+    set_rstd(rvar_);
+    for (std::size_t c = 0; c < a_.size(); ++c) a_[c] = gamma_[c] * rstd_[c];
+    const std::int64_t C = o_.num_features;
+    const float *a = a_.data(), *mean = rmean_, *beta = beta_;
+    const float lo = o_.activation ? lo_ : -std::numeric_limits<float>::infinity(), hi = hi_;
+    const bool clamp = o_.activation.has_value();
+    with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* __restrict x = ptr_as<T>(src());
+      T* __restrict z = ptr_as<T>(dst());
+      host::parallel_rows(rows_, grads_.threads(), [&](std::int64_t begin, std::int64_t end, int) ELASTIC_INLINE {
+        for (std::int64_t i = begin * C; i < end * C; i += C) {
+          if (clamp) {
+#pragma omp simd
+            for (std::int64_t c = 0; c < C; ++c) {
+              float y = (host::to_float(x[i + c]) - mean[c]) * a[c] + beta[c];
+              y = y < lo ? lo : y;  // (not std::min/max: their references defeat vectorizing)
+              y = y > hi ? hi : y;
+              z[i + c] = host::from_float<T>(y);
+            }
+          } else {
+#pragma omp simd
+            for (std::int64_t c = 0; c < C; ++c)
+              z[i + c] = host::from_float<T>((host::to_float(x[i + c]) - mean[c]) * a[c] + beta[c]);
+          }
+        }
+      });
+    });
+  }
+
+  // dx = dz * gamma * rstd with the running statistics; the gamma/beta sums too when the
+  // params train.
+  void backward_frozen() {
+    set_rstd(rvar_);
+    for (std::size_t c = 0; c < a_.size(); ++c) a_[c] = gamma_[c] * rstd_[c];
+    sums_in_scratch_ = trained();
+    if (sums_in_scratch_) {
+      sums(rmean_, scratch_.data(), scratch_.data() + o_.num_features, true);
+      return;
+    }
+    const std::int64_t C = o_.num_features;
+    const float* a = a_.data();
+    with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* __restrict z = ptr_as<T>(dst());
+      const T* __restrict dy = ptr_as<T>(diff_dst());
+      T* __restrict dx = ptr_as<T>(diff_src());
+      with_mask([&](auto pass) {
+        host::parallel_rows(rows_, grads_.threads(), [&](std::int64_t begin, std::int64_t end, int) ELASTIC_INLINE {
+          for (std::int64_t i = begin * C; i < end * C; i += C) {
+#pragma omp simd
+            for (std::int64_t c = 0; c < C; ++c) {
+              const float g = host::to_float(dy[i + c]);
+              dx[i + c] = host::from_float<T>((pass(host::to_float(z[i + c])) ? g : 0.0f) * a[c]);
+            }
+          }
+        });
+      });
+    });
+  }
+
+  // The gamma/beta sums with statistics (mean, rstd_) into (dgamma, dbeta), writing
+  // dx = dz * a_ in the same sweep when `with_dx`.
+  void sums(const float* mean, float* dgamma, float* dbeta, bool with_dx) {
+    const std::int64_t C = o_.num_features;
+    const float *rstd = rstd_.data(), *a = a_.data();
+    with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* x = ptr_as<T>(src());
+      const T* z = ptr_as<T>(dst());
+      const T* dy = ptr_as<T>(diff_dst());
+      T* dx = with_dx ? ptr_as<T>(diff_src()) : nullptr;
+      with_mask([&](auto pass) {
+        const auto grad = [=](std::int64_t r, std::int64_t c) ELASTIC_INLINE {
+          const float g = host::to_float(dy[r * C + c]);
+          return pass(host::to_float(z[r * C + c])) ? g : 0.0f;
+        };
+        const auto xhat = [=](std::int64_t r, std::int64_t c)
+                              ELASTIC_INLINE { return (host::to_float(x[r * C + c]) - mean[c]) * rstd[c]; };
+        if (with_dx)
+          grads_.run_with(
+              rows_, grad, xhat,
+              [=](std::int64_t r, std::int64_t c, float g)
+                  ELASTIC_INLINE { dx[r * C + c] = host::from_float<T>(g * a[c]); },
+              dgamma, dbeta);
+        else
+          grads_.run_with(
+              rows_, grad, xhat, [](std::int64_t, std::int64_t, float) ELASTIC_INLINE {}, dgamma, dbeta);
+      });
+    });
+  }
+
   BatchNorm2dOptions o_;
+  float lo_ = 0, hi_ = 0;  // the activation's clamp (relu: [0, inf), relu6: [0, 6])
   bool batch_stats_ = false;
   int weight_ = -1, bias_ = -1, running_mean_ = -1, running_var_ = -1;
   float *gamma_ = nullptr, *beta_ = nullptr, *dgamma_ = nullptr, *dbeta_ = nullptr;
@@ -169,10 +316,12 @@ class BatchNorm2d final : public Node {
   std::vector<float> bmean_, bvar_;           // (C) statistics of the last training batch
   std::vector<float> scratch_;                // (2, C) gamma/beta gradients of the last backward_data
   std::uint64_t data_pass_ = 0;               // the pass that backward_data last ran in
+  bool sums_in_scratch_ = true;               // whether that backward_data summed them
   std::vector<float> rstd_;                   // (C) 1 / sqrt(var + eps) of the statistics in use
+  std::vector<float> a_;                      // (C) gamma * rstd: the frozen map's slope
   detail::AffineGrads grads_;
   std::int64_t rows_ = 0;  // N*H*W
-  Call fwd_global_, fwd_batch_, bwd_global_, bwd_batch_;
+  Call fwd_batch_, bwd_batch_, act_fwd_, act_bwd_;
 };
 
 }  // namespace elastic

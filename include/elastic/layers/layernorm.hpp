@@ -94,7 +94,8 @@ class LayerNorm final : public Node {
       const T* x = ptr_as<T>(x_);
       grads_.run(
           rows_, ptr_as<T>(dy_),
-          [=](std::int64_t r, std::int64_t e) { return (static_cast<float>(x[r * E + e]) - mean[r]) * rstd[r]; },
+          [=](std::int64_t r, std::int64_t e)
+              ELASTIC_INLINE { return (host::to_float(x[r * E + e]) - mean[r]) * rstd[r]; },
           dgamma_, dbeta_);
     });
   }

@@ -34,15 +34,14 @@ inline ValueId conv(Graph& g, ValueId x, const std::string& name, const ConvSpec
                                      .blocked_output = s.blocked});
 }
 
-inline ValueId bn(Graph& g, ValueId x, const std::string& name, std::int64_t channels) {
-  return g.add<BatchNorm2d>({x}, name, BatchNorm2dOptions{.num_features = channels});
-}
-
-// conv `conv_name`, batch norm `bn_name`, then the activation if any.
+// conv `conv_name`, batch norm `bn_name`, then the activation if any: inside the
+// batch norm node when it fuses there (relu, relu6), else a node `bn_name`_act.
 inline ValueId conv_bn(Graph& g, ValueId x, const std::string& conv_name, const std::string& bn_name, const ConvSpec& s,
                        std::optional<Activation> act) {
-  x = bn(g, conv(g, x, conv_name, s), bn_name, s.out);
-  if (act) x = g.add<Eltwise>({x}, bn_name + "_act", *act);
+  const bool fused = act && BatchNorm2d::fuses(*act);
+  x = g.add<BatchNorm2d>({conv(g, x, conv_name, s)}, bn_name,
+                         BatchNorm2dOptions{.num_features = s.out, .activation = fused ? act : std::nullopt});
+  if (act && !fused) x = g.add<Eltwise>({x}, bn_name + "_act", *act);
   return x;
 }
 

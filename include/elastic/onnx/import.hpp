@@ -619,6 +619,22 @@ class Importer {
       refuse(n, fmt::format("operators of domain '{}' are not supported", n.domain()));
     const auto input = [&](int i) { return value(n.input(i), fmt::format("node '{}' input", n.name())); };
     const auto out = [&](ValueId v) { values_[n.output(0)] = v; };
+    // An activation that batch norm can apply (relu, relu6) goes into the batch norm
+    // node that produces its input, when nothing else reads that batch norm's output.
+    const auto activation = [&](Activation kind) {
+      const ValueId x = input(0);
+      const auto& outputs = model_.graph().output();
+      const bool only_reader =
+          consumers_[n.input(0)].size() == 1 &&
+          std::none_of(outputs.begin(), outputs.end(), [&](const auto& o) { return o.name() == n.input(0); });
+      if (auto* bn = dynamic_cast<BatchNorm2d*>(&graph_->node(x));
+          bn && only_reader && !bn->activation() && BatchNorm2d::fuses(kind)) {
+        bn->fuse_activation(kind);
+        out(x);
+        return;
+      }
+      out(graph_->add<Eltwise>({x}, layer_name(n, index), kind));
+    };
     if (done_.count(index)) return;  // part of a pattern built at its first node
     if (fold(n)) return;
     if (op == "Split") {
@@ -794,7 +810,7 @@ class Importer {
       out(input(0));
       dropped_softmax_ = true;
     } else if (op == "Relu") {
-      out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
+      activation(Activation::relu);
     } else if (op == "Clip") {
       float lo, hi;
       if (opset_ < 11) {
@@ -805,9 +821,9 @@ class Importer {
         hi = scalar_input(n, 2, std::numeric_limits<float>::infinity());
       }
       if (lo == 0.0f && hi == 6.0f)
-        out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu6));
+        activation(Activation::relu6);
       else if (lo == 0.0f && hi >= std::numeric_limits<float>::max())
-        out(g.add<Eltwise>({input(0)}, layer_name(n, index), Activation::relu));
+        activation(Activation::relu);
       else
         refuse(n, fmt::format("Clip to [{}, {}] is not supported (only [0, 6] and [0, inf))", lo, hi));
     } else if (op == "Add") {
