@@ -67,8 +67,8 @@ int main(int argc, char** argv) {
   const int repeats = argc > 1 ? std::atoi(argv[1]) : 100;
   const bool relu = argc > 2 && std::string(argv[2]) == "relu";
   const Activation act = relu ? Activation::relu : Activation::relu6;
-  const std::int64_t shapes[][2] = {{96, 112}, {32, 112}, {144, 56}, {192, 28}, {384, 14}, {960, 7},
-                                    {64, 112}, {256, 56},  {128, 28}, {1024, 14}, {2048, 7}};
+  const std::int64_t shapes[][2] = {{96, 112}, {32, 112}, {144, 56}, {192, 28},  {384, 14}, {960, 7},
+                                    {64, 112}, {256, 56}, {128, 28}, {1024, 14}, {2048, 7}};
   fmt::print("batch norm + {} (frozen statistics), batch 4, 2 threads; median of {} steps, ms: two nodes / one\n",
              relu ? "relu" : "relu6", repeats);
   fmt::print("{:>6} {:>4} {:>5} {:>8}   {:>22} {:>22}\n", "C", "H", "prec", "gamma", "forward", "backward");
