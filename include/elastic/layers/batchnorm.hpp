@@ -216,31 +216,30 @@ class BatchNorm2d final : public Node {
     f([=](float z) ELASTIC_INLINE { return (z > lo) & (z < hi); });  // & : no branch, vectorizes
   }
 
-  // z = act((x - mean) * gamma * rstd + beta) with the running statistics.
-  void forward_frozen() {
+  // rstd_ and a_ = gamma * rstd for the running statistics (the frozen map's slope).
+  void set_slope() {
     set_rstd(rvar_);
     for (std::size_t c = 0; c < a_.size(); ++c) a_[c] = gamma_[c] * rstd_[c];
+  }
+
+  // z = act((x - mean) * gamma * rstd + beta) with the running statistics (without an
+  // activation the clamp is to [-inf, inf], which changes nothing).
+  void forward_frozen() {
+    set_slope();
     const std::int64_t C = o_.num_features;
     const float *a = a_.data(), *mean = rmean_, *beta = beta_;
-    const float lo = o_.activation ? lo_ : -std::numeric_limits<float>::infinity(), hi = hi_;
-    const bool clamp = o_.activation.has_value();
+    const float lo = lo_, hi = hi_;
     with_element(src().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
       const T* __restrict x = ptr_as<T>(src());
       T* __restrict z = ptr_as<T>(dst());
       host::parallel_rows(rows_, grads_.threads(), [&](std::int64_t begin, std::int64_t end, int) ELASTIC_INLINE {
         for (std::int64_t i = begin * C; i < end * C; i += C) {
-          if (clamp) {
 #pragma omp simd
-            for (std::int64_t c = 0; c < C; ++c) {
-              float y = (host::to_float(x[i + c]) - mean[c]) * a[c] + beta[c];
-              y = y < lo ? lo : y;  // (not std::min/max: their references defeat vectorizing)
-              y = y > hi ? hi : y;
-              z[i + c] = host::from_float<T>(y);
-            }
-          } else {
-#pragma omp simd
-            for (std::int64_t c = 0; c < C; ++c)
-              z[i + c] = host::from_float<T>((host::to_float(x[i + c]) - mean[c]) * a[c] + beta[c]);
+          for (std::int64_t c = 0; c < C; ++c) {
+            float y = (host::to_float(x[i + c]) - mean[c]) * a[c] + beta[c];
+            y = y < lo ? lo : y;  // (not std::min/max: their references defeat vectorizing)
+            y = y > hi ? hi : y;
+            z[i + c] = host::from_float<T>(y);
           }
         }
       });
@@ -250,8 +249,7 @@ class BatchNorm2d final : public Node {
   // dx = dz * gamma * rstd with the running statistics; the gamma/beta sums too when the
   // params train.
   void backward_frozen() {
-    set_rstd(rvar_);
-    for (std::size_t c = 0; c < a_.size(); ++c) a_[c] = gamma_[c] * rstd_[c];
+    set_slope();
     sums_in_scratch_ = trained();
     if (sums_in_scratch_) {
       sums(rmean_, scratch_.data(), scratch_.data() + o_.num_features, true);
@@ -308,7 +306,8 @@ class BatchNorm2d final : public Node {
   }
 
   BatchNorm2dOptions o_;
-  float lo_ = 0, hi_ = 0;  // the activation's clamp (relu: [0, inf), relu6: [0, 6])
+  // The activation's clamp: relu [0, inf], relu6 [0, 6], none [-inf, inf].
+  float lo_ = -std::numeric_limits<float>::infinity(), hi_ = std::numeric_limits<float>::infinity();
   bool batch_stats_ = false;
   int weight_ = -1, bias_ = -1, running_mean_ = -1, running_var_ = -1;
   float *gamma_ = nullptr, *beta_ = nullptr, *dgamma_ = nullptr, *dbeta_ = nullptr;
