@@ -5,15 +5,16 @@
 // tensors on the random batch, selects at RHO as elastic training does and
 // writes the selected params' names to FILE (PyTorch trains the same ones);
 // `train FILE` times the step of that selection alone, so the process's peak
-// memory is the elastic step's. `kernels` times full training steps (and the
-// optimizer's share of them), then runs one more step with oneDNN's verbose
-// log on, between marker lines, for benchmarks/kernel_report to attribute.
+// memory is the elastic step's. `kernels [FILE]` times full training steps (or
+// those of the selection in FILE) and the optimizer's share of them, then runs
+// one more step with oneDNN's verbose log on, between marker lines, for
+// benchmarks/kernel_report to attribute.
 // `probe` times the importance probe `steps` times in a row with the model's
 // default optimizer, and a full forward and backward; `probe spill` keeps the
 // weights the probe moves in a temporary file instead of in memory. `--precision bf16`
 // (anywhere) builds the model in bf16 and adds oneDNN's bf16 matmul rate.
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
-//                   [full | select RHO FILE | train FILE | kernels | probe [spill]] [--precision fp32|bf16]
+//                   [full | select RHO FILE | train FILE | kernels [FILE] | probe [spill]] [--precision fp32|bf16]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -109,7 +110,7 @@ int main(int raw_argc, char** raw_argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup] "
-                 "[full | select RHO FILE | train FILE | kernels | probe [spill]]\n");
+                 "[full | select RHO FILE | train FILE | kernels [FILE] | probe [spill]]\n");
     return 2;
   }
   const std::string name = argv[1];
@@ -151,17 +152,22 @@ int main(int raw_argc, char** raw_argv) {
                  name, rho, selected, mask.size(), model.step_ms(sel.mask) / model.full_ms());
       return 0;
     }
-    if (mode == "train" && argc > 8) {  // the step of a selection read from a file; nothing else runs
-      std::ifstream in(argv[8]);
-      if (!in) fail("cannot open '{}'", argv[8]);
+    // The selection written by `select`: one param name per line.
+    const auto read_selection = [&](const char* path) {
+      std::ifstream in(path);
+      if (!in) fail("cannot open '{}'", path);
       std::vector<bool> mask(m.params().size(), false);
       for (std::string line; std::getline(in, line);) {
         if (line.empty()) continue;
         std::size_t k = 0;
         while (k < mask.size() && m.params()[k].name != line) ++k;
-        if (k == mask.size()) fail("'{}': '{}' is not a param of {}", argv[8], line, name);
+        if (k == mask.size()) fail("'{}': '{}' is not a param of {}", path, line, name);
         mask[k] = true;
       }
+      return mask;
+    };
+    if (mode == "train" && argc > 8) {  // the step of a selection read from a file; nothing else runs
+      const std::vector<bool> mask = read_selection(argv[8]);
       m.graph->select(mask);
       TrainStep train_step(m, opt);
       const Summary elastic_step = measure(warmup, steps, [&] { train_step(step++, mask, 1e-4f); });
@@ -173,13 +179,15 @@ int main(int raw_argc, char** raw_argv) {
                  name, json(elastic_step), json(memory.training(units, units, units, true)));
       return 0;
     }
-    if (mode == "kernels") {
+    if (mode == "kernels") {  // of full steps, or of the selection in FILE (`kernels FILE`)
+      const std::vector<bool> mask = argc > 8 ? read_selection(argv[8]) : all;
+      m.graph->select(mask);
       TrainStep train_step(m, opt);
       std::vector<double> update_ms;
       const Summary train = measure(warmup, steps, [&] {
         double ms = 0;
         train_step.forward(step++);
-        train_step.backward(all, 1e-4f, [&](std::span<const int>, const auto& update) {
+        train_step.backward(mask, 1e-4f, [&](std::span<const int>, const auto& update) {
           Stopwatch sw;
           update();
           ms += sw.elapsed_ms();
@@ -191,7 +199,7 @@ int main(int raw_argc, char** raw_argv) {
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
-      train_step(step++, all, 1e-4f);
+      train_step(step++, mask, 1e-4f);
       std::puts("elastic_kernels_end");
       std::fflush(stdout);
       dnnl::set_verbose(0);

@@ -156,6 +156,33 @@ std::pair<Tensor, Tensor> both_logits(Model& m, Graph& h, ValueId x, ValueId y, 
   return {m.graph->read(m.logits), h.read(y)};
 }
 
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  double w = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) w = std::max(w, double(std::abs(a[i] - b[i])));
+  return w;
+}
+double max_abs(const Tensor& a) {
+  double w = 0;
+  for (const float v : a.span()) w = std::max(w, double(std::abs(v)));
+  return w;
+}
+
+// Copies the imported model's params and buffers into the hand-built graph's of the same names.
+void copy_values(Model& m, Graph& h) {
+  for (auto& q : h.params().params()) {
+    const int k = m.params().find(q.name);
+    REQUIRE(k >= 0);
+    const auto from = m.params()[std::size_t(k)].values();
+    std::copy(from.begin(), from.end(), q.values().begin());
+  }
+  for (auto& q : h.params().buffers()) {
+    const int k = m.params().find_buffer(q.name);
+    REQUIRE(k >= 0);
+    const auto from = m.params().buffer(std::size_t(k)).values();
+    std::copy(from.begin(), from.end(), q.values().begin());
+  }
+}
+
 }  // namespace
 
 TEST_CASE("an imported ONNX classifier computes what the same layers built by hand compute, with the file's weights") {
@@ -206,13 +233,90 @@ TEST_CASE("an imported ONNX classifier computes what the same layers built by ha
   for (auto& q : h.params().buffers()) std::copy(file[q.name].begin(), file[q.name].end(), q.values().begin());
   const auto [a, e] = both_logits(m, h, x, y, random_images({3, 3, 8, 8}, 9));
   REQUIRE(a.shape() == e.shape());
-  double worst = 0, scale = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
-    worst = std::max(worst, double(std::abs(a[i] - e[i])));
-    scale = std::max(scale, double(std::abs(e[i])));
-  }
+  const double worst = max_abs_diff(a, e), scale = max_abs(e);
   CHECK(worst == 0.0);
   CHECK(scale > 1e-3);  // not a vacuous comparison
+  fs::remove(p);
+}
+
+// A residual join: the Relu after an Add that nothing else reads runs inside the add node,
+// and the imported network computes what the two nodes compute.
+TEST_CASE("a Relu that alone reads an Add's output is fused into the add") {
+  Builder b = small_classifier();
+  auto* nodes = b.m.mutable_graph()->mutable_node();
+  for (auto& n : *nodes)
+    if (n.op_type() == "Relu") n.set_input(0, "s");
+  b.node("Add", "/join/Add", {"n", "c"}, {"s"});
+  // Nodes in topological order: the Add before the Relu that reads it.
+  std::rotate(nodes->begin() + 2, nodes->end() - 1, nodes->end());
+  const fs::path p = b.write("elastic_import_add_relu.onnx");
+  Context ctx(2);
+  Model m = onnx_import::import_model(p, ctx, {.num_classes = 5, .input_size = 8, .batch = 2});
+  int adds = 0;
+  for (std::size_t v = 0; v < m.graph->size(); ++v) {
+    CHECK(m.graph->node(ValueId(v)).type() != "relu");
+    if (m.graph->node(ValueId(v)).type() != "add") continue;
+    ++adds;
+    CHECK(m.graph->node_as<Add>(ValueId(v)).activation() == Activation::relu);
+  }
+  CHECK(adds == 1);
+  CHECK_FALSE(m.graph->node_as<BatchNorm2d>(m.batch_norms[0]).activation().has_value());
+
+  Graph h(ctx);
+  const ValueId x = h.input("x", {2, 3, 8, 8});
+  const ValueId c = h.add<Conv2d>(
+      {x}, "conv", Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  const ValueId n = h.add<BatchNorm2d>({c}, "bn", BatchNorm2dOptions{.num_features = 4});
+  const ValueId r = h.add<Eltwise>({h.add<Add>({n, c}, "join")}, "relu", Activation::relu);
+  const ValueId y = small_tail(h, r);
+  h.finalize(1);
+  copy_values(m, h);
+  const auto [a, e] = both_logits(m, h, x, y, random_images({2, 3, 8, 8}, 6));
+  const double worst = max_abs_diff(a, e), scale = max_abs(e);
+  CHECK(worst == 0.0);
+  CHECK(scale > 1e-3);
+  fs::remove(p);
+}
+
+// The same join read a second time under another name (an Identity's output): the Relu
+// stays a node of its own.
+TEST_CASE("a Relu is not fused into an add whose output another node reads under another name") {
+  Builder b = small_classifier();
+  auto* nodes = b.m.mutable_graph()->mutable_node();
+  for (auto& n : *nodes) {
+    if (n.op_type() == "Relu") n.set_input(0, "t");
+    if (n.op_type() == "MaxPool") n.set_input(0, "u");
+  }
+  b.node("Add", "/join/Add", {"n", "c"}, {"s"});
+  b.node("Identity", "/same/Identity", {"s"}, {"t"});
+  b.node("Add", "/again/Add", {"r", "s"}, {"u"});
+  // Nodes in topological order: conv, bn, join, identity, relu, again, pool, ...
+  std::rotate(nodes->begin() + 2, nodes->end() - 3, nodes->end() - 1);
+  std::rotate(nodes->begin() + 5, nodes->end() - 1, nodes->end());
+  const fs::path p = b.write("elastic_import_add_identity.onnx");
+  Context ctx(2);
+  Model m = onnx_import::import_model(p, ctx, {.num_classes = 5, .input_size = 8, .batch = 2});
+  int relus = 0;
+  for (std::size_t v = 0; v < m.graph->size(); ++v) {
+    relus += m.graph->node(ValueId(v)).type() == "relu";
+    if (m.graph->node(ValueId(v)).type() == "add")
+      CHECK_FALSE(m.graph->node_as<Add>(ValueId(v)).activation().has_value());
+  }
+  CHECK(relus == 1);
+
+  Graph h(ctx);
+  const ValueId x = h.input("x", {2, 3, 8, 8});
+  const ValueId c = h.add<Conv2d>(
+      {x}, "conv", Conv2dOptions{.in_channels = 3, .out_channels = 4, .kernel_h = 3, .kernel_w = 3, .padding = 1});
+  const ValueId n = h.add<BatchNorm2d>({c}, "bn", BatchNorm2dOptions{.num_features = 4});
+  const ValueId s = h.add<Add>({n, c}, "join");
+  const ValueId r = h.add<Eltwise>({s}, "relu", Activation::relu);
+  const ValueId y = small_tail(h, h.add<Add>({r, s}, "again"));
+  h.finalize(1);
+  copy_values(m, h);
+  const auto [a, e] = both_logits(m, h, x, y, random_images({2, 3, 8, 8}, 7));
+  const double worst = max_abs_diff(a, e);
+  CHECK(worst == 0.0);
   fs::remove(p);
 }
 
@@ -239,21 +343,9 @@ TEST_CASE("a Relu is not fused into a batch norm whose output another node reads
   const ValueId r = h.add<Eltwise>({n}, "relu", Activation::relu);
   const ValueId y = small_tail(h, h.add<Add>({r, n}, "skip"));
   h.finalize(1);
-  for (auto& q : h.params().params()) {
-    const int k = m.params().find(q.name);
-    REQUIRE(k >= 0);
-    const auto from = m.params()[std::size_t(k)].values();
-    std::copy(from.begin(), from.end(), q.values().begin());
-  }
-  for (auto& q : h.params().buffers()) {
-    const int k = m.params().find_buffer(q.name);
-    REQUIRE(k >= 0);
-    const auto from = m.params().buffer(std::size_t(k)).values();
-    std::copy(from.begin(), from.end(), q.values().begin());
-  }
+  copy_values(m, h);
   const auto [a, e] = both_logits(m, h, x, y, random_images({2, 3, 8, 8}, 4));
-  double worst = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::abs(a[i] - e[i])));
+  const double worst = max_abs_diff(a, e);
   CHECK(worst < 1e-6);
   fs::remove(p);
 }

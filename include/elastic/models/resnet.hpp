@@ -36,8 +36,7 @@ inline Model resnet50(Context& ctx, const ModelOptions& o) {
       if (b == 0)
         shortcut = conv_bn(*g, x, p + "downsample.0", p + "downsample.1", {.in = in, .out = out, .stride = stride},
                            std::nullopt);
-      x = g->add<Add>({h, shortcut}, p + "add");
-      x = g->add<Eltwise>({x}, p + "relu", Activation::relu);
+      x = g->add<Add>({h, shortcut}, p + "add", Activation::relu);  // the block's ReLU inside the add
       in = out;
     }
   }

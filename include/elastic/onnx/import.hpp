@@ -619,17 +619,25 @@ class Importer {
       refuse(n, fmt::format("operators of domain '{}' are not supported", n.domain()));
     const auto input = [&](int i) { return value(n.input(i), fmt::format("node '{}' input", n.name())); };
     const auto out = [&](ValueId v) { values_[n.output(0)] = v; };
-    // An activation that batch norm can apply (relu, relu6) goes into the batch norm
-    // node that produces its input, when nothing else reads that batch norm's output.
+    // An activation that batch norm or add can apply (relu, relu6) goes into the batch
+    // norm or add node that produces its input, when nothing else reads that node's output
+    // (under its name, or another name for the same value: an Identity's output).
     const auto activation = [&](Activation kind) {
       const ValueId x = input(0);
       const auto& outputs = model_.graph().output();
       const bool only_reader =
           consumers_[n.input(0)].size() == 1 &&
-          std::none_of(outputs.begin(), outputs.end(), [&](const auto& o) { return o.name() == n.input(0); });
+          std::none_of(outputs.begin(), outputs.end(), [&](const auto& o) { return o.name() == n.input(0); }) &&
+          std::count_if(values_.begin(), values_.end(), [&](const auto& named) { return named.second == x; }) == 1;
       if (auto* bn = dynamic_cast<BatchNorm2d*>(&graph_->node(x));
           bn && only_reader && !bn->activation() && BatchNorm2d::fuses(kind)) {
         bn->fuse_activation(kind);
+        out(x);
+        return;
+      }
+      if (auto* add = dynamic_cast<Add*>(&graph_->node(x));
+          add && only_reader && !add->activation() && Add::fuses(kind)) {
+        add->fuse_activation(kind);
         out(x);
         return;
       }
