@@ -1,7 +1,12 @@
-// Linear as torch.nn.Linear: y = x W^T + b, W (out, in) in torch's layout, on
-// oneDNN's inner product primitives (forward, backward_data, backward_weights
-// with the bias gradient in the same kernel). Token-wise 3-D input (N, T, in)
-// runs as N*T rows through 2-D views of the same buffers.
+// Linear as torch.nn.Linear: y = x W^T + b, W (out, in) in torch's layout.
+// Forward is oneDNN's matmul reading W^T through strides (its brgemm kernel;
+// the inner product's gemm runs this product up to 1.5x slower where in_features
+// exceeds out_features: benchmarks/RESULTS.md); backward_data and
+// backward_weights (with the bias gradient in the same kernel) are oneDNN's
+// inner product primitives, faster there than matmuls. No weight is
+// re-laid-out (a bf16 graph's kernels read a bf16 copy of the same layout).
+// Token-wise 3-D input (N, T, in) runs as N*T rows through 2-D views of the
+// same buffers.
 #pragma once
 
 #include <string>
@@ -55,9 +60,14 @@ class Linear final : public Node {
     for (auto* m : {&x_, &dx_}) *m = memory(x2, eng, static_cast<void*>(nullptr));
     for (auto* m : {&y_, &dy_}) *m = memory(y2, eng, static_cast<void*>(nullptr));
 
-    inner_product_forward::primitive_desc fwd({prop_kind::forward_training, x2, w, b, y2}, user_scratchpad(), eng);
-    inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, fwd);
-    inner_product_backward_weights::primitive_desc bwd_w({x2, dw, b, y2}, user_scratchpad(), eng, fwd);
+    // The inner product's forward descriptor is the backward passes' hint; it never runs.
+    inner_product_forward::primitive_desc hint({prop_kind::forward_training, x2, w, b, y2}, user_scratchpad(), eng);
+    inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, hint);
+    inner_product_backward_weights::primitive_desc bwd_w({x2, dw, b, y2}, user_scratchpad(), eng, hint);
+    const memory::desc wt({o_.in_features, o_.out_features}, dt, memory::format_tag::ba),
+        b_row = o_.bias ? memory::desc({1, o_.out_features}, f32, memory::format_tag::ab) : memory::desc();
+    const matmul::primitive_desc fwd(o_.bias ? matmul::desc(x2, wt, b_row, y2) : matmul::desc(x2, wt, y2),
+                                     user_scratchpad(), eng);
     const Param& wp = store[weight_];
     const memory wg = grad_memory(weight_, dw);
     memory wv(w, eng, wp.value);
@@ -66,13 +76,15 @@ class Linear final : public Node {
       wv = memory(w, eng, static_cast<void*>(nullptr));
       w_ = DerivedWeight(memory(dw, eng, wp.value), wv, transient(w, kWeightCopySlot));
     }
-    Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, y_}};
+    wv_ = wv;
+    wt_ = memory(wt, eng, wp.value);  // W^T: the same buffer as wv_ (rebound in on_bind)
+    Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt_}, {DNNL_ARG_DST, y_}};
     Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
     if (o_.bias) {
-      fa[DNNL_ARG_BIAS] = memory(b, eng, store[bias_].value);
+      fa[DNNL_ARG_BIAS] = memory(b_row, eng, store[bias_].value);
       wa[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, b);
     }
-    fwd_ = Call(inner_product_forward(fwd), fa);
+    fwd_ = Call(matmul(fwd), fa);
     bwd_data_ = Call(inner_product_backward_data(bwd_d),
                      {{DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DIFF_SRC, dx_}});
     bwd_weights_ = Call(inner_product_backward_weights(bwd_w), wa);
@@ -95,6 +107,7 @@ class Linear final : public Node {
  protected:
   void on_bind() override {
     w_.bind(trained());
+    wt_.set_data_handle(wv_.get_data_handle());
     x_.set_data_handle(src().get_data_handle());
     dx_.set_data_handle(diff_src().get_data_handle());
     y_.set_data_handle(dst().get_data_handle());
@@ -105,6 +118,7 @@ class Linear final : public Node {
   LinearOptions o_;
   int weight_ = -1, bias_ = -1;
   dnnl::memory x_, dx_, y_, dy_;  // 2-D (rows, features) views of the bound buffers
+  dnnl::memory wv_, wt_;          // the weight the kernels read, as W (out, in) and as W^T (in, out)
   Call fwd_, bwd_data_, bwd_weights_;
   DerivedWeight w_;  // bf16 weights (bf16 graphs only)
 };

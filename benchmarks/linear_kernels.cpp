@@ -1,0 +1,99 @@
+// Which oneDNN primitive runs each pass of a linear layer fastest, on ViT-B/16's
+// four shapes at batch 4 (788 token rows), W (out, in) in torch's layout:
+//   forward:          inner product (W as it is) | matmul reading W^T through strides
+//   backward_data:    inner product | matmul dY W
+//   backward_weights: inner product (bias sums in the kernel) | matmul dY^T X, then a reduction for the bias
+// The two candidates of a pass alternate, `rounds` rounds of 10 runs each; the
+// figure is the best median of a round, in ms and GFLOP/s. Linear uses the
+// faster of each (include/elastic/layers/linear.hpp).
+// Usage: linear_kernels [threads] [rounds]
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "elastic/core/context.hpp"
+#include "elastic/core/timer.hpp"
+
+using namespace elastic;
+
+namespace {
+
+double median_ms(Context& ctx, const std::function<void()>& run) {
+  std::vector<double> ms;
+  for (int i = 0; i < 10; ++i) {
+    Stopwatch sw;
+    run();
+    ctx.wait();
+    ms.push_back(sw.elapsed_ms());
+  }
+  return summarize(ms).median;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace dnnl;
+  using tag = memory::format_tag;
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2, rounds = argc > 2 ? std::atoi(argv[2]) : 5;
+  Context ctx(threads);
+  const auto& eng = ctx.engine();
+  auto& s = ctx.stream();
+  const auto f32 = memory::data_type::f32;
+  const memory::dim M = 4 * 197;
+  fmt::print("linear passes, {} rows, {} threads: best median of {} rounds, ms (GFLOP/s)\n", M, threads, rounds);
+  fmt::print("{:>5} {:>5}  {:>28} {:>28} {:>28}\n", "in", "out", "forward: ip | matmul", "bwd_data: ip | matmul",
+             "bwd_weights: ip | matmul");
+  for (const auto [IC, OC] : {std::pair<memory::dim, memory::dim>{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}}) {
+    const memory::desc X({M, IC}, f32, tag::ab), Y({M, OC}, f32, tag::ab), W({OC, IC}, f32, tag::ab),
+        Wt({IC, OC}, f32, tag::ba), B({OC}, f32, tag::a), Brow({1, OC}, f32, tag::ab), DYt({OC, M}, f32, tag::ba);
+    std::vector<float> x(std::size_t(M * IC), 0.01f), y(std::size_t(M * OC), 0.02f), w(std::size_t(OC * IC), 0.03f),
+        dw(w.size()), dx(x.size()), b(std::size_t(OC), 0.1f), db(b.size());
+    const memory mx(X, eng, x.data()), my(Y, eng, y.data()), mdyt(DYt, eng, y.data()), mw(W, eng, w.data()),
+        mwt(Wt, eng, w.data()), mdw(W, eng, dw.data()), mdx(X, eng, dx.data()), mb(B, eng, b.data()),
+        mbrow(Brow, eng, b.data()), mdb(B, eng, db.data()), mdbrow(Brow, eng, db.data());
+    const inner_product_forward::primitive_desc hint({prop_kind::forward_training, X, W, B, Y}, eng);
+    const inner_product_forward ip_f(hint);
+    const inner_product_backward_data ip_d(inner_product_backward_data::primitive_desc({X, W, Y}, eng, hint));
+    const inner_product_backward_weights ip_w(inner_product_backward_weights::primitive_desc({X, W, B, Y}, eng, hint));
+    const matmul mm_f(matmul::primitive_desc(matmul::desc(X, Wt, Brow, Y), eng));
+    const matmul mm_d(matmul::primitive_desc(matmul::desc(Y, W, X), eng));
+    const matmul mm_w(matmul::primitive_desc(matmul::desc(DYt, X, W), eng));
+    const reduction sum_b(
+        reduction::primitive_desc(reduction::desc(algorithm::reduction_sum, Y, Brow, 0.0f, 0.0f), eng));
+    const std::function<void()> runs[6] = {
+        [&] {
+          ip_f.execute(s, {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_BIAS, mb}, {DNNL_ARG_DST, my}});
+        },
+        [&] {
+          mm_f.execute(s, {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mwt}, {DNNL_ARG_BIAS, mbrow}, {DNNL_ARG_DST, my}});
+        },
+        [&] {
+          ip_d.execute(s, {{DNNL_ARG_DIFF_DST, my}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
+        },
+        [&] {
+          mm_d.execute(s, {{DNNL_ARG_SRC, my}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, mdx}});
+        },
+        [&] {
+          ip_w.execute(
+              s,
+              {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, my}, {DNNL_ARG_DIFF_WEIGHTS, mdw}, {DNNL_ARG_DIFF_BIAS, mdb}});
+        },
+        [&] {
+          mm_w.execute(s, {{DNNL_ARG_SRC, mdyt}, {DNNL_ARG_WEIGHTS, mx}, {DNNL_ARG_DST, mdw}});
+          sum_b.execute(s, {{DNNL_ARG_SRC, my}, {DNNL_ARG_DST, mdbrow}});
+        }};
+    double best[6];
+    std::fill(std::begin(best), std::end(best), 1e30);
+    for (int r = 0; r < rounds; ++r)
+      for (int k = 0; k < 6; ++k) best[k] = std::min(best[k], median_ms(ctx, runs[k]));
+    const double gflop = 2.0 * double(M) * double(IC) * double(OC) * 1e-9;
+    const auto cell = [&](int k) {
+      return fmt::format("{:6.2f} ({:3.0f}) | {:6.2f} ({:3.0f})", best[k], gflop / best[k] * 1e3, best[k + 1],
+                         gflop / best[k + 1] * 1e3);
+    };
+    fmt::print("{:>5} {:>5}  {:>28} {:>28} {:>28}\n", IC, OC, cell(0), cell(2), cell(4));
+  }
+}
