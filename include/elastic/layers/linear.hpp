@@ -1,9 +1,10 @@
 // Linear as torch.nn.Linear: y = x W^T + b, W (out, in) in torch's layout.
 // Forward is oneDNN's matmul reading W^T through strides (its brgemm kernel;
-// the inner product's gemm runs this product up to 1.5x slower where in_features
-// exceeds out_features: benchmarks/RESULTS.md); backward_data and
-// backward_weights (with the bias gradient in the same kernel) are oneDNN's
-// inner product primitives, faster there than matmuls. No weight is
+// the inner product's gemm runs this product 3-4% slower, and 1.3x slower at
+// 3072 -> 768: benchmarks/linear_kernels); backward_data and backward_weights
+// (with the bias gradient in the same kernel) are oneDNN's inner product
+// primitives (a matmul and a reduction take 1.1-1.65x longer for the weight
+// gradient; backward_data is about even). No weight is
 // re-laid-out (a bf16 graph's kernels read a bf16 copy of the same layout).
 // Token-wise 3-D input (N, T, in) runs as N*T rows through 2-D views of the
 // same buffers.
