@@ -1,15 +1,19 @@
-// Which oneDNN primitive runs each pass of a linear layer fastest, on ViT-B/16's
-// four shapes at batch 4 (788 token rows), W (out, in) in torch's layout:
+// Which oneDNN primitive runs each pass of a linear layer fastest, W (out, in)
+// in torch's layout, on ViT-B/16's four shapes at batch 4 (788 token rows), or
+// with `resnet` on ResNet50's 1x1 convolutions at batch 4, 224x224 (rows N*H*W,
+// which the engine runs as these products):
 //   forward:          inner product (W as it is) | matmul reading W^T through strides
 //   backward_data:    inner product | matmul dY W
 //   backward_weights: inner product (bias sums in the kernel) | matmul dY^T X, then a reduction for the bias
 // The two candidates of a pass alternate, `rounds` rounds of 10 runs each; the
 // figure is the best median of a round, in ms and GFLOP/s. Linear uses the
 // faster of each (include/elastic/layers/linear.hpp).
-// Usage: linear_kernels [threads] [rounds]
+// Usage: linear_kernels [threads] [rounds] [vit|resnet]
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -42,11 +46,18 @@ int main(int argc, char** argv) {
   const auto& eng = ctx.engine();
   auto& s = ctx.stream();
   const auto f32 = memory::data_type::f32;
-  const memory::dim M = 4 * 197;
-  fmt::print("linear passes, {} rows, {} threads: best median of {} rounds, ms (GFLOP/s)\n", M, threads, rounds);
-  fmt::print("{:>5} {:>5}  {:>28} {:>28} {:>28}\n", "in", "out", "forward: ip | matmul", "bwd_data: ip | matmul",
-             "bwd_weights: ip | matmul");
-  for (const auto [IC, OC] : {std::pair<memory::dim, memory::dim>{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}}) {
+  const bool resnet = argc > 3 && std::string(argv[3]) == "resnet";
+  using Shape3 = std::tuple<memory::dim, memory::dim, memory::dim>;  // rows, in, out
+  const std::vector<Shape3> shapes =
+      resnet ? std::vector<Shape3>{{12544, 64, 64},  {12544, 64, 256}, {12544, 256, 64},
+                                   {3136, 512, 128}, {3136, 128, 512}, {784, 1024, 256},
+                                   {784, 256, 1024}, {196, 2048, 512}, {196, 512, 2048}}
+             : std::vector<Shape3>{{788, 768, 2304}, {788, 768, 768}, {788, 768, 3072}, {788, 3072, 768}};
+  fmt::print("linear passes ({} shapes), {} threads: best median of {} rounds, ms (GFLOP/s)\n",
+             resnet ? "ResNet50 1x1 convolution" : "ViT", threads, rounds);
+  fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28}\n", "rows", "in", "out", "forward: ip | matmul",
+             "bwd_data: ip | matmul", "bwd_weights: ip | matmul");
+  for (const auto& [M, IC, OC] : shapes) {
     const memory::desc X({M, IC}, f32, tag::ab), Y({M, OC}, f32, tag::ab), W({OC, IC}, f32, tag::ab),
         Wt({IC, OC}, f32, tag::ba), B({OC}, f32, tag::a), Brow({1, OC}, f32, tag::ab), DYt({OC, M}, f32, tag::ba);
     std::vector<float> x(std::size_t(M * IC), 0.01f), y(std::size_t(M * OC), 0.02f), w(std::size_t(OC * IC), 0.03f),
@@ -94,6 +105,6 @@ int main(int argc, char** argv) {
       return fmt::format("{:6.2f} ({:3.0f}) | {:6.2f} ({:3.0f})", best[k], gflop / best[k] * 1e3, best[k + 1],
                          gflop / best[k + 1] * 1e3);
     };
-    fmt::print("{:>5} {:>5}  {:>28} {:>28} {:>28}\n", IC, OC, cell(0), cell(2), cell(4));
+    fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28}\n", M, IC, OC, cell(0), cell(2), cell(4));
   }
 }
