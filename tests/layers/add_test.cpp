@@ -10,6 +10,7 @@
 namespace layers_add_test {
 
 using namespace elastic;
+using testing::max_abs_diff;
 
 TEST_CASE("add sums two images, or broadcasts an (N, C, 1, 1) term over one, with exact gradients") {
   for (const Shape& b_shape : {Shape{2, 5, 4, 3}, Shape{2, 5, 1, 1}}) {
@@ -66,12 +67,6 @@ std::pair<Tensor, Tensor> away_from_kinks(const Shape& b_shape, std::uint64_t se
     a[i] = s - b[b.numel() == a.numel() ? i : i / per_b];
   }
   return {a, b};
-}
-
-double max_abs_diff(const Tensor& x, const Tensor& y) {
-  double w = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) w = std::max(w, double(std::abs(x[i] - y[i])));
-  return w;
 }
 }  // namespace
 

@@ -10,6 +10,7 @@
 namespace layers_batchnorm_test {
 
 using namespace elastic;
+using testing::max_abs_diff;
 
 namespace {
 struct Bn {
@@ -104,12 +105,6 @@ struct Unfused {
     g.finalize(4);
   }
 };
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  double w = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) w = std::max(w, double(std::abs(a[i] - b[i])));
-  return w;
-}
 }  // namespace
 
 TEST_CASE("frozen batch norm normalizes with the running statistics, in training too") {

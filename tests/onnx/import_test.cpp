@@ -6,11 +6,14 @@
 #include <doctest/doctest.h>
 
 #include "elastic/core/random.hpp"
+#include "elastic/testing/gradcheck.hpp"
 
 // One namespace per test file: the tests of a directory build as one translation unit.
 namespace onnx_import_test {
 
 using namespace elastic;
+using testing::max_abs;
+using testing::max_abs_diff;
 namespace fs = std::filesystem;
 
 namespace {
@@ -156,16 +159,6 @@ std::pair<Tensor, Tensor> both_logits(Model& m, Graph& h, ValueId x, ValueId y, 
   return {m.graph->read(m.logits), h.read(y)};
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  double w = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) w = std::max(w, double(std::abs(a[i] - b[i])));
-  return w;
-}
-double max_abs(const Tensor& a) {
-  double w = 0;
-  for (const float v : a.span()) w = std::max(w, double(std::abs(v)));
-  return w;
-}
 
 // Copies the imported model's params and buffers into the hand-built graph's of the same names.
 void copy_values(Model& m, Graph& h) {

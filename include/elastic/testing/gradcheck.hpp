@@ -4,7 +4,9 @@
 // L = sum(r * y) for a fixed random r, computed in double precision.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -124,6 +126,21 @@ inline Tensor random_input(Graph& g, ValueId in, std::uint64_t seed, float lo = 
   for (auto& v : x.span()) v = rng.uniform(lo, hi);
   g.write(in, x);
   return x;
+}
+
+// Largest |a[i] - b[i]| over two tensors of the same shape (refused otherwise).
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) throw std::invalid_argument("max_abs_diff: tensors of different shapes");
+  double w = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) w = std::max(w, std::abs(double(a[i]) - double(b[i])));
+  return w;
+}
+
+// Largest |a[i]|.
+inline double max_abs(const Tensor& a) {
+  double w = 0;
+  for (const float v : a.span()) w = std::max(w, std::abs(double(v)));
+  return w;
 }
 
 }  // namespace elastic::testing
