@@ -159,7 +159,6 @@ std::pair<Tensor, Tensor> both_logits(Model& m, Graph& h, ValueId x, ValueId y, 
   return {m.graph->read(m.logits), h.read(y)};
 }
 
-
 // Copies the imported model's params and buffers into the hand-built graph's of the same names.
 void copy_values(Model& m, Graph& h) {
   for (auto& q : h.params().params()) {
