@@ -12,7 +12,8 @@
 // `probe` times the importance probe `steps` times in a row with the model's
 // default optimizer, and a full forward and backward; `probe spill` keeps the
 // weights the probe moves in a temporary file instead of in memory. `--precision bf16`
-// (anywhere) builds the model in bf16 and adds oneDNN's bf16 matmul rate.
+// (anywhere) builds the model in bf16 and adds oneDNN's bf16 matmul rate. MODEL is a
+// zoo model or an ONNX classifier (PATH.onnx, its head re-created with 1000 classes).
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
 //                   [full | select RHO FILE | train FILE | kernels [FILE] | probe [spill]] [--precision fp32|bf16]
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include "elastic/method/training_memory.hpp"
 #include "elastic/method/units.hpp"
 #include "elastic/models/zoo.hpp"
+#include "elastic/onnx/import.hpp"
 #include "elastic/optim/optimizer.hpp"
 #include "elastic/train/step.hpp"
 
@@ -119,7 +121,8 @@ int main(int raw_argc, char** raw_argv) {
   const int warmup = argc > 6 ? std::atoi(argv[6]) : 3;
   try {
     Context ctx(threads);
-    Model m = build_model(name, ctx, {.num_classes = 1000, .input_size = size, .batch = batch, .precision = precision});
+    const ModelOptions mo{.num_classes = 1000, .input_size = size, .batch = batch, .precision = precision};
+    Model m = name.ends_with(".onnx") ? onnx_import::import_model(name, ctx, mo) : build_model(name, ctx, mo);
     Rng rng(1);
     Tensor x(m.input_shape);
     for (auto& v : x.span()) v = rng.normal();

@@ -160,7 +160,9 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
           conv({.in_channels = 16, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 16}));
   compare("depthwise conv on 2x2 images (weight gradient on the host)", {2, 32, 2, 2},
           conv({.in_channels = 32, .out_channels = 32, .kernel_h = 3, .kernel_w = 3, .padding = 1, .groups = 32}));
-  compare("1x1 conv (matmuls)", {2, 24, 5, 5}, conv({.in_channels = 24, .out_channels = 40}));
+  compare("1x1 conv with bias (matmuls; the weight gradient an inner product's)", {2, 24, 5, 5},
+          conv({.in_channels = 24, .out_channels = 40}));
+  compare("1x1 conv, no bias (matmuls)", {2, 24, 5, 5}, conv({.in_channels = 24, .out_channels = 40, .bias = false}));
   compare("linear, tokens", {2, 5, 24}, [](Graph& g, ValueId x) {
     return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 24, .out_features = 12});
   });

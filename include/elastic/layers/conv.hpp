@@ -69,7 +69,7 @@ class Conv2d final : public Node {
     const auto& eng = ctx.engine();
     fwd_w_ = {};
     host_dw_ = false;
-    bwd_w_reorder_ = dw_reorder_ = db_ = {};
+    bwd_w_reorder_ = dw_reorder_ = {};
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
         pad{o_.padding, o_.padding};
     // The user weight layout: torchvision's (out, in/g, kh, kw), as goihw when grouped.
@@ -169,7 +169,6 @@ class Conv2d final : public Node {
     }
     bwd_weights_(run.stream);
     if (dw_reorder_) dw_reorder_(run.stream);
-    if (db_) db_(run.stream);
   }
 
   Reads weights_reads() const override { return {.inputs = true}; }
@@ -200,6 +199,7 @@ class Conv2d final : public Node {
   //   forward:          Y (M, K)  = X (M, C) W^T (+ bias)
   //   backward_data:    dX (M, C) = dY (M, K) W
   //   backward_weights: dW (K, C) = dY^T X;  d bias = column sums of dY
+  //                     (an inner product's backward_weights when there is a bias)
   void setup_pointwise(std::int64_t rows, dnnl::memory::data_type dt, const dnnl::engine& eng, ParamStore& store) {
     using namespace dnnl;
     using tag = memory::format_tag;
@@ -224,14 +224,25 @@ class Conv2d final : public Node {
     const matmul::primitive_desc fwd(o_.bias ? matmul::desc(X, Wt, B, Y) : matmul::desc(X, Wt, Y), user_scratchpad(),
                                      eng);
     const matmul::primitive_desc bwd_data(matmul::desc(Y, W, X), user_scratchpad(), eng);
-    const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, dW), user_scratchpad(), eng);
     fwd_ = Call(matmul(fwd), fwd_args);
     bwd_data_ = Call(matmul(bwd_data), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, dx_}});
-    bwd_weights_ = Call(matmul(bwd_weights),
-                        {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, dW)}});
-    if (o_.bias) {
-      db_ = sum_call(dy_, grad_memory(bias_, B));
+    if (!o_.bias) {
+      const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, dW), user_scratchpad(), eng);
+      bwd_weights_ = Call(matmul(bwd_weights),
+                          {{DNNL_ARG_SRC, dyt_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, grad_memory(weight_, dW)}});
+      return;
     }
+    // With a bias, the weight gradient is an inner product's backward_weights,
+    // which sums the bias gradient in the same kernel, as fast as the matmul
+    // (oneDNN's reduction primitive took up to 14 ms for that sum alone on
+    // ResNet50's 1x1 shapes: benchmarks/linear_kernels).
+    const memory::desc b({K}, f32, tag::a);
+    const inner_product_forward::primitive_desc hint({prop_kind::forward_training, X, W, b, Y}, user_scratchpad(), eng);
+    const inner_product_backward_weights::primitive_desc bwd_weights({X, dW, b, Y}, user_scratchpad(), eng, hint);
+    bwd_weights_ = Call(inner_product_backward_weights(bwd_weights), {{DNNL_ARG_SRC, x_},
+                                                                      {DNNL_ARG_DIFF_DST, dy_},
+                                                                      {DNNL_ARG_DIFF_WEIGHTS, grad_memory(weight_, dW)},
+                                                                      {DNNL_ARG_DIFF_BIAS, grad_memory(bias_, b)}});
   }
 
   // dW (C, 1, KH, KW) (and d bias) of a depthwise convolution from the
@@ -283,7 +294,6 @@ class Conv2d final : public Node {
   dnnl::memory x_, dx_, y_, dy_, dyt_;  // its 2-D views of the bound buffers
   dnnl::memory wv_, wt_;                // its weights as W (K, C) and W^T (C, K)
   dnnl::memory::data_type dt_ = dnnl::memory::data_type::f32;
-  Call db_;               // its bias gradient
   bool host_dw_ = false;  // depthwise weight gradient on the host (host_depthwise_weight_grad)
   Shape x_shape_, y_shape_;
   std::vector<float> dw_acc_, dy_row_;  // per-tap sums (KH*KW, C); one dY row in fp32
