@@ -5,7 +5,8 @@
 //   forward:          inner product (W as it is) | matmul reading W^T through strides
 //   backward_data:    inner product | matmul dY W
 //   backward_weights: inner product (bias sums in the kernel) | matmul dY^T X (no bias),
-//                     and the reduction that would sum the bias gradient beside it
+//                     and what would sum the bias gradient beside it: oneDNN's
+//                     reduction primitive | the engine's sum_call (a host sum here)
 // The two candidates of a pass alternate, `rounds` rounds of 10 runs each; the
 // figure is the best median of a round, in ms and GFLOP/s. Linear uses the
 // faster of each (include/elastic/layers/linear.hpp).
@@ -21,6 +22,7 @@
 
 #include "elastic/core/context.hpp"
 #include "elastic/core/timer.hpp"
+#include "elastic/graph/node.hpp"
 
 using namespace elastic;
 
@@ -57,7 +59,7 @@ int main(int argc, char** argv) {
   fmt::print("linear passes ({} shapes), {} threads: best median of {} rounds, ms (GFLOP/s)\n",
              resnet ? "ResNet50 1x1 convolution" : "ViT", threads, rounds);
   fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28} {:>8}\n", "rows", "in", "out", "forward: ip | matmul",
-             "bwd_data: ip | matmul", "bwd_weights: ip | matmul", "bias sum");
+             "bwd_data: ip | matmul", "bwd_weights: ip | matmul", "bias sum: reduction | host");
   for (const auto& [M, IC, OC] : shapes) {
     const memory::desc X({M, IC}, f32, tag::ab), Y({M, OC}, f32, tag::ab), W({OC, IC}, f32, tag::ab),
         Wt({IC, OC}, f32, tag::ba), B({OC}, f32, tag::a), Brow({1, OC}, f32, tag::ab), DYt({OC, M}, f32, tag::ba);
@@ -75,7 +77,8 @@ int main(int argc, char** argv) {
     const matmul mm_w(matmul::primitive_desc(matmul::desc(DYt, X, W), eng));
     const reduction sum_b(
         reduction::primitive_desc(reduction::desc(algorithm::reduction_sum, Y, Brow, 0.0f, 0.0f), eng));
-    const std::function<void()> runs[7] = {
+    const Call host_sum = sum_call(my, mdbrow);
+    const std::function<void()> runs[8] = {
         [&] {
           ip_f.execute(s, {{DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_BIAS, mb}, {DNNL_ARG_DST, my}});
         },
@@ -98,16 +101,18 @@ int main(int argc, char** argv) {
         },
         [&] {
           sum_b.execute(s, {{DNNL_ARG_SRC, my}, {DNNL_ARG_DST, mdbrow}});
-        }};
-    double best[7];
+        },
+        [&] { host_sum(s); }};
+    double best[8];
     std::fill(std::begin(best), std::end(best), 1e30);
     for (int r = 0; r < rounds; ++r)
-      for (int k = 0; k < 7; ++k) best[k] = std::min(best[k], median_ms(ctx, runs[k]));
+      for (int k = 0; k < 8; ++k) best[k] = std::min(best[k], median_ms(ctx, runs[k]));
     const double gflop = 2.0 * double(M) * double(IC) * double(OC) * 1e-9;
     const auto cell = [&](int k) {
       return fmt::format("{:6.2f} ({:3.0f}) | {:6.2f} ({:3.0f})", best[k], gflop / best[k] * 1e3, best[k + 1],
                          gflop / best[k + 1] * 1e3);
     };
-    fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28} {:>8.2f}\n", M, IC, OC, cell(0), cell(2), cell(4), best[6]);
+    fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28} {:>8.2f} | {:5.2f}\n", M, IC, OC, cell(0), cell(2), cell(4),
+               best[6], best[7]);
   }
 }

@@ -8,6 +8,9 @@ step that trains only those params, every other one frozen with requires_grad (a
 skips what no trained param needs). It also counts the forward pass's multiply-adds (convs,
 linears, attention matmuls) so that achieved FLOP rates can be printed.
 
+MODEL is one of elastic's zoo models, or any other torchvision classifier (compared with its
+ONNX export run by model_step).
+
 usage: torch_step.py MODEL [batch] [input_size] [threads] [steps] [warmup] [trained_params_file]
                                                                       (prints one JSON object)
 
@@ -26,7 +29,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from export_onnx import build as build_torchvision  # noqa: E402
 from export_torchvision import build, relu6_as_clamp  # noqa: E402
+
+ZOO = ("resnet50", "mobilenetv2", "vgg16", "vit")
 
 
 def measure(fn, warmup, steps):
@@ -80,8 +86,12 @@ def main():
     batch, size, threads, steps, warmup = (int(v) for v in (sys.argv[2:7] + defaults[len(sys.argv[2:7]):]))
     torch.set_num_threads(threads)
     torch.manual_seed(1)
-    model = build(name, 1000, size)
-    model.train()
+    if name in ZOO:
+        model = build(name, 1000, size)
+        model.train()
+    else:  # any torchvision classifier, as scripts/export_onnx.py exports it for elastic:
+        model = build_torchvision(name, 1000)  # dropout and stochastic depth the identity
+        model.eval()
     for m in model.modules():  # frozen batch-norm statistics, trainable gamma/beta
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()

@@ -3,8 +3,7 @@
 // the inner product's gemm runs this product 3-4% slower, and 1.3x slower at
 // 3072 -> 768: benchmarks/linear_kernels); backward_data and backward_weights
 // (with the bias gradient in the same kernel) are oneDNN's inner product
-// primitives: as fast as matmuls there, and the bias sums need no reduction
-// primitive (oneDNN's takes 2.7-12 ms on ViT's shapes). No weight is
+// primitives: as fast as matmuls there, with no separate bias sum. No weight is
 // re-laid-out (a bf16 graph's kernels read a bf16 copy of the same layout).
 // Token-wise 3-D input (N, T, in) runs as N*T rows through 2-D views of the
 // same buffers.
