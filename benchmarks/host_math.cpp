@@ -3,8 +3,8 @@
 // optimizers' apply) against the same arithmetic as plain OpenMP simd loops,
 // the form they had before; and the data pipeline's per-pixel normalization
 // (data::normalize, a loop) against the same in xtensor, broadcast over the
-// channel axis and as per-channel views. Alternating repeats; medians in
-// microseconds.
+// channel axis and as per-channel views; bf16 gradient accumulation as Eigen
+// casts and as host::accumulate. Alternating repeats; medians in microseconds.
 //   host_math [threads] [repeats]
 #include <cmath>
 #include <cstdio>
@@ -38,6 +38,16 @@ void sgdw_loop(float* __restrict w, const float* __restrict g, float* __restrict
 void accumulate_loop(float* __restrict acc, const float* __restrict add, std::int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 32768)
   for (std::int64_t i = 0; i < n; ++i) acc[i] += add[i];
+}
+
+// acc[i] += add[i] on bf16 through Eigen's casts, the form host::accumulate had before.
+void accumulate_bf16_cast(host::bf16* acc, const host::bf16* add, std::int64_t n) {
+  using Map = Eigen::Map<Eigen::Array<host::bf16, Eigen::Dynamic, 1>>;
+  using ConstMap = Eigen::Map<const Eigen::Array<host::bf16, Eigen::Dynamic, 1>>;
+  host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+    Map a(acc + b, static_cast<Eigen::Index>(c));
+    a = (a.cast<float>() + ConstMap(add + b, static_cast<Eigen::Index>(c)).cast<float>()).cast<host::bf16>();
+  });
 }
 
 // (pixels, 3) in place: x * scale[c] + shift[c], as xtensor broadcasting writes it.
@@ -106,6 +116,31 @@ int main(int argc, char** argv) {
     }
     fmt::print("{:>10} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f} {:>12.1f}\n", n, summarize(a).median,
                summarize(b).median, summarize(c).median, summarize(d).median, summarize(e).median, summarize(f).median);
+  }
+
+  // bf16 gradient accumulation (a bf16 graph's branch points), on activation sizes of
+  // ResNet50 at batch 4: the previous Eigen-cast form against host::accumulate.
+  for (const std::int64_t n : {std::int64_t{4 * 64 * 56 * 56}, std::int64_t{4 * 256 * 56 * 56}}) {
+    std::vector<host::bf16> x(static_cast<std::size_t>(n)), y = x, add = x;
+    for (std::int64_t i = 0; i < n; ++i) {
+      x[std::size_t(i)] = y[std::size_t(i)] = host::bf16(float(i % 97) * 0.01f);
+      add[std::size_t(i)] = host::bf16(float(i % 89) * -0.003f);
+    }
+    std::vector<double> a, b;
+    for (int r = 0; r < repeats; ++r) {
+      Stopwatch sw;
+      accumulate_bf16_cast(x.data(), add.data(), n);
+      a.push_back(sw.elapsed_ms() * 1000);
+      sw.reset();
+      host::accumulate(y.data(), add.data(), n);
+      b.push_back(sw.elapsed_ms() * 1000);
+    }
+    bool same = true;
+    for (std::int64_t i = 0; i < n; ++i)
+      same = same && Eigen::numext::bit_cast<std::uint16_t>(x[std::size_t(i)]) ==
+                         Eigen::numext::bit_cast<std::uint16_t>(y[std::size_t(i)]);
+    fmt::print("bf16 accumulate, {} elements, median us: Eigen casts {:.1f}, host::accumulate {:.1f}; same bits: {}\n",
+               n, summarize(a).median, summarize(b).median, same);
   }
 
   // One 224x224 RGB image, ImageNet's statistics.

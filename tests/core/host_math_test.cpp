@@ -44,4 +44,23 @@ TEST_CASE("copy and accumulate over buffers longer than one thread's share") {
   CHECK(all);
 }
 
+TEST_CASE("bf16 accumulate adds in fp32 and rounds once to nearest even, as Eigen's casts do") {
+  const std::int64_t n = 3 * host::kParallelMin + 7;
+  std::vector<host::bf16> acc(static_cast<std::size_t>(n)), add(acc.size());
+  // Every bf16 bit pattern with a finite value, paired so that many sums land on rounding ties.
+  for (std::size_t i = 0; i < acc.size(); ++i) {
+    const auto bits = static_cast<std::uint16_t>(i % 65536);
+    const bool finite = (bits & 0x7F80u) != 0x7F80u;
+    acc[i] = Eigen::numext::bit_cast<host::bf16>(finite ? bits : std::uint16_t{0x3F80u});
+    add[i] = host::bf16(float(acc[i]) * (i % 3 == 0 ? 0.00390625f : -0.5f) + float(i % 7));
+  }
+  std::vector<host::bf16> want(acc.size());
+  for (std::size_t i = 0; i < acc.size(); ++i) want[i] = host::bf16(float(acc[i]) + float(add[i]));
+  host::accumulate(acc.data(), add.data(), n);
+  std::int64_t differ = 0;
+  for (std::size_t i = 0; i < acc.size(); ++i)
+    differ += Eigen::numext::bit_cast<std::uint16_t>(acc[i]) != Eigen::numext::bit_cast<std::uint16_t>(want[i]);
+  CHECK(differ == 0);
+}
+
 }  // namespace core_host_math_test

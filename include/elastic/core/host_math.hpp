@@ -130,13 +130,15 @@ inline void accumulate(float* acc, const float* add, std::int64_t n) {
   for_chunks(n, [&](std::int64_t b, std::int64_t c) { array(acc + b, c) += array(add + b, c); });
 }
 
-// acc[i] += add[i] on bf16 values: the sum in fp32, rounded once to bf16.
+// acc[i] += add[i] on bf16 values: the sum in fp32, rounded once to bf16 (to_float
+// and from_float, which vectorize where Eigen's bf16 casts do not).
 inline void accumulate(bf16* acc, const bf16* add, std::int64_t n) {
-  using Map = Eigen::Map<Eigen::Array<bf16, Eigen::Dynamic, 1>>;
-  using ConstMap = Eigen::Map<const Eigen::Array<bf16, Eigen::Dynamic, 1>>;
   for_chunks(n, [&](std::int64_t b, std::int64_t c) {
-    Map a(acc + b, static_cast<Eigen::Index>(c));
-    a = (a.cast<float>() + ConstMap(add + b, static_cast<Eigen::Index>(c)).cast<float>()).cast<bf16>();
+    vectorized([&]() ELASTIC_INLINE {
+      bf16* __restrict a = acc + b;
+      const bf16* __restrict d = add + b;
+      for (std::int64_t i = 0; i < c; ++i) a[i] = from_float<bf16>(to_float(a[i]) + to_float(d[i]));
+    });
   });
 }
 
