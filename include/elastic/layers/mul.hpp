@@ -2,7 +2,7 @@
 // image a (N, C, H, W) (squeeze-and-excitation's channel gate), then broadcast
 // over height and width. Forward on oneDNN's binary primitive. Backward:
 // da = dy * b (the same binary, b broadcast), db = dy * a, for a broadcast b
-// summed over height and width (a binary into a transient, then a reduction).
+// summed over height and width (a binary into a transient, then sum_call).
 #pragma once
 
 #include "elastic/graph/node.hpp"
@@ -63,8 +63,8 @@ class Mul final : public Node {
 // ChannelScale: an image (N, C, H, W) times a trained per-channel param of
 // shape (C, 1, 1) under its own full name (ConvNeXt's layer_scale). Forward and
 // backward_data on oneDNN's binary primitive; the param's gradient is dy * x
-// summed over the batch, height and width (a binary into a transient, then a
-// reduction into the fp32 gradient).
+// summed over the batch, height and width (a binary into a transient, then
+// sum_call into the fp32 gradient).
 class ChannelScale final : public Node {
  public:
   ChannelScale(std::string name, std::string param_name, std::int64_t channels)
