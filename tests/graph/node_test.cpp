@@ -20,12 +20,6 @@ namespace {
 // The row-major tag of an n-d tensor.
 tag plain_tag(std::size_t n) { return n == 2 ? tag::ab : n == 3 ? tag::abc : tag::abcd; }
 
-std::int64_t count(const memory::desc& d) {
-  std::int64_t n = 1;
-  for (const auto v : d.dims()) n *= v;
-  return n;
-}
-
 // Logical index (row-major over dims) -> offset into the buffer, for plain layouts.
 std::int64_t offset(const memory::desc& d, std::int64_t index) {
   const auto dims = d.dims();
@@ -58,7 +52,7 @@ Outcome run_sum(Context& ctx, const memory::desc& from_d, const memory::desc& to
   const memory::desc plain_d(from_d.dims(), from_d.data_type(), plain_tag(from_d.dims().size()));
   memory plain(plain_d, ctx.engine()), from(from_d, ctx.engine()), to(to_d, ctx.engine());
   Rng rng(seed);
-  const std::int64_t n = count(from_d);
+  const std::int64_t n = numel(from_d.dims());
   with_element(from_d.data_type(), [&]<class T>(std::type_identity<T>) {
     T* x = static_cast<T*>(plain.get_data_handle());
     for (std::int64_t i = 0; i < n; ++i) x[i] = host::from_float<T>(rng.uniform(-1.0f, 1.0f));
@@ -70,7 +64,7 @@ Outcome run_sum(Context& ctx, const memory::desc& from_d, const memory::desc& to
   sum(ctx.stream());
   ctx.wait();
   const auto fd = from_d.dims(), td = to_d.dims();
-  const std::int64_t m = count(to_d);
+  const std::int64_t m = numel(to_d.dims());
   out.want.assign(std::size_t(m), 0.0);
   for (std::int64_t i = 0; i < n; ++i) {
     // The logical index of the element's target: summed dims (size 1 in `to`) at 0.
@@ -87,8 +81,8 @@ Outcome run_sum(Context& ctx, const memory::desc& from_d, const memory::desc& to
   return out;
 }
 
-// Every sum within `rel` of the float64 one, relative to the sum of magnitudes
-// (n elements of size <= 1: sqrt(n) is about the sum's own size).
+// Every sum within `tol` of the float64 one, relative to the largest float64 sum
+// (at least 1).
 void check_close(const Outcome& o, double tol) {
   REQUIRE(o.got.size() == o.want.size());
   double worst = 0;
