@@ -10,7 +10,9 @@
 // The two candidates of a pass alternate, `rounds` rounds of 10 runs each; the
 // figure is the best median of a round, in ms and GFLOP/s. Linear uses the
 // faster of each (include/elastic/layers/linear.hpp).
-// Usage: linear_kernels [threads] [rounds] [vit|resnet]
+// With bf16, X, Y and W are bf16 (the weight and bias gradients stay f32), as a
+// bf16 graph runs them.
+// Usage: linear_kernels [threads] [rounds] [vit|resnet] [fp32|bf16]
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
@@ -50,31 +52,34 @@ int main(int argc, char** argv) {
   auto& s = ctx.stream();
   const auto f32 = memory::data_type::f32;
   const bool resnet = argc > 3 && std::string(argv[3]) == "resnet";
+  const bool bf16 = argc > 4 && std::string(argv[4]) == "bf16";
+  const auto act = bf16 ? memory::data_type::bf16 : f32;
   using Shape3 = std::tuple<memory::dim, memory::dim, memory::dim>;  // rows, in, out
   const std::vector<Shape3> shapes =
       resnet ? std::vector<Shape3>{{12544, 64, 64},  {12544, 64, 256}, {12544, 256, 64},
                                    {3136, 512, 128}, {3136, 128, 512}, {784, 1024, 256},
                                    {784, 256, 1024}, {196, 2048, 512}, {196, 512, 2048}}
              : std::vector<Shape3>{{788, 768, 2304}, {788, 768, 768}, {788, 768, 3072}, {788, 3072, 768}};
-  fmt::print("linear passes ({} shapes), {} threads: best median of {} rounds, ms (GFLOP/s)\n",
-             resnet ? "ResNet50 1x1 convolution" : "ViT", threads, rounds);
+  fmt::print("linear passes ({} shapes, {}), {} threads: best median of {} rounds, ms (GFLOP/s)\n",
+             resnet ? "ResNet50 1x1 convolution" : "ViT", bf16 ? "bf16" : "fp32", threads, rounds);
   fmt::print("{:>5} {:>5} {:>5}  {:>28} {:>28} {:>28} {:>8}\n", "rows", "in", "out", "forward: ip | matmul",
              "bwd_data: ip | matmul", "bwd_weights: ip | matmul", "bias sum: reduction | host");
   for (const auto& [M, IC, OC] : shapes) {
-    const memory::desc X({M, IC}, f32, tag::ab), Y({M, OC}, f32, tag::ab), W({OC, IC}, f32, tag::ab),
-        Wt({IC, OC}, f32, tag::ba), B({OC}, f32, tag::a), Brow({1, OC}, f32, tag::ab), DYt({OC, M}, f32, tag::ba);
+    const memory::desc X({M, IC}, act, tag::ab), Y({M, OC}, act, tag::ab), W({OC, IC}, act, tag::ab),
+        Wt({IC, OC}, act, tag::ba), B({OC}, f32, tag::a), Brow({1, OC}, f32, tag::ab), DYt({OC, M}, act, tag::ba),
+        dW({OC, IC}, f32, tag::ab);
     std::vector<float> x(std::size_t(M * IC), 0.01f), y(std::size_t(M * OC), 0.02f), w(std::size_t(OC * IC), 0.03f),
         dw(w.size()), dx(x.size()), b(std::size_t(OC), 0.1f), db(b.size());
     const memory mx(X, eng, x.data()), my(Y, eng, y.data()), mdyt(DYt, eng, y.data()), mw(W, eng, w.data()),
-        mwt(Wt, eng, w.data()), mdw(W, eng, dw.data()), mdx(X, eng, dx.data()), mb(B, eng, b.data()),
+        mwt(Wt, eng, w.data()), mdw(dW, eng, dw.data()), mdx(X, eng, dx.data()), mb(B, eng, b.data()),
         mbrow(Brow, eng, b.data()), mdb(B, eng, db.data()), mdbrow(Brow, eng, db.data());
     const inner_product_forward::primitive_desc hint({prop_kind::forward_training, X, W, B, Y}, eng);
     const inner_product_forward ip_f(hint);
     const inner_product_backward_data ip_d(inner_product_backward_data::primitive_desc({X, W, Y}, eng, hint));
-    const inner_product_backward_weights ip_w(inner_product_backward_weights::primitive_desc({X, W, B, Y}, eng, hint));
+    const inner_product_backward_weights ip_w(inner_product_backward_weights::primitive_desc({X, dW, B, Y}, eng, hint));
     const matmul mm_f(matmul::primitive_desc(matmul::desc(X, Wt, Brow, Y), eng));
     const matmul mm_d(matmul::primitive_desc(matmul::desc(Y, W, X), eng));
-    const matmul mm_w(matmul::primitive_desc(matmul::desc(DYt, X, W), eng));
+    const matmul mm_w(matmul::primitive_desc(matmul::desc(DYt, X, dW), eng));
     const reduction sum_b(
         reduction::primitive_desc(reduction::desc(algorithm::reduction_sum, Y, Brow, 0.0f, 0.0f), eng));
     const Call host_sum = sum_call(my, mdbrow);
