@@ -82,8 +82,10 @@ with tempfile.TemporaryDirectory() as tmp:
     # Training lowers the loss: well below chance (ln 10 = 2.30 with 10 classes) in some epoch,
     # or, for the deep ones that start above chance from random weights, from epoch to epoch.
     losses = [e["loss"] for e in epochs]
+    said = "\n".join(line for line in (r.stderr + r.stdout).splitlines()
+                     if "selection at" in line or "probe at" in line or "cannot be met" in line)
     check(len(losses) == 2 and (min(losses) < 0.8 * math.log(10) or losses[1] < losses[0]),
-          f"the loss falls: {losses}")
+          f"the loss falls: {losses}; the run's selections:\n{said}")
     selections = [j for j in records if j["type"] == "selection"]
     masks = [s["unit_mask"] for s in selections]
     check(len(masks) >= 2 and all(0 < m.count("1") < len(m) for m in masks),

@@ -1,6 +1,9 @@
 #include "elastic/core/host_math.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <limits>
 #include <vector>
 
 #include <omp.h>
@@ -61,6 +64,29 @@ TEST_CASE("bf16 accumulate adds in fp32 and rounds once to nearest even, as Eige
   for (std::size_t i = 0; i < acc.size(); ++i)
     differ += Eigen::numext::bit_cast<std::uint16_t>(acc[i]) != Eigen::numext::bit_cast<std::uint16_t>(want[i]);
   CHECK(differ == 0);
+}
+
+TEST_CASE("bf16 accumulate keeps infinities and NaNs as fp32 addition gives them") {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float a[] = {nan, 1.0f, inf, inf, -inf, 3.0e38f, 1.0f};
+  const float b[] = {1.0f, nan, -inf, 1.0f, -2.0f, 3.0e38f, 2.0f};
+  constexpr std::size_t n = std::size(a);
+  std::vector<host::bf16> acc(n), add(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    acc[i] = host::bf16(a[i]);
+    add[i] = host::bf16(b[i]);
+  }
+  host::accumulate(acc.data(), add.data(), std::int64_t(n));
+  for (std::size_t i = 0; i < n; ++i) {
+    CAPTURE(i);
+    const float want = float(host::bf16(float(host::bf16(a[i])) + float(host::bf16(b[i]))));
+    const float got = float(acc[i]);
+    if (std::isnan(want))
+      CHECK(std::isnan(got));
+    else
+      CHECK(got == want);
+  }
+  CHECK(float(acc[5]) == inf);  // an overflow rounds to infinity
 }
 
 }  // namespace core_host_math_test

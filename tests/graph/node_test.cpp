@@ -3,6 +3,8 @@
 // against a float64 sum of the same elements.
 #include "elastic/graph/node.hpp"
 
+#include <algorithm>
+
 #include <omp.h>
 
 #include <doctest/doctest.h>
@@ -122,6 +124,24 @@ TEST_CASE("row_sum_shape reads channels-last images and matrices as (outer, rows
   CHECK_FALSE(
       detail::row_sum_shape(memory::desc({2, 3, 5, 4}, f32, tag::nhwc), memory::desc({2, 3, 5, 1}, f32, tag::nchw)));
   CHECK_FALSE(detail::row_sum_shape(img, img));
+  // Empty tensors go to oneDNN, which handles them (a size-0 dim is not a size-1 one).
+  CHECK_FALSE(
+      detail::row_sum_shape(memory::desc({0, 16, 5, 7}, f32, tag::nhwc), memory::desc({0, 16, 1, 1}, f32, tag::nhwc)));
+  CHECK_FALSE(
+      detail::row_sum_shape(memory::desc({2, 16, 0, 7}, f32, tag::nhwc), memory::desc({2, 16, 1, 1}, f32, tag::nhwc)));
+}
+
+TEST_CASE("sum_call over an empty dim gives zeros, and of an empty tensor nothing") {
+  Context ctx(2);
+  memory from({{2, 16, 0, 7}, f32, tag::nhwc}, ctx.engine()), to({{2, 16, 1, 1}, f32, tag::nhwc}, ctx.engine());
+  float* y = static_cast<float*>(to.get_data_handle());
+  std::fill(y, y + 32, 5.0f);
+  sum_call(from, to)(ctx.stream());
+  ctx.wait();
+  CHECK(std::all_of(y, y + 32, [](float v) { return v == 0.0f; }));
+  memory none({{0, 16, 5, 7}, f32, tag::nhwc}, ctx.engine()), none_sum({{0, 16, 1, 1}, f32, tag::nhwc}, ctx.engine());
+  CHECK_NOTHROW(sum_call(none, none_sum)(ctx.stream()));
+  ctx.wait();
 }
 
 TEST_CASE("sum_call sums over the dims where the target has size 1, on the host and through oneDNN") {

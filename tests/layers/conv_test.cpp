@@ -54,7 +54,7 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
        {.in_channels = 4, .out_channels = 10, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1, .bias = false}},
       {"1x1 with bias", {3, 7, 5, 4}, {.in_channels = 7, .out_channels = 3, .kernel_h = 1, .kernel_w = 1}},
       {"1x1 no bias", {3, 7, 5, 4}, {.in_channels = 7, .out_channels = 5, .kernel_h = 1, .kernel_w = 1, .bias = false}},
-      {"1x1 on one 1x1 image (a bias gradient that sums nothing)",
+      {"1x1 on one 1x1 image (a weight and bias gradient from one row)",
        {1, 7, 1, 1},
        {.in_channels = 7, .out_channels = 3, .kernel_h = 1, .kernel_w = 1}},
       {"dilation 2",
@@ -99,7 +99,7 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
        {3, 5, 6, 7},
        {.in_channels = 5, .out_channels = 4, .kernel_h = 1, .kernel_w = 3, .padding = 1}},
   };
-  int host_weight_grads = 0;
+  int host_weight_grads = 0, pointwise = 0;
   for (const auto& c : cases) {
     CAPTURE(c.label);
     Context ctx(2);
@@ -108,6 +108,7 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
     auto y = g.add<Conv2d>({x}, "conv", c.o);
     g.finalize(3);
     host_weight_grads += g.node_as<Conv2d>(y).host_weight_grad();
+    pointwise += g.node_as<Conv2d>(y).pointwise();
     const Tensor xin = testing::random_input(g, x, 11);
     g.forward(true);
     const Tensor out = g.read(y);
@@ -124,6 +125,8 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
   // oneDNN 2.6 has no depthwise weight-gradient kernel for the images smaller
   // than the kernel above: their host loop is what the gradient check checked.
   CHECK(host_weight_grads >= 2);
+  // The three 1x1 stride-1 cases ran as matmuls (setup_pointwise), the rest as convolutions.
+  CHECK(pointwise == 3);
 }
 
 TEST_CASE("conv2d rejects an input whose channel count differs from in_channels, naming the layer") {

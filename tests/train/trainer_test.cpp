@@ -178,6 +178,56 @@ TEST_CASE("elastic training selects within the budget every interval and logs ea
                        doctest::Contains("batch size 16"), Error);
 }
 
+TEST_CASE("a probe where no unit scores above 0 keeps the previous scores; a first one scores by gradient") {
+  // Weight magnitude as the metric: with every param zero, every unit scores 0.
+  const auto zero_params = [](Model& m) {
+    for (float& v : m.params().value_arena()) v = 0.0f;
+  };
+  const auto said = [](const std::vector<std::string>& lines, std::string_view what) {
+    return std::count_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(what) != l.npos; });
+  };
+  const TrainerOptions o{.type = TrainType::elastic_training_weight_magnitude,
+                         .num_epochs = 2,
+                         .interval = 1,
+                         .rho = 0.75,
+                         .learning_rate = 0.05f,
+                         .control = {.correct = false}};
+  {
+    Setup s;
+    const Profile p = s.fixed_profile(0, 1, 1);
+    zero_params(s.model);
+    Trainer tr(s.model, o, 12, p);
+    std::vector<std::string> lines;
+    tr.log = [&](const std::string& line) { lines.push_back(line); };
+    tr.train_epoch(s.batches, 0);
+    REQUIRE(tr.selections().size() == 1);
+    // Only the head's gradient is nonzero with every param zero: it is what trains.
+    CHECK(tr.selections()[0].importance > 0);
+    CHECK_FALSE(tr.selections()[0].selected_units.empty());
+    CHECK(said(lines, "scored by gradient magnitude instead") == 1);
+  }
+  {
+    Setup s;
+    const Profile p = s.fixed_profile(0, 1, 1);
+    Trainer tr(s.model, o, 12, p);
+    std::vector<std::string> lines;
+    tr.log = [&](const std::string& line) { lines.push_back(line); };
+    tr.train_epoch(s.batches, 0);
+    REQUIRE(tr.selections().size() == 1);
+    const SelectionRecord first = tr.selections()[0];
+    REQUIRE(first.importance > 0);
+    CHECK(said(lines, "no unit scores above 0") == 0);
+    zero_params(s.model);
+    tr.train_epoch(s.batches, 1);
+    REQUIRE(tr.selections().size() == 2);
+    const SelectionRecord& second = tr.selections()[1];
+    CHECK(said(lines, "the previous probe's scores stay in force") == 1);
+    CHECK(second.unit_importance == first.unit_importance);
+    CHECK(second.unit_mask == first.unit_mask);  // the same scores and time model: the same selection
+    CHECK(second.importance == first.importance);
+  }
+}
+
 TEST_CASE("a rho below the cheapest useful selection is refused, naming the smallest rho") {
   Setup s;
   const Profile p = s.profile();

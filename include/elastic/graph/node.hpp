@@ -242,13 +242,13 @@ struct RowSumShape {
 // dims aside) are kept ones, then summed ones, then kept ones, with `to` dense
 // over its kept dims in that same order. Channels-last images summed over
 // (H, W) or (N, H, W) and (rows, K) matrices summed over rows are of this
-// form. Empty otherwise.
+// form. Empty otherwise, and for empty tensors (a dim of size 0).
 inline std::optional<RowSumShape> row_sum_shape(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
   const dnnl_memory_desc_t &f = from.data, &t = to.data;
   const auto plain = [](const dnnl_memory_desc_t& m) {
     if (m.format_kind != dnnl_blocked || m.format_desc.blocking.inner_nblks != 0 || m.offset0 != 0) return false;
     for (int d = 0; d < m.ndims; ++d)
-      if (m.padded_dims[d] != m.dims[d]) return false;
+      if (m.padded_dims[d] != m.dims[d] || m.dims[d] <= 0) return false;
     return true;
   };
   if (f.ndims != t.ndims || !plain(f) || !plain(t)) return {};

@@ -175,6 +175,8 @@ class Conv2d final : public Node {
   // Whether the weight gradient is computed by the host loop (a depthwise
   // convolution oneDNN has no depthwise backward_weights kernel for).
   bool host_weight_grad() const { return host_dw_; }
+  // Whether it runs as matmuls (a 1x1 stride-1 convolution between channels-last images).
+  bool pointwise() const { return pointwise_; }
   std::size_t weight_copy_bytes() const override { return fwd_w_.bytes(); }
   std::size_t frozen_copy_bytes() const override { return fwd_w_.frozen_bytes(); }
 

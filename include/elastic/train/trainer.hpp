@@ -324,7 +324,7 @@ class Trainer {
     open_ = s.open_selection && !selections_.empty();
     deadline_missed_ = s.deadline_missed;
     progress_ = s.epoch;
-    if (!importance_.empty()) floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
+    if (!importance_.empty()) update_floor();
     m_.graph->select(mask_);
   }
 
@@ -452,9 +452,9 @@ class Trainer {
             fmt::format("the importance of '{}' is {} at step {} (epoch {}): the loss on the probe "
                         "batch is not finite; training stopped",
                         units_[u].name, importance[u], step_ + 1, epoch + 1));
-    importance_ = std::move(importance);
+    importance_ = scores_in_force(std::move(importance), metric, lr, scope, epoch);
     control_->new_interval();
-    floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
+    update_floor();
     const Profile& p = *profile_;
     // Refused before the first step; later, a machine that has slowed down trains on at the
     // smallest useful rho (rho_in_force).
@@ -466,6 +466,40 @@ class Trainer {
     if (o_.deadline_s && step_ == 0) check_deadline_feasible();
     rho_ = rho_in_force(epoch);
     install(epoch, "probe", clock() - start);
+  }
+
+  // A probe's scores, or what stands in for them when none is above 0: then no
+  // unit's update lowers the loss on the probe batch (with the loss-drop metric,
+  // the joint step of every unit overshoots there), the DP would select nothing
+  // and the interval would train nothing (the reference's training step fails
+  // on an empty list then). The previous probe's scores stay in force; at the
+  // first probe the units are scored by gradient magnitude instead. Said in the log.
+  std::vector<double> scores_in_force(std::vector<double> scores, ImportanceMetric metric, float lr,
+                                      const ProbeScope& scope, int epoch) {
+    if (any_positive(scores)) return scores;
+    std::string instead;
+    if (any_positive(importance_)) {
+      scores = importance_;
+      instead = "the previous probe's scores stay in force";
+    } else if (metric != ImportanceMetric::grad_magnitude) {
+      scores = evaluator_.evaluate(m_, *opt_, lr, ImportanceMetric::grad_magnitude, step_, mask_, scope);
+      instead = any_positive(scores) ? "the units are scored by gradient magnitude instead"
+                                     : "nor by gradient magnitude: nothing trains until the next probe";
+    } else {
+      instead = "nothing trains until the next probe";
+    }
+    if (log) log(fmt::format("probe at epoch {}: no unit scores above 0 on the probe batch; {}", epoch + 1, instead));
+    return scores;
+  }
+
+  static bool any_positive(const std::vector<double>& v) {
+    return std::any_of(v.begin(), v.end(), [](double x) { return x > 0; });
+  }
+
+  // The smallest useful rho under the corrected time model; none (0) when no unit
+  // scores above 0, since then no rho buys anything.
+  void update_floor() {
+    floor_rho_ = any_positive(importance_) ? control_->smallest_rho(importance_, o_.dp_resolution) : 0.0;
   }
 
   // Solves the DP for rho_ with the interval's importance under the corrected
@@ -544,7 +578,7 @@ class Trainer {
                       "full step); forward x{:.3f}, backward x{:.3f} of the profile",
                       step_, meas.measured_ms, meas.predicted_ms, 100 * meas.error, control_->state().fwd_scale,
                       control_->state().bwd_scale));
-    floor_rho_ = control_->smallest_rho(importance_, o_.dp_resolution);
+    update_floor();
     rho_ = rho_in_force(epoch);
     install(epoch, "correction");
   }
