@@ -496,10 +496,12 @@ class Trainer {
     return std::any_of(v.begin(), v.end(), [](double x) { return x > 0; });
   }
 
-  // The smallest useful rho under the corrected time model; none (0) when no unit
-  // scores above 0, since then no rho buys anything.
+  // The smallest useful rho under the corrected time model. When no unit scores
+  // above 0 no rho buys a unit: then the forward's share, the smallest rho whose
+  // budget is not negative (rho stays positive, as checkpoints expect).
   void update_floor() {
-    floor_rho_ = any_positive(importance_) ? control_->smallest_rho(importance_, o_.dp_resolution) : 0.0;
+    const TimeController& c = *control_;
+    floor_rho_ = any_positive(importance_) ? c.smallest_rho(importance_, o_.dp_resolution) : -c.budget(0) / c.full_ms();
   }
 
   // Solves the DP for rho_ with the interval's importance under the corrected
