@@ -75,6 +75,7 @@ TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state e
                       .importance = 1.5,
                       .predicted_share = 0.4,
                       .unit_importance = {0.25, -0.125, 1.0},
+                      .scores = "previous",
                       .selected_units = {"conv1", "fc"}};
   TrainerState st = a.trainer.state();
   st.selections.push_back(sel);
@@ -108,6 +109,7 @@ TEST_CASE("a checkpoint restores weights, buffers, optimizer and trainer state e
   CHECK(c.trainer.selections[0].selected_units == sel.selected_units);
   CHECK(c.trainer.selections[0].predicted_share == 0.4);
   CHECK(c.trainer.selections[0].unit_importance == sel.unit_importance);
+  CHECK(c.trainer.selections[0].scores == "previous");
   CHECK(c.trainer.control == st.control);  // every field of the time controller, thread adaptation included
   CHECK(c.run["note"] == "kept");
   b.trainer.restore(c.trainer);

@@ -205,6 +205,7 @@ TEST_CASE("a probe where no unit scores above 0 keeps the previous scores; a fir
     CHECK(tr.selections()[0].importance > 0);
     CHECK_FALSE(tr.selections()[0].selected_units.empty());
     CHECK(said(lines, "scored by gradient magnitude instead") == 1);
+    CHECK(tr.selections()[0].scores == "grad_magnitude");
   }
   {
     Setup s;
@@ -217,12 +218,14 @@ TEST_CASE("a probe where no unit scores above 0 keeps the previous scores; a fir
     const SelectionRecord first = tr.selections()[0];
     REQUIRE(first.importance > 0);
     CHECK(said(lines, "no unit scores above 0") == 0);
+    CHECK(first.scores == "measured");
     zero_params(s.model);
     tr.train_epoch(s.batches, 1);
     REQUIRE(tr.selections().size() == 2);
     const SelectionRecord& second = tr.selections()[1];
     CHECK(said(lines, "the previous probe's scores stay in force") == 1);
     CHECK(second.unit_importance == first.unit_importance);
+    CHECK(second.scores == "previous");
     CHECK(second.unit_mask == first.unit_mask);  // the same scores and time model: the same selection
     CHECK(second.importance == first.importance);
   }

@@ -45,6 +45,7 @@ inline nlohmann::json to_json(const SelectionRecord& r) {
                       {"solve_mib", r.solve_mib},
                       {"memory_resolution", r.memory_resolution}};
   if (!r.unit_importance.empty()) j["unit_importance"] = r.unit_importance;
+  if (!r.scores.empty()) j["scores"] = r.scores;
   return j;
 }
 
@@ -156,6 +157,7 @@ inline SelectionRecord selection_from_json(const nlohmann::json& j) {
     r.memory_resolution = json_integer<int>(j.at("memory_resolution"), "selection memory_resolution");
   if (j.contains("unit_importance"))
     for (const auto& x : j.at("unit_importance")) r.unit_importance.push_back(json_number(x, "unit_importance"));
+  if (j.contains("scores")) r.scores = j.at("scores").get<std::string>();
   return r;
 }
 

@@ -140,6 +140,9 @@ struct SelectionRecord {
   double importance = 0;                // total importance of the selection
   double predicted_share = 1;           // T(m) / T(all) under the model when it was solved
   std::vector<double> unit_importance;  // a probe's: the interval's per-unit importance (else empty)
+  // A probe's: where those scores came from: "measured" (the probe's own), "previous" (kept:
+  // none of the probe's own was above 0) or "grad_magnitude" (the first probe's stand-in then).
+  std::string scores;
   std::vector<std::string> selected_units;
   double selection_ms = 0;  // the importance probe and the DP (counted in the epoch's training time)
   // With a memory budget: the run's predicted peak under it (training's or the next probe's,
@@ -476,13 +479,16 @@ class Trainer {
   // first probe the units are scored by gradient magnitude instead. Said in the log.
   std::vector<double> scores_in_force(std::vector<double> scores, ImportanceMetric metric, float lr,
                                       const ProbeScope& scope, int epoch) {
+    scores_from_ = "measured";
     if (any_positive(scores)) return scores;
     std::string instead;
     if (any_positive(importance_)) {
       scores = importance_;
+      scores_from_ = "previous";
       instead = "the previous probe's scores stay in force";
     } else if (metric != ImportanceMetric::grad_magnitude) {
       scores = evaluator_.evaluate(m_, *opt_, lr, ImportanceMetric::grad_magnitude, step_, mask_, scope);
+      scores_from_ = "grad_magnitude";
       instead = any_positive(scores) ? "the units are scored by gradient magnitude instead"
                                      : "nor by gradient magnitude: nothing trains until the next probe";
     } else {
@@ -528,7 +534,10 @@ class Trainer {
     rec.rho = rho_;
     rec.unit_mask = s.mask;
     rec.importance = s.importance;
-    if (std::string_view(reason) == "probe") rec.unit_importance = importance_;
+    if (std::string_view(reason) == "probe") {
+      rec.unit_importance = importance_;
+      rec.scores = scores_from_;
+    }
     rec.predicted_share = c.step_ms(s.mask) / c.full_ms();
     for (std::size_t u = 0; u < units_.size(); ++u)
       if (s.mask[u]) rec.selected_units.push_back(units_[u].name);
@@ -841,6 +850,7 @@ class Trainer {
   std::vector<bool> mask_;
   std::vector<SelectionRecord> selections_;
   std::vector<double> importance_;  // the interval's, from its probe
+  std::string scores_from_;         // where they came from (SelectionRecord::scores)
   double rho_ = 0, floor_rho_ = 0;
   double train_ms_ = 0, epoch_start_ = 0;
   bool open_ = false, deadline_missed_ = false;
