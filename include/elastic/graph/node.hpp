@@ -31,6 +31,7 @@
 #include "elastic/core/precision.hpp"
 #include "elastic/core/tensor.hpp"
 #include "elastic/graph/param.hpp"
+#include "elastic/graph/weight_reorder.hpp"
 
 namespace elastic {
 
@@ -104,8 +105,14 @@ class Call {
   std::function<void()> host_;
 };
 
-// A reorder (layout change or copy) from one memory to another, bound once.
+// A reorder (layout change or copy) from one memory to another, bound once:
+// on the host for the convolution weight layouts oneDNN's reorder is slowest
+// on (detail::HostWeightReorder, same bits), else oneDNN's reorder primitive.
 inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+  if (const auto plan = detail::weight_reorder_plan(from.get_desc(), to.get_desc()))
+    return Call(std::function<void()>([r = std::make_shared<detail::HostWeightReorder>(from, to, *plan)] { (*r)(); }));
+#endif
   return Call(dnnl::reorder(from, to, user_scratchpad()), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 

@@ -1,0 +1,284 @@
+// Layout changes of convolution weights on the host, in place of oneDNN's
+// reorder for the pairs it is slowest on: from the plain (O, I, H, W) fp32
+// layout params keep into the blocked layouts oneDNN's convolutions read
+// (output channels innermost: Acdb32a in fp32, AcdB32a2b in bf16, and their
+// 48- and 64-channel forms), and from the blocked layout their weight
+// gradients come in (ABcd16b16a) back to plain. oneDNN 2.6 moves 5.5-11 GB/s
+// on these against 17-26 GB/s here (benchmarks/RESULTS.md, "Weight layout
+// changes on the host"). The bits are the same: fp32 values are copied, and
+// bf16 ones rounded to nearest even as oneDNN rounds them.
+//
+// The work is 16 x 16 transposes: 16 output channels of one row of the plain
+// layout are one vector of the blocked layout, for each (input channel, h, w).
+// They run in AVX-512 registers, so the host path is taken only on CPUs with
+// AVX-512 (others keep oneDNN's reorder), and only for shapes whose channel
+// counts are multiples of 16.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include <omp.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "elastic/core/host_math.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ELASTIC_HOST_WEIGHT_REORDER 1
+#endif
+
+namespace elastic::detail {
+
+// A 4-d weight (O, I, H, W) in a blocked layout whose innermost block is
+// either [ob output channels][ib input channels] (ob a multiple of 16, ib 1
+// or 2: bf16 pairs) or [16 input][16 output] (`input_major`), with the plain
+// fp32 layout on the other side of the change.
+struct WeightReorderPlan {
+  std::int64_t O = 0, I = 0, H = 0, W = 0;
+  std::int64_t stride[4] = {};  // of dims 0 and 1 per block, of dims 2 and 3 per element
+  std::int64_t ob = 1, ib = 1;
+  bool input_major = false;
+  bool to_blocked = true;  // plain -> blocked (else blocked -> plain)
+  bool bf16 = false;       // the blocked side holds bf16
+
+  // Element offset in the blocked layout of output channel o0 (a multiple of
+  // 16), input channel i, at (h, w): where its 16 output channels start.
+  std::int64_t at(std::int64_t o0, std::int64_t i, std::int64_t h, std::int64_t w) const {
+    const std::int64_t inner = input_major ? (i % 16) * 16 + o0 % 16 : (o0 % ob) * ib + i % ib;
+    return o0 / ob * stride[0] + i / ib * stride[1] + h * stride[2] + w * stride[3] + inner;
+  }
+};
+
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+inline bool cpu_has_avx512f() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+// out[c][r] = in[r][c] for a 16 x 16 block of floats given by row pointers.
+// (GCC 12 warns that the unpack and shuffle intrinsics' unmasked forms read an
+// undefined vector, which they do not use.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) inline void transpose16(const float* const* in, float* const* out) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in[i]);
+  // Pairs of rows interleaved, then pairs of pairs: r[4q + j] holds rows
+  // 4q..4q+3 of columns j, j + 4, j + 8, j + 12 (one per 128-bit lane).
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m512d a = _mm512_castps_pd(t[4 * q]), b = _mm512_castps_pd(t[4 * q + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * q + 2]), d = _mm512_castps_pd(t[4 * q + 3]);
+    r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // Lanes gathered across the four groups of rows.
+  for (int j = 0; j < 4; ++j) {
+    const __m512 x = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), y = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+    const __m512 u = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 v = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    _mm512_storeu_ps(out[j], _mm512_shuffle_f32x4(x, u, 0x88));
+    _mm512_storeu_ps(out[j + 4], _mm512_shuffle_f32x4(y, v, 0x88));
+    _mm512_storeu_ps(out[j + 8], _mm512_shuffle_f32x4(x, u, 0xdd));
+    _mm512_storeu_ps(out[j + 12], _mm512_shuffle_f32x4(y, v, 0xdd));
+  }
+}
+#pragma GCC diagnostic pop
+
+// out[o] = the bf16 pair (a[o], b[o]) for 16 o: host::from_float<bf16>'s
+// rounding (to nearest even, as oneDNN's), a in the low half.
+__attribute__((target("avx512f"))) inline void pack_bf16_pairs(const float* a, const float* b, std::uint32_t* out) {
+  const auto bits = [](float v) {
+    return std::uint32_t{std::bit_cast<std::uint16_t>(host::from_float<host::bf16>(v))};
+  };
+  for (int o = 0; o < 16; ++o) out[o] = bits(a[o]) | bits(b[o]) << 16;
+}
+#endif
+
+// The plan for changing `from` into `to` on the host, when the pair is one
+// this file handles and the CPU has AVX-512; empty otherwise.
+inline std::optional<WeightReorderPlan> weight_reorder_plan(const dnnl::memory::desc& from,
+                                                            const dnnl::memory::desc& to) {
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+  const dnnl_memory_desc_t &f = from.data, &t = to.data;
+  if (!cpu_has_avx512f() || f.ndims != 4 || t.ndims != 4) return {};
+  for (const auto* m : {&f, &t})
+    if (m->format_kind != dnnl_blocked || m->offset0 != 0 || m->extra.flags != 0) return {};
+  for (int d = 0; d < 4; ++d)
+    if (f.dims[d] != t.dims[d] || f.dims[d] <= 0) return {};
+  const std::int64_t O = f.dims[0], I = f.dims[1], H = f.dims[2], W = f.dims[3];
+  if (O % 16 != 0 || I % 16 != 0) return {};
+  const auto plain = [&](const dnnl_memory_desc_t& m) {
+    const auto& b = m.format_desc.blocking;
+    if (m.data_type != dnnl_f32 || b.inner_nblks != 0) return false;
+    const std::int64_t want[4] = {I * H * W, H * W, W, 1};
+    for (int d = 0; d < 4; ++d)
+      if (m.padded_dims[d] != m.dims[d] || b.strides[d] != want[d]) return false;
+    return true;
+  };
+  WeightReorderPlan p{.O = O, .I = I, .H = H, .W = W};
+  const bool to_blocked = plain(f);
+  if (to_blocked == plain(t)) return {};
+  const dnnl_memory_desc_t& m = to_blocked ? t : f;
+  const auto& b = m.format_desc.blocking;
+  p.to_blocked = to_blocked;
+  p.bf16 = m.data_type == dnnl_bf16;
+  if (m.data_type != dnnl_f32 && !(p.bf16 && to_blocked)) return {};
+  if (b.inner_nblks == 1 && b.inner_idxs[0] == 0 && !p.bf16) {
+    p.ob = b.inner_blks[0];
+  } else if (b.inner_nblks == 2 && b.inner_idxs[0] == 0 && b.inner_idxs[1] == 1 && b.inner_blks[1] == 2 && p.bf16) {
+    p.ob = b.inner_blks[0];
+    p.ib = 2;
+  } else if (b.inner_nblks == 2 && b.inner_idxs[0] == 1 && b.inner_idxs[1] == 0 && b.inner_blks[0] == 16 &&
+             b.inner_blks[1] == 16 && !p.bf16) {
+    p.ob = p.ib = 16;
+    p.input_major = true;
+  } else {
+    return {};
+  }
+  if (p.ob % 16 != 0 || m.padded_dims[0] != (O + p.ob - 1) / p.ob * p.ob) return {};
+  // Padded output channels are written as zeros, so only the plain -> blocked
+  // direction may have them.
+  if (!to_blocked && m.padded_dims[0] != O) return {};
+  for (int d = 1; d < 4; ++d)
+    if (m.padded_dims[d] != m.dims[d]) return {};
+  for (int d = 0; d < 4; ++d) p.stride[d] = b.strides[d];
+  return p;
+#else
+  (void)from;
+  (void)to;
+  return {};
+#endif
+}
+
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+// Runs a WeightReorderPlan between two bound memories (their handles are read
+// at each call, so rebinding is seen). Work is split over the OpenMP threads
+// in tasks of 16 output x 16 input channels, all (h, w): each task reads 16
+// contiguous runs of the plain layout and writes whole 64-byte vectors of the
+// blocked one; bf16 pairs go through a per-thread tile of 16 x 16HW floats.
+class HostWeightReorder {
+ public:
+  HostWeightReorder(dnnl::memory from, dnnl::memory to, const WeightReorderPlan& plan)
+      : from_(std::move(from)),
+        to_(std::move(to)),
+        p_(plan),
+        threads_(std::max(1, omp_get_max_threads())),
+        tile_floats_(plan.bf16 ? 256 * plan.H * plan.W : 0),
+        tiles_(static_cast<std::size_t>(threads_ * tile_floats_)) {
+    // A task's vector k is input channel i0 + k / HW at (h, w) = k % HW; its
+    // offset from the task's first is the same for every task (i0 is a
+    // multiple of 16, so of ib).
+    for (std::int64_t k = 0; k < 16 * hw(); ++k) {
+      const std::int64_t s = k % hw();
+      rel_.push_back(p_.at(0, k / hw(), s / p_.W, s % p_.W));
+    }
+  }
+
+  void operator()() {
+    const std::int64_t groups = (p_.to_blocked ? (p_.O + p_.ob - 1) / p_.ob * p_.ob : p_.O) / 16;
+    const std::int64_t tasks = groups * (p_.I / 16);
+    const bool parallel = p_.O * p_.I * p_.H * p_.W > host::kParallelMin;
+#pragma omp parallel num_threads(threads_) if (parallel)
+    {
+      float* tile = tiles_.data() + omp_get_thread_num() * tile_floats_;
+#pragma omp for schedule(static)
+      for (std::int64_t task = 0; task < tasks; ++task) {
+        const std::int64_t o0 = task / (p_.I / 16) * 16, i0 = task % (p_.I / 16) * 16;
+        if (!p_.to_blocked)
+          from_blocked(o0, i0);
+        else if (p_.bf16)
+          to_blocked_bf16(o0, i0, tile);
+        else
+          to_blocked_f32(o0, i0);
+      }
+    }
+  }
+
+ private:
+  std::int64_t hw() const { return p_.H * p_.W; }
+  // Row o0 + r of the plain layout from input channel i0 on: 16HW contiguous values.
+  std::int64_t plain_at(std::int64_t o0, std::int64_t i0) const { return (o0 * p_.I + i0) * hw(); }
+  // Where the task's vector k starts in the blocked layout (k = input channel
+  // i - i0, times HW, plus h W + w): the task's first vector, then rel_[k].
+  std::int64_t blocked_first(std::int64_t o0, std::int64_t i0) const { return p_.at(o0, i0, 0, 0); }
+
+  __attribute__((target("avx512f"))) void to_blocked_f32(std::int64_t o0, std::int64_t i0) {
+    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
+    float* dst = static_cast<float*>(to_.get_data_handle()) + blocked_first(o0, i0);
+    const std::int64_t row = p_.I * hw();
+    const float* in[16];
+    float* out[16];
+    for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
+      for (int c = 0; c < 16; ++c) out[c] = dst + rel_[static_cast<std::size_t>(k + c)];
+      if (o0 >= p_.O) {
+        for (float* o : out) std::memset(o, 0, 64);
+        continue;
+      }
+      for (int r = 0; r < 16; ++r) in[r] = src + r * row + k;
+      transpose16(in, out);
+    }
+  }
+
+  __attribute__((target("avx512f"))) void to_blocked_bf16(std::int64_t o0, std::int64_t i0, float* tile) {
+    auto* dst = static_cast<std::uint16_t*>(to_.get_data_handle()) + blocked_first(o0, i0);
+    const std::int64_t row = p_.I * hw();
+    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
+    const float* in[16];
+    float* out[16];
+    if (o0 < p_.O) {
+      for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
+        for (int r = 0; r < 16; ++r) in[r] = src + r * row + k;
+        for (int c = 0; c < 16; ++c) out[c] = tile + (k + c) * 16;
+        transpose16(in, out);
+      }
+    }
+    // Input channels 2j and 2j + 1 of one (h, w) make one vector of pairs.
+    for (std::int64_t i = 0; i < 16; i += 2) {
+      for (std::int64_t s = 0; s < hw(); ++s) {
+        const std::int64_t k = i * hw() + s;
+        auto* to = reinterpret_cast<std::uint32_t*>(dst + rel_[static_cast<std::size_t>(k)]);
+        if (o0 >= p_.O) {
+          std::memset(to, 0, 64);
+          continue;
+        }
+        pack_bf16_pairs(tile + k * 16, tile + (k + hw()) * 16, to);
+      }
+    }
+  }
+
+  __attribute__((target("avx512f"))) void from_blocked(std::int64_t o0, std::int64_t i0) {
+    const float* src = static_cast<const float*>(from_.get_data_handle()) + blocked_first(o0, i0);
+    float* dst = static_cast<float*>(to_.get_data_handle()) + plain_at(o0, i0);
+    const std::int64_t row = p_.I * hw();
+    const float* in[16];
+    float* out[16];
+    for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
+      for (int c = 0; c < 16; ++c) in[c] = src + rel_[static_cast<std::size_t>(k + c)];
+      for (int r = 0; r < 16; ++r) out[r] = dst + r * row + k;
+      transpose16(in, out);
+    }
+  }
+
+  dnnl::memory from_, to_;
+  WeightReorderPlan p_;
+  int threads_;
+  std::int64_t tile_floats_;
+  std::vector<float> tiles_;
+  std::vector<std::int64_t> rel_;  // blocked offset of a task's vector k from its first
+};
+#endif
+
+}  // namespace elastic::detail

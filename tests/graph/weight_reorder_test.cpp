@@ -1,0 +1,132 @@
+// The host's convolution weight layout changes (graph/weight_reorder.hpp),
+// taken by reorder_call, against oneDNN's reorder primitive on the same
+// input: the same bytes, padding included, for every layout pair the host
+// handles; and the pairs it does not handle left to oneDNN.
+#include "elastic/graph/weight_reorder.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <omp.h>
+
+#include <doctest/doctest.h>
+
+#include "elastic/core/random.hpp"
+#include "elastic/graph/node.hpp"
+
+// One namespace per test file: the tests of a directory build as one translation unit.
+namespace graph_weight_reorder_test {
+
+using namespace elastic;
+using dnnl::memory;
+using tag = memory::format_tag;
+constexpr auto f32 = memory::data_type::f32;
+constexpr auto bf16 = memory::data_type::bf16;
+
+namespace {
+struct Case {
+  memory::dims dims;
+  memory::data_type from_type;
+  tag from_tag;
+  memory::data_type to_type;
+  tag to_tag;
+};
+
+// Values that test the copy and bf16's rounding: random ones with bits below
+// bf16's precision, exact ties to even (both parities), values that round up
+// into the next binade and to infinity, infinities, NaNs and signed zeros.
+void fill(float* p, std::size_t n, std::uint64_t seed) {
+  Rng rng(seed);
+  const float special[] = {std::bit_cast<float>(0x3F808000u),  // tie, even below: rounds down
+                           std::bit_cast<float>(0x3F818000u),  // tie, odd below: rounds up
+                           std::bit_cast<float>(0x3FFFFFFFu),  // rounds up into the next binade
+                           std::bit_cast<float>(0x7F7FFFFFu),  // largest float: rounds to infinity
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::quiet_NaN(),
+                           std::bit_cast<float>(0x7F800001u),  // signalling NaN: quieted
+                           std::bit_cast<float>(0xFFC12345u),  // negative NaN with a payload
+                           0.0f,
+                           -0.0f};
+  for (std::size_t i = 0; i < n; ++i)
+    p[i] = i % 7 == 3 ? special[(i / 7) % std::size(special)] : rng.uniform(-3.0f, 3.0f);
+}
+
+// Runs the change through reorder_call and through oneDNN's reorder into two
+// buffers prefilled with the same garbage; true when the host took it.
+bool same_as_onednn(const Case& c) {
+  Context ctx(2);
+  const auto& eng = ctx.engine();
+  const memory::desc from_md(c.dims, c.from_type, c.from_tag), to_md(c.dims, c.to_type, c.to_tag);
+  memory from(from_md, eng), host(to_md, eng), reference(to_md, eng);
+  fill(static_cast<float*>(from.get_data_handle()), from_md.get_size() / sizeof(float), 11);
+  std::memset(host.get_data_handle(), 0x5A, to_md.get_size());
+  std::memset(reference.get_data_handle(), 0x5A, to_md.get_size());
+  const bool took = detail::weight_reorder_plan(from_md, to_md).has_value();
+  reorder_call(from, host)(ctx.stream());
+  dnnl::reorder(from, reference).execute(ctx.stream(), from, reference);
+  ctx.stream().wait();
+  CHECK_MESSAGE(std::memcmp(host.get_data_handle(), reference.get_data_handle(), to_md.get_size()) == 0, "dims ",
+                c.dims[0], "x", c.dims[1], "x", c.dims[2], "x", c.dims[3], " to tag ", static_cast<int>(c.to_tag));
+  return took;
+}
+}  // namespace
+
+TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding included") {
+  const Case cases[] = {
+      // fp32 forward weights: output channels innermost.
+      {{512, 256, 3, 3}, f32, tag::abcd, f32, tag::Acdb32a},
+      {{64, 32, 7, 7}, f32, tag::abcd, f32, tag::Acdb64a},
+      {{2048, 1024, 1, 1}, f32, tag::abcd, f32, tag::Acdb48a},  // padded to 2064 channels
+      {{80, 16, 3, 3}, f32, tag::abcd, f32, tag::Acdb48a},      // padded to 96
+      {{32, 48, 1, 3}, f32, tag::abcd, f32, tag::Acdb16a},
+      // bf16 forward weights: pairs of input channels.
+      {{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b},
+      {{128, 64, 3, 3}, f32, tag::abcd, bf16, tag::AcdB64a2b},
+      {{2048, 1024, 1, 1}, f32, tag::abcd, bf16, tag::AcdB48a2b},
+      {{80, 32, 3, 3}, f32, tag::abcd, bf16, tag::AcdB48a2b},
+      // Weight gradients back to the plain layout.
+      {{512, 256, 3, 3}, f32, tag::ABcd16b16a, f32, tag::abcd},
+      {{2048, 1024, 1, 1}, f32, tag::ABcd16b16a, f32, tag::abcd},
+      {{16, 32, 5, 5}, f32, tag::ABcd16b16a, f32, tag::abcd},
+      {{64, 64, 3, 3}, f32, tag::Acdb32a, f32, tag::abcd},  // a forward layout back
+  };
+  for (const Case& c : cases) {
+    const bool took = same_as_onednn(c);
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+    // The path under test is the host's wherever the CPU has AVX-512.
+    CHECK(took == detail::cpu_has_avx512f());
+#else
+    CHECK_FALSE(took);
+#endif
+  }
+}
+
+TEST_CASE("the host's weight layout changes are the same on one thread and on two") {
+  const Case c{{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b};
+  omp_set_num_threads(1);
+  same_as_onednn(c);
+  omp_set_num_threads(2);
+  same_as_onednn(c);
+}
+
+TEST_CASE("layout pairs the host does not handle are left to oneDNN") {
+  const Case others[] = {
+      {{64, 3, 7, 7}, f32, tag::abcd, f32, tag::Acdb64a},        // 3 input channels
+      {{24, 16, 3, 3}, f32, tag::abcd, f32, tag::Acdb16a},       // 24 output channels
+      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::ABcd16a16b},    // input channels innermost
+      {{64, 64, 3, 3}, f32, tag::abcd, bf16, tag::ABcd8a16b2a},  // another bf16 block
+      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::acdb},          // plain to plain
+      {{80, 32, 3, 3}, f32, tag::Acdb48a, f32, tag::abcd},       // padded, back to plain
+      {{64, 64, 3, 3}, f32, tag::ABcd16b16a, f32, tag::acdb},    // gradient to channels-last
+      {{64, 64, 3, 3}, f32, tag::ABcd16b16a, bf16, tag::abcd},   // gradient to bf16
+      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::abcd},          // a copy
+  };
+  for (const Case& c : others) CHECK_FALSE(same_as_onednn(c));
+  // 4-d descs only.
+  CHECK_FALSE(detail::weight_reorder_plan(memory::desc({64, 64}, f32, tag::ab), memory::desc({64, 64}, f32, tag::ba)));
+}
+
+}  // namespace graph_weight_reorder_test
