@@ -54,13 +54,15 @@ int main(int argc, char** argv) {
       {"3x3 weight, bf16 forward", {256, 256, 3, 3}, tag::abcd, dt::bf16, tag::AcdB32a2b},
       {"3x3 weight, bf16 forward", {128, 128, 3, 3}, tag::abcd, dt::bf16, tag::AcdB64a2b},
       {"1x1/2 weight, bf16 forward (padded)", {2048, 1024, 1, 1}, tag::abcd, dt::bf16, tag::AcdB48a2b},
+      {"1x1/2 weight, fp32 backward_data", {2048, 1024, 1, 1}, tag::abcd, dt::f32, tag::BAcd16a16b},
+      {"1x1/2 weight, bf16 backward_data", {2048, 1024, 1, 1}, tag::abcd, dt::bf16, tag::BAcd8a16b2a},
       {"3x3 weight gradient", {512, 512, 3, 3}, tag::ABcd16b16a, dt::f32, tag::abcd},
       {"3x3 weight gradient", {256, 256, 3, 3}, tag::ABcd16b16a, dt::f32, tag::abcd},
       {"1x1/2 weight gradient", {2048, 1024, 1, 1}, tag::ABcd16b16a, dt::f32, tag::abcd},
   };
   fmt::print("weight_reorders: {} threads, {} alternating repeats; medians, ms per call (GB/s moved)\n", threads,
              repeats);
-  fmt::print("{:38} {:>15} {:>11} {:>11} {:>16} {:>16} {:>8}\n", "layout change", "dims", "from", "to", "oneDNN",
+  fmt::print("{:38} {:>15} {:>11} {:>16} {:>16} {:>16} {:>8}\n", "layout change", "dims", "from", "to", "oneDNN",
              "host", "speedup");
   Rng rng(7);
   std::vector<float> flush(16 << 20);
@@ -100,16 +102,20 @@ int main(int argc, char** argv) {
     const double bytes = double(from_md.get_size() + to_md.get_size());
     const double a = median(times[0]), b = median(times[1]);
     const auto name = [](tag t) {
-      return t == tag::abcd         ? "abcd"
-             : t == tag::Acdb32a    ? "Acdb32a"
-             : t == tag::Acdb48a    ? "Acdb48a"
-             : t == tag::AcdB32a2b  ? "AcdB32a2b"
-             : t == tag::AcdB48a2b  ? "AcdB48a2b"
-             : t == tag::AcdB64a2b  ? "AcdB64a2b"
-             : t == tag::ABcd16b16a ? "ABcd16b16a"
-                                    : "?";
+      return t == tag::abcd          ? "abcd"
+             : t == tag::Acdb32a     ? "Acdb32a"
+             : t == tag::Acdb48a     ? "Acdb48a"
+             : t == tag::AcdB32a2b   ? "AcdB32a2b"
+             : t == tag::AcdB48a2b   ? "AcdB48a2b"
+             : t == tag::AcdB64a2b   ? "AcdB64a2b"
+             : t == tag::ABcd16b16a  ? "ABcd16b16a"
+             : t == tag::ABcd16a16b  ? "ABcd16a16b"
+             : t == tag::BAcd16a16b  ? "BAcd16a16b"
+             : t == tag::ABcd8a16b2a ? "ABcd8a16b2a"
+             : t == tag::BAcd8a16b2a ? "BAcd8a16b2a"
+                                     : "?";
     };
-    fmt::print("{:38} {:>15} {:>11} {:>6} {:>4} {:>7.3f} ({:5.1f}) {:>7.3f} ({:5.1f}) {:>7.2f}x{}\n", c.what,
+    fmt::print("{:38} {:>15} {:>11} {:>11} {:>4} {:>7.3f} ({:5.1f}) {:>7.3f} ({:5.1f}) {:>7.2f}x{}\n", c.what,
                fmt::format("{}", fmt::join(c.dims, "x")), name(c.from_tag), name(c.to_tag),
                c.to_type == dt::f32 ? "f32" : "bf16", a, bytes / a / 1e6, b, bytes / b / 1e6, a / b,
                !on_host ? "  NOT ON THE HOST"

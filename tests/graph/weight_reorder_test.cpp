@@ -87,6 +87,11 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
       {{128, 64, 3, 3}, f32, tag::abcd, bf16, tag::AcdB64a2b},
       {{2048, 1024, 1, 1}, f32, tag::abcd, bf16, tag::AcdB48a2b},
       {{80, 32, 3, 3}, f32, tag::abcd, bf16, tag::AcdB48a2b},
+      // backward_data's weights: 16 input channels innermost, or pairs of output channels.
+      {{2048, 1024, 1, 1}, f32, tag::abcd, f32, tag::BAcd16a16b},
+      {{32, 64, 1, 1}, f32, tag::abcd, f32, tag::ABcd16a16b},
+      {{2048, 1024, 1, 1}, f32, tag::abcd, bf16, tag::BAcd8a16b2a},
+      {{48, 16, 1, 1}, f32, tag::abcd, bf16, tag::ABcd8a16b2a},
       // Weight gradients back to the plain layout.
       {{512, 256, 3, 3}, f32, tag::ABcd16b16a, f32, tag::abcd},
       {{2048, 1024, 1, 1}, f32, tag::ABcd16b16a, f32, tag::abcd},
@@ -116,8 +121,12 @@ TEST_CASE("layout pairs the host does not handle are left to oneDNN") {
   const Case others[] = {
       {{64, 3, 7, 7}, f32, tag::abcd, f32, tag::Acdb64a},        // 3 input channels
       {{24, 16, 3, 3}, f32, tag::abcd, f32, tag::Acdb16a},       // 24 output channels
-      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::ABcd16a16b},    // input channels innermost
-      {{64, 64, 3, 3}, f32, tag::abcd, bf16, tag::ABcd8a16b2a},  // another bf16 block
+      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::ABcd16a16b},    // backward_data's, 3x3
+      {{64, 64, 3, 3}, f32, tag::abcd, bf16, tag::ABcd8a16b2a},  // backward_data's, 3x3, bf16
+      {{64, 64, 1, 1}, f32, tag::abcd, bf16, tag::ABcd16a16b},   // 16 inputs innermost, in bf16
+      {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::ABcd8a16b2a},   // output pairs, in fp32
+      {{64, 64, 3, 3}, f32, tag::abcd, bf16, tag::ABcd16b16a},   // the gradient's block, in bf16
+      {{64, 64, 1, 1}, f32, tag::ABcd16a16b, f32, tag::abcd},    // backward_data's layout back
       {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::acdb},          // plain to plain
       {{80, 32, 3, 3}, f32, tag::Acdb48a, f32, tag::abcd},       // padded, back to plain
       {{64, 64, 3, 3}, f32, tag::ABcd16b16a, f32, tag::acdb},    // gradient to channels-last

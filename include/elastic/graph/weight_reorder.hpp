@@ -19,6 +19,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 #include <vector>
 
@@ -35,22 +36,38 @@
 
 namespace elastic::detail {
 
-// A 4-d weight (O, I, H, W) in a blocked layout whose innermost block is
-// either [ob output channels][ib input channels] (ob a multiple of 16, ib 1
-// or 2: bf16 pairs) or [16 input][16 output] (`input_major`), with the plain
-// fp32 layout on the other side of the change.
+// The innermost block of a blocked weight layout this file handles (a for
+// output channels, b for input channels, as oneDNN's tags name them).
+enum class WeightBlock {
+  outputs,       // [ob a][ib b]: ob (a multiple of 16) output channels innermost, ib = 2 in bf16
+                 // (pairs of input channels): the forward's Acdb32a, AcdB32a2b, ...
+  gradient,      // [16 b][16 a]: weight gradients (ABcd16b16a)
+  inputs,        // [16 a][16 b]: 16 input channels innermost, fp32 backward_data (BAcd16a16b)
+  output_pairs,  // [8 a][16 b][2 a]: pairs of output channels innermost, bf16 backward_data
+                 // (BAcd8a16b2a)
+};
+// The last two only for 1 x 1 kernels, where a block is 16 runs of the plain
+// layout: for larger kernels oneDNN's reorder into them runs at 24-30 GB/s,
+// faster than two transposes here (benchmarks/weight_reorders).
+
+// A 4-d weight (O, I, H, W) in a blocked layout with one of those blocks,
+// with the plain fp32 layout on the other side of the change.
 struct WeightReorderPlan {
   std::int64_t O = 0, I = 0, H = 0, W = 0;
   std::int64_t stride[4] = {};  // of dims 0 and 1 per block, of dims 2 and 3 per element
-  std::int64_t ob = 1, ib = 1;
-  bool input_major = false;
-  bool to_blocked = true;  // plain -> blocked (else blocked -> plain)
-  bool bf16 = false;       // the blocked side holds bf16
+  WeightBlock block = WeightBlock::outputs;
+  std::int64_t ob = 16, ib = 1;  // the block's size in output and input channels
+  bool to_blocked = true;        // plain -> blocked (else blocked -> plain)
+  bool bf16 = false;             // the blocked side holds bf16
 
   // Element offset in the blocked layout of output channel o0 (a multiple of
-  // 16), input channel i, at (h, w): where its 16 output channels start.
+  // 16), input channel i, at (h, w): where its 16 output channels start
+  // (`outputs`, `gradient`), or its 16 x 16 block (`inputs`, `output_pairs`:
+  // i a multiple of 16 too).
   std::int64_t at(std::int64_t o0, std::int64_t i, std::int64_t h, std::int64_t w) const {
-    const std::int64_t inner = input_major ? (i % 16) * 16 + o0 % 16 : (o0 % ob) * ib + i % ib;
+    const std::int64_t inner = block == WeightBlock::outputs    ? (o0 % ob) * ib + i % ib
+                               : block == WeightBlock::gradient ? (i % 16) * 16
+                                                                : 0;
     return o0 / ob * stride[0] + i / ib * stride[1] + h * stride[2] + w * stride[3] + inner;
   }
 };
@@ -136,15 +153,30 @@ inline std::optional<WeightReorderPlan> weight_reorder_plan(const dnnl::memory::
   p.to_blocked = to_blocked;
   p.bf16 = m.data_type == dnnl_bf16;
   if (m.data_type != dnnl_f32 && !(p.bf16 && to_blocked)) return {};
-  if (b.inner_nblks == 1 && b.inner_idxs[0] == 0 && !p.bf16) {
+  const auto inner = [&](std::initializer_list<int> idxs, std::initializer_list<std::int64_t> blks) {
+    if (b.inner_nblks != static_cast<int>(idxs.size())) return false;
+    for (int k = 0; k < b.inner_nblks; ++k)
+      if (b.inner_idxs[k] != idxs.begin()[k] || (blks.begin()[k] != 0 && b.inner_blks[k] != blks.begin()[k]))
+        return false;
+    return true;
+  };
+  const bool bf16 = p.bf16, grad = !to_blocked;  // a block size 0 below: any
+  if (!bf16 && inner({0}, {0})) {
+    p.block = WeightBlock::outputs;
     p.ob = b.inner_blks[0];
-  } else if (b.inner_nblks == 2 && b.inner_idxs[0] == 0 && b.inner_idxs[1] == 1 && b.inner_blks[1] == 2 && p.bf16) {
+  } else if (bf16 && inner({0, 1}, {0, 2})) {
+    p.block = WeightBlock::outputs;
     p.ob = b.inner_blks[0];
     p.ib = 2;
-  } else if (b.inner_nblks == 2 && b.inner_idxs[0] == 1 && b.inner_idxs[1] == 0 && b.inner_blks[0] == 16 &&
-             b.inner_blks[1] == 16 && !p.bf16) {
-    p.ob = p.ib = 16;
-    p.input_major = true;
+  } else if (!bf16 && grad && inner({1, 0}, {16, 16})) {
+    p.block = WeightBlock::gradient;
+    p.ib = 16;
+  } else if (!bf16 && !grad && H * W == 1 && inner({0, 1}, {16, 16})) {
+    p.block = WeightBlock::inputs;
+    p.ib = 16;
+  } else if (bf16 && H * W == 1 && inner({0, 1, 0}, {8, 16, 2})) {
+    p.block = WeightBlock::output_pairs;
+    p.ib = 16;
   } else {
     return {};
   }
@@ -176,7 +208,7 @@ class HostWeightReorder {
         to_(std::move(to)),
         p_(plan),
         threads_(std::max(1, omp_get_max_threads())),
-        tile_floats_(plan.bf16 ? 256 * plan.H * plan.W : 0),
+        tile_floats_(plan.bf16 && plan.block == WeightBlock::outputs ? 256 * plan.H * plan.W : 0),
         tiles_(static_cast<std::size_t>(threads_ * tile_floats_)) {
     // A task's vector k is input channel i0 + k / HW at (h, w) = k % HW; its
     // offset from the task's first is the same for every task (i0 is a
@@ -199,6 +231,8 @@ class HostWeightReorder {
         const std::int64_t o0 = task / (p_.I / 16) * 16, i0 = task % (p_.I / 16) * 16;
         if (!p_.to_blocked)
           from_blocked(o0, i0);
+        else if (p_.block != WeightBlock::outputs)
+          to_blocked_square(o0, i0);
         else if (p_.bf16)
           to_blocked_bf16(o0, i0, tile);
         else
@@ -257,6 +291,20 @@ class HostWeightReorder {
         pack_bf16_pairs(tile + k * 16, tile + (k + hw()) * 16, to);
       }
     }
+  }
+
+  // The backward_data layouts of 1 x 1 kernels: each 16 x 16 block holds 16
+  // contiguous runs of the plain layout, copied (fp32) or paired (bf16).
+  __attribute__((target("avx512f"))) void to_blocked_square(std::int64_t o0, std::int64_t i0) {
+    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
+    const std::int64_t first = blocked_first(o0, i0);
+    if (!p_.bf16) {
+      float* dst = static_cast<float*>(to_.get_data_handle()) + first;
+      for (int o = 0; o < 16; ++o) std::memcpy(dst + 16 * o, src + o * p_.I, 64);
+      return;
+    }
+    auto* words = reinterpret_cast<std::uint32_t*>(static_cast<std::uint16_t*>(to_.get_data_handle()) + first);
+    for (int q = 0; q < 8; ++q) pack_bf16_pairs(src + 2 * q * p_.I, src + (2 * q + 1) * p_.I, words + 16 * q);
   }
 
   __attribute__((target("avx512f"))) void from_blocked(std::int64_t o0, std::int64_t i0) {
