@@ -1,7 +1,8 @@
 // The host's convolution weight layout changes (graph/weight_reorder.hpp),
 // taken by reorder_call, against oneDNN's reorder primitive on the same
-// input: the same bytes, padding included, for every layout pair the host
-// handles; and the pairs it does not handle left to oneDNN.
+// input: the same bytes, padding included, for each kind of layout pair the
+// host handles (ResNet50's shapes, and smaller ones with padding);
+// and pairs it does not handle left to oneDNN.
 #include "elastic/graph/weight_reorder.hpp"
 
 #include <cmath>
@@ -36,7 +37,8 @@ struct Case {
 
 // Values that test the copy and bf16's rounding: random ones with bits below
 // bf16's precision, exact ties to even (both parities), values that round up
-// into the next binade and to infinity, infinities, NaNs and signed zeros.
+// into the next binade and to infinity, infinities, NaNs, signed zeros and
+// denormals (oneDNN's native bf16 conversion makes them zeros).
 void fill(float* p, std::size_t n, std::uint64_t seed) {
   Rng rng(seed);
   const float special[] = {std::bit_cast<float>(0x3F808000u),  // tie, even below: rounds down
@@ -49,15 +51,19 @@ void fill(float* p, std::size_t n, std::uint64_t seed) {
                            std::bit_cast<float>(0x7F800001u),  // signalling NaN: quieted
                            std::bit_cast<float>(0xFFC12345u),  // negative NaN with a payload
                            0.0f,
-                           -0.0f};
+                           -0.0f,
+                           std::bit_cast<float>(0x00400000u),  // denormals
+                           std::bit_cast<float>(0x80012345u),
+                           std::bit_cast<float>(0x007FFFFFu)};
   for (std::size_t i = 0; i < n; ++i)
     p[i] = i % 7 == 3 ? special[(i / 7) % std::size(special)] : rng.uniform(-3.0f, 3.0f);
 }
 
 // Runs the change through reorder_call and through oneDNN's reorder into two
-// buffers prefilled with the same garbage; true when the host took it.
-bool same_as_onednn(const Case& c) {
-  Context ctx(2);
+// buffers prefilled with the same garbage, on `threads` threads; true when
+// the host took it.
+bool same_as_onednn(const Case& c, int threads = 2) {
+  Context ctx(threads);
   const auto& eng = ctx.engine();
   const memory::desc from_md(c.dims, c.from_type, c.from_tag), to_md(c.dims, c.to_type, c.to_tag);
   memory from(from_md, eng), host(to_md, eng), reference(to_md, eng);
@@ -82,11 +88,13 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
       {{2048, 1024, 1, 1}, f32, tag::abcd, f32, tag::Acdb48a},  // padded to 2064 channels
       {{80, 16, 3, 3}, f32, tag::abcd, f32, tag::Acdb48a},      // padded to 96
       {{32, 48, 1, 3}, f32, tag::abcd, f32, tag::Acdb16a},
+      {{80, 32, 3, 3}, f32, tag::abcd, f32, tag::Acdb64a},  // padded to 128
       // bf16 forward weights: pairs of input channels.
       {{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b},
       {{128, 64, 3, 3}, f32, tag::abcd, bf16, tag::AcdB64a2b},
       {{2048, 1024, 1, 1}, f32, tag::abcd, bf16, tag::AcdB48a2b},
       {{80, 32, 3, 3}, f32, tag::abcd, bf16, tag::AcdB48a2b},
+      {{48, 32, 3, 3}, f32, tag::abcd, bf16, tag::AcdB16a2b},
       // backward_data's weights: 16 input channels innermost, or pairs of output channels.
       {{2048, 1024, 1, 1}, f32, tag::abcd, f32, tag::BAcd16a16b},
       {{32, 64, 1, 1}, f32, tag::abcd, f32, tag::ABcd16a16b},
@@ -96,7 +104,8 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
       {{512, 256, 3, 3}, f32, tag::ABcd16b16a, f32, tag::abcd},
       {{2048, 1024, 1, 1}, f32, tag::ABcd16b16a, f32, tag::abcd},
       {{16, 32, 5, 5}, f32, tag::ABcd16b16a, f32, tag::abcd},
-      {{64, 64, 3, 3}, f32, tag::Acdb32a, f32, tag::abcd},  // a forward layout back
+      {{64, 64, 3, 3}, f32, tag::Acdb32a, f32, tag::abcd},  // forward layouts back
+      {{128, 32, 3, 3}, f32, tag::Acdb64a, f32, tag::abcd},
   };
   for (const Case& c : cases) {
     const bool took = same_as_onednn(c);
@@ -111,10 +120,12 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
 
 TEST_CASE("the host's weight layout changes are the same on one thread and on two") {
   const Case c{{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b};
-  omp_set_num_threads(1);
-  same_as_onednn(c);
-  omp_set_num_threads(2);
-  same_as_onednn(c);
+  for (const int threads : {1, 2, 3}) {
+    CHECK(same_as_onednn(c, threads) == detail::weight_reorder_plan(memory::desc(c.dims, c.from_type, c.from_tag),
+                                                                    memory::desc(c.dims, c.to_type, c.to_tag))
+                                            .has_value());
+    CHECK(omp_get_max_threads() == threads);
+  }
 }
 
 TEST_CASE("layout pairs the host does not handle are left to oneDNN") {

@@ -1,12 +1,16 @@
 // Layout changes of convolution weights on the host, in place of oneDNN's
-// reorder for the pairs it is slowest on: from the plain (O, I, H, W) fp32
-// layout params keep into the blocked layouts oneDNN's convolutions read
-// (output channels innermost: Acdb32a in fp32, AcdB32a2b in bf16, and their
-// 48- and 64-channel forms), and from the blocked layout their weight
-// gradients come in (ABcd16b16a) back to plain. oneDNN 2.6 moves 5.5-11 GB/s
-// on these against 17-26 GB/s here (benchmarks/RESULTS.md, "Weight layout
-// changes on the host"). The bits are the same: fp32 values are copied, and
-// bf16 ones rounded to nearest even as oneDNN rounds them.
+// reorder for the pairs it is slowest on:
+//  - from the plain (O, I, H, W) fp32 layout params keep into the blocked
+//    layouts the forward reads, output channels innermost (Acdb32a in fp32,
+//    AcdB32a2b in bf16, and their 16-, 48- and 64-channel forms);
+//  - for 1 x 1 kernels, into backward_data's layouts (BAcd16a16b in fp32,
+//    BAcd8a16b2a in bf16);
+//  - from the blocked layouts weight gradients come in (ABcd16b16a, Acdb32a,
+//    ...) back to plain.
+// On ResNet50's weights oneDNN 2.6 moves 5.5-20 GB/s on these, the host 18-31
+// GB/s (benchmarks/RESULTS.md, "Weight layout changes on the host"). The
+// bytes are oneDNN's: fp32 values are copied, and bf16 ones converted as
+// oneDNN converts them on CPUs with native bf16 (see pack_bf16_pairs).
 //
 // The work is 16 x 16 transposes: 16 output channels of one row of the plain
 // layout are one vector of the blocked layout, for each (input channel, h, w).
@@ -83,7 +87,9 @@ inline bool cpu_has_avx512f() {
 // undefined vector, which they do not use.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 __attribute__((target("avx512f"))) inline void transpose16(const float* const* in, float* const* out) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in[i]);
@@ -114,11 +120,15 @@ __attribute__((target("avx512f"))) inline void transpose16(const float* const* i
 }
 #pragma GCC diagnostic pop
 
-// out[o] = the bf16 pair (a[o], b[o]) for 16 o: host::from_float<bf16>'s
-// rounding (to nearest even, as oneDNN's), a in the low half.
+// out[o] = the bf16 pair (a[o], b[o]) for 16 o, a in the low half, each
+// converted as oneDNN's reorder converts on CPUs with native bf16 (its
+// vcvtneps2bf16): a denormal becomes a zero of its sign; anything else is
+// host::from_float<bf16>'s rounding to nearest even.
 __attribute__((target("avx512f"))) inline void pack_bf16_pairs(const float* a, const float* b, std::uint32_t* out) {
   const auto bits = [](float v) {
-    return std::uint32_t{std::bit_cast<std::uint16_t>(host::from_float<host::bf16>(v))};
+    const auto u = std::bit_cast<std::uint32_t>(v);
+    const std::uint32_t rounded = std::bit_cast<std::uint16_t>(host::from_float<host::bf16>(v));
+    return (u & 0x7F800000u) == 0 ? (u >> 16) & 0x8000u : rounded;
   };
   for (int o = 0; o < 16; ++o) out[o] = bits(a[o]) | bits(b[o]) << 16;
 }
@@ -198,9 +208,11 @@ inline std::optional<WeightReorderPlan> weight_reorder_plan(const dnnl::memory::
 #ifdef ELASTIC_HOST_WEIGHT_REORDER
 // Runs a WeightReorderPlan between two bound memories (their handles are read
 // at each call, so rebinding is seen). Work is split over the OpenMP threads
-// in tasks of 16 output x 16 input channels, all (h, w): each task reads 16
-// contiguous runs of the plain layout and writes whole 64-byte vectors of the
-// blocked one; bf16 pairs go through a per-thread tile of 16 x 16HW floats.
+// in tasks of 16 output x 16 input channels, all (h, w). On the plain side a
+// task covers 16 contiguous runs of 16HW values, on the blocked side 16HW
+// whole 64-byte vectors (16 blocks of 16 x 16 values for 1 x 1 backward_data
+// layouts, copied or paired without a transpose); bf16 pairs of the forward's
+// layouts go through a per-thread tile of 16 x 16HW floats.
 class HostWeightReorder {
  public:
   HostWeightReorder(dnnl::memory from, dnnl::memory to, const WeightReorderPlan& plan)
@@ -212,7 +224,7 @@ class HostWeightReorder {
         tiles_(static_cast<std::size_t>(threads_ * tile_floats_)) {
     // A task's vector k is input channel i0 + k / HW at (h, w) = k % HW; its
     // offset from the task's first is the same for every task (i0 is a
-    // multiple of 16, so of ib).
+    // multiple of 16, so of the block's input channels).
     for (std::int64_t k = 0; k < 16 * hw(); ++k) {
       const std::int64_t s = k % hw();
       rel_.push_back(p_.at(0, k / hw(), s / p_.W, s % p_.W));
@@ -250,17 +262,17 @@ class HostWeightReorder {
   std::int64_t blocked_first(std::int64_t o0, std::int64_t i0) const { return p_.at(o0, i0, 0, 0); }
 
   __attribute__((target("avx512f"))) void to_blocked_f32(std::int64_t o0, std::int64_t i0) {
-    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
     float* dst = static_cast<float*>(to_.get_data_handle()) + blocked_first(o0, i0);
+    if (o0 >= p_.O) {  // padding: zeros
+      for (std::int64_t k = 0; k < 16 * hw(); ++k) std::memset(dst + rel_[static_cast<std::size_t>(k)], 0, 64);
+      return;
+    }
+    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
     const std::int64_t row = p_.I * hw();
     const float* in[16];
     float* out[16];
     for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
       for (int c = 0; c < 16; ++c) out[c] = dst + rel_[static_cast<std::size_t>(k + c)];
-      if (o0 >= p_.O) {
-        for (float* o : out) std::memset(o, 0, 64);
-        continue;
-      }
       for (int r = 0; r < 16; ++r) in[r] = src + r * row + k;
       transpose16(in, out);
     }
@@ -268,11 +280,12 @@ class HostWeightReorder {
 
   __attribute__((target("avx512f"))) void to_blocked_bf16(std::int64_t o0, std::int64_t i0, float* tile) {
     auto* dst = static_cast<std::uint16_t*>(to_.get_data_handle()) + blocked_first(o0, i0);
-    const std::int64_t row = p_.I * hw();
-    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
-    const float* in[16];
-    float* out[16];
-    if (o0 < p_.O) {
+    const bool padding = o0 >= p_.O;  // zeros
+    if (!padding) {
+      const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
+      const std::int64_t row = p_.I * hw();
+      const float* in[16];
+      float* out[16];
       for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
         for (int r = 0; r < 16; ++r) in[r] = src + r * row + k;
         for (int c = 0; c < 16; ++c) out[c] = tile + (k + c) * 16;
@@ -284,11 +297,10 @@ class HostWeightReorder {
       for (std::int64_t s = 0; s < hw(); ++s) {
         const std::int64_t k = i * hw() + s;
         auto* to = reinterpret_cast<std::uint32_t*>(dst + rel_[static_cast<std::size_t>(k)]);
-        if (o0 >= p_.O) {
+        if (padding)
           std::memset(to, 0, 64);
-          continue;
-        }
-        pack_bf16_pairs(tile + k * 16, tile + (k + hw()) * 16, to);
+        else
+          pack_bf16_pairs(tile + k * 16, tile + (k + hw()) * 16, to);
       }
     }
   }
