@@ -8,7 +8,6 @@
 // work). Alternating repeats (oneDNN, host, oneDNN, ...); medians in ms and
 // the bytes moved per ms.
 //   weight_reorders [threads] [repeats]
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -33,11 +32,6 @@ struct Case {
   dt to_type;
   tag to_tag;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -100,7 +94,7 @@ int main(int argc, char** argv) {
       }
     }
     const double bytes = double(from_md.get_size() + to_md.get_size());
-    const double a = median(times[0]), b = median(times[1]);
+    const double a = summarize(times[0]).median, b = summarize(times[1]).median;
     const auto name = [](tag t) {
       return t == tag::abcd          ? "abcd"
              : t == tag::Acdb32a     ? "Acdb32a"

@@ -241,14 +241,12 @@ class HostWeightReorder {
 #pragma omp for schedule(static)
       for (std::int64_t task = 0; task < tasks; ++task) {
         const std::int64_t o0 = task / (p_.I / 16) * 16, i0 = task % (p_.I / 16) * 16;
-        if (!p_.to_blocked)
-          from_blocked(o0, i0);
-        else if (p_.block != WeightBlock::outputs)
+        if (p_.block == WeightBlock::inputs || p_.block == WeightBlock::output_pairs)
           to_blocked_square(o0, i0);
         else if (p_.bf16)
           to_blocked_bf16(o0, i0, tile);
         else
-          to_blocked_f32(o0, i0);
+          transpose_f32(o0, i0);
       }
     }
   }
@@ -261,20 +259,23 @@ class HostWeightReorder {
   // i - i0, times HW, plus h W + w): the task's first vector, then rel_[k].
   std::int64_t blocked_first(std::int64_t o0, std::int64_t i0) const { return p_.at(o0, i0, 0, 0); }
 
-  __attribute__((target("avx512f"))) void to_blocked_f32(std::int64_t o0, std::int64_t i0) {
-    float* dst = static_cast<float*>(to_.get_data_handle()) + blocked_first(o0, i0);
-    if (o0 >= p_.O) {  // padding: zeros
-      for (std::int64_t k = 0; k < 16 * hw(); ++k) std::memset(dst + rel_[static_cast<std::size_t>(k)], 0, 64);
+  // fp32 either way: the task's 16 runs of the plain layout and its 16HW
+  // vectors of the blocked one (offsets rel_), transposed 16 x 16 at a time
+  // from one side to the other.
+  __attribute__((target("avx512f"))) void transpose_f32(std::int64_t o0, std::int64_t i0) {
+    float* blocked = static_cast<float*>((p_.to_blocked ? to_ : from_).get_data_handle()) + blocked_first(o0, i0);
+    if (o0 >= p_.O) {  // padding (plain -> blocked only): zeros
+      for (std::int64_t k = 0; k < 16 * hw(); ++k) std::memset(blocked + rel_[static_cast<std::size_t>(k)], 0, 64);
       return;
     }
-    const float* src = static_cast<const float*>(from_.get_data_handle()) + plain_at(o0, i0);
+    float* plain = static_cast<float*>((p_.to_blocked ? from_ : to_).get_data_handle()) + plain_at(o0, i0);
     const std::int64_t row = p_.I * hw();
-    const float* in[16];
-    float* out[16];
+    float* rows[16];
+    float* vectors[16];
     for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
-      for (int c = 0; c < 16; ++c) out[c] = dst + rel_[static_cast<std::size_t>(k + c)];
-      for (int r = 0; r < 16; ++r) in[r] = src + r * row + k;
-      transpose16(in, out);
+      for (int r = 0; r < 16; ++r) rows[r] = plain + r * row + k;
+      for (int c = 0; c < 16; ++c) vectors[c] = blocked + rel_[static_cast<std::size_t>(k + c)];
+      p_.to_blocked ? transpose16(rows, vectors) : transpose16(vectors, rows);
     }
   }
 
@@ -317,19 +318,6 @@ class HostWeightReorder {
     }
     auto* words = reinterpret_cast<std::uint32_t*>(static_cast<std::uint16_t*>(to_.get_data_handle()) + first);
     for (int q = 0; q < 8; ++q) pack_bf16_pairs(src + 2 * q * p_.I, src + (2 * q + 1) * p_.I, words + 16 * q);
-  }
-
-  __attribute__((target("avx512f"))) void from_blocked(std::int64_t o0, std::int64_t i0) {
-    const float* src = static_cast<const float*>(from_.get_data_handle()) + blocked_first(o0, i0);
-    float* dst = static_cast<float*>(to_.get_data_handle()) + plain_at(o0, i0);
-    const std::int64_t row = p_.I * hw();
-    const float* in[16];
-    float* out[16];
-    for (std::int64_t k = 0; k < 16 * hw(); k += 16) {
-      for (int c = 0; c < 16; ++c) in[c] = src + rel_[static_cast<std::size_t>(k + c)];
-      for (int r = 0; r < 16; ++r) out[r] = dst + r * row + k;
-      transpose16(in, out);
-    }
   }
 
   dnnl::memory from_, to_;
