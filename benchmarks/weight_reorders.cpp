@@ -1,7 +1,8 @@
-// Convolution weight layout changes as the training step runs them: oneDNN's
-// reorder primitive against reorder_call's host path
-// (graph/weight_reorder.hpp), on the weight and weight-gradient layouts
-// ResNet50's convolutions ask for in fp32 and bf16. The two outputs are
+// Weight layout changes as the training step runs them: oneDNN's reorder
+// primitive against reorder_call's host path (graph/weight_reorder.hpp), on
+// the weight and weight-gradient layouts ResNet50's convolutions ask for in
+// fp32 and bf16, and on the bf16 copies of 1x1 convolution and ViT linear
+// weights (same layout). The two outputs are
 // compared byte for byte (padding included) before timing. Before each call
 // a 64 MiB buffer is written, so that the weights come from memory as they do
 // in a step (the optimizer has just written them, between other layers'
@@ -53,6 +54,9 @@ int main(int argc, char** argv) {
       {"3x3 weight gradient", {512, 512, 3, 3}, tag::ABcd16b16a, dt::f32, tag::abcd},
       {"3x3 weight gradient", {256, 256, 3, 3}, tag::ABcd16b16a, dt::f32, tag::abcd},
       {"1x1/2 weight gradient", {2048, 1024, 1, 1}, tag::ABcd16b16a, dt::f32, tag::abcd},
+      {"1x1 weight, bf16 copy (matmul)", {2048, 512, 1, 1}, tag::abcd, dt::bf16, tag::abcd},
+      {"ViT linear weight, bf16 copy", {3072, 768}, tag::ab, dt::bf16, tag::ab},
+      {"ViT linear weight, bf16 copy", {768, 768}, tag::ab, dt::bf16, tag::ab},
   };
   fmt::print("weight_reorders: {} threads, {} alternating repeats; medians, ms per call (GB/s moved)\n", threads,
              repeats);
@@ -71,7 +75,7 @@ int main(int argc, char** argv) {
     std::memset(to_host.get_data_handle(), 0x3f, to_md.get_size());
     const dnnl::reorder prim(from, to_dnnl);
     const Call host = reorder_call(from, to_host);
-    const bool on_host = detail::weight_reorder_plan(from_md, to_md).has_value();
+    const bool on_host = detail::host_reorder(from_md, to_md);
     const auto run = [&](int side) {
       if (side == 0) {
         prim.execute(stream, from, to_dnnl);
@@ -97,6 +101,7 @@ int main(int argc, char** argv) {
     const double a = summarize(times[0]).median, b = summarize(times[1]).median;
     const auto name = [](tag t) {
       return t == tag::abcd          ? "abcd"
+             : t == tag::ab          ? "ab"
              : t == tag::Acdb32a     ? "Acdb32a"
              : t == tag::Acdb48a     ? "Acdb48a"
              : t == tag::AcdB32a2b   ? "AcdB32a2b"

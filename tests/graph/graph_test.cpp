@@ -8,6 +8,7 @@
 
 #include "elastic/core/resident.hpp"
 #include "elastic/layers/add.hpp"
+#include "elastic/layers/batchnorm.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/linear.hpp"
 #include "elastic/layers/pool.hpp"
@@ -373,6 +374,148 @@ TEST_CASE(
       for (const auto& p : fused.g.params().params())
         for (float v : p.grads()) CHECK(v == 0.0f);
     }
+  }
+}
+
+namespace {
+// x -> conv -> bn+relu -> 1x1 conv (bias) -> bn -> conv (bias, stride 2) -> bn+relu6 -> head conv:
+// each norm can fold into the convolution before it (the 1x1 one runs as a matmul). The norms
+// get random statistics, gammas and betas, so that a fold that dropped any part of the map shows.
+struct NormChain {
+  Context ctx{2};
+  Graph g;
+  ValueId x, c1, b1, c2, b2, c3, b3, head;
+  explicit NormChain(Precision p) : g(ctx, p) {
+    x = g.input("x", {2, 16, 10, 9});
+    c1 = g.add<Conv2d>(
+        {x}, "c1",
+        Conv2dOptions{
+            .in_channels = 16, .out_channels = 32, .kernel_h = 3, .kernel_w = 3, .padding = 1, .bias = false});
+    b1 = g.add<BatchNorm2d>({c1}, "b1", BatchNorm2dOptions{.num_features = 32, .activation = Activation::relu});
+    c2 = g.add<Conv2d>({b1}, "c2", Conv2dOptions{.in_channels = 32, .out_channels = 32});
+    b2 = g.add<BatchNorm2d>({c2}, "b2", BatchNorm2dOptions{.num_features = 32});
+    c3 = g.add<Conv2d>(
+        {b2}, "c3",
+        Conv2dOptions{.in_channels = 32, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1});
+    b3 = g.add<BatchNorm2d>({c3}, "b3", BatchNorm2dOptions{.num_features = 16, .activation = Activation::relu6});
+    head = g.add<Conv2d>({b3}, "head", conv3x3(16, 16));
+    g.finalize(21);
+    Rng rng(22);
+    for (const ValueId b : {b1, b2, b3}) {
+      const std::string name = g.node(b).name();
+      auto& ps = g.params();
+      for (float& v : ps[std::size_t(ps.find(name + ".weight"))].values()) v = rng.uniform(0.5f, 1.5f);
+      for (float& v : ps[std::size_t(ps.find(name + ".bias"))].values()) v = rng.uniform(-0.5f, 0.5f);
+      for (float& v : ps.buffer(std::size_t(ps.find_buffer(name + ".running_mean"))).values())
+        v = rng.uniform(-0.3f, 0.3f);
+      for (float& v : ps.buffer(std::size_t(ps.find_buffer(name + ".running_var"))).values())
+        v = rng.uniform(0.5f, 2.0f);
+    }
+    testing::random_input(g, x, 23);
+    g.write_grad(head, Tensor(g.shape(head), 0.01f));
+  }
+  // The head's params alone: every norm is frozen with nothing before it trained.
+  std::vector<bool> head_only() {
+    std::vector<bool> mask(g.params().size(), false);
+    for (int k : g.node(head).param_ids()) mask[std::size_t(k)] = true;
+    return mask;
+  }
+  // One step's output and head weight gradient.
+  std::pair<std::vector<float>, std::vector<float>> step() {
+    g.params().zero_grads();
+    g.forward(true);
+    g.backward();
+    const Tensor out = g.read(head);
+    return {{out.span().begin(), out.span().end()}, grads_of(g, g.node(head).param_ids()[0])};
+  }
+};
+
+// Largest |a - b| over the largest |b|.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(b[i])));
+  }
+  return diff / scale;
+}
+}  // namespace
+
+TEST_CASE("frozen batch norms fold into the convolution before them and give the unfolded results") {
+  for (Precision precision : precisions()) {
+    CAPTURE(to_string(precision));
+    NormChain n(precision);
+    auto& c1 = n.g.node_as<Conv2d>(n.c1);
+    auto& c2 = n.g.node_as<Conv2d>(n.c2);
+    auto& c3 = n.g.node_as<Conv2d>(n.c3);
+    // Every pair is linked on a CPU whose kernels want blocked or bf16 weights; in fp32 the
+    // 1x1 matmul reads the param itself and keeps no copy to scale, so it does not fold.
+    const auto& folds = n.g.folds();
+    const auto linked = [&](ValueId c) {
+      return std::any_of(folds.begin(), folds.end(), [&](const auto& f) { return f.first == c; });
+    };
+    CHECK(linked(n.c1));
+    CHECK(linked(n.c2) == (precision == Precision::bf16));
+    CHECK(folds.size() <= 3);
+    // Under the full plan nothing folds (the norms' params train).
+    CHECK_FALSE(c1.map_folded());
+    const auto [full_out, full_grad] = n.step();
+
+    n.g.select(n.head_only());
+    CHECK(c1.map_folded());
+    CHECK(c2.map_folded() == linked(n.c2));
+    CHECK(c3.map_folded() == linked(n.c3));
+    n.g.reuse_frozen_weights(true);
+    const auto [out, grad] = n.step();
+    const auto [again, again_grad] = n.step();  // from the kept scaled copies
+    n.g.fold_maps(false);
+    CHECK_FALSE(c1.map_folded());
+    const auto [plain, plain_grad] = n.step();  // the kept copies refilled unscaled
+    // fp32: the map moves into the weights and bias (a few ulps); bf16: the fold also skips
+    // rounding the convolution's output to bf16 before the map.
+    const double tol = precision == Precision::bf16 ? 3e-2 : 1e-5;
+    CHECK(relative_error(out, plain) < tol);
+    CHECK(relative_error(grad, plain_grad) < tol);
+    CHECK(out == again);
+    CHECK(grad == again_grad);
+    // The unfolded step is the full plan's, bit for bit.
+    CHECK(plain == full_out);
+    // Folded again: the kept copies are scaled again.
+    n.g.fold_maps(true);
+    CHECK(n.step().first == out);
+  }
+}
+
+TEST_CASE(
+    "a batch norm does not fold where its params train, where the convolution before it runs backward, or "
+    "while it uses batch statistics") {
+  for (Precision precision : precisions()) {
+    CAPTURE(to_string(precision));
+    NormChain n(precision);
+    auto& c1 = n.g.node_as<Conv2d>(n.c1);
+    auto& c3 = n.g.node_as<Conv2d>(n.c3);
+    // c1 trains: its backward reads its output only through b1's gradient, which b1 computes
+    // from its own output; c1 does not fold (it runs backward), c3 (after the trained part) neither.
+    std::vector<bool> mask = n.head_only();
+    for (int k : n.g.node(n.c1).param_ids()) mask[std::size_t(k)] = true;
+    n.g.select(mask);
+    CHECK_FALSE(c1.map_folded());
+    CHECK_FALSE(c3.map_folded());
+    // b3's params train: c3 does not fold; c1 and c2 still do.
+    mask = n.head_only();
+    for (int k : n.g.node(n.b3).param_ids()) mask[std::size_t(k)] = true;
+    n.g.select(mask);
+    CHECK(c1.map_folded());
+    CHECK_FALSE(c3.map_folded());
+    // Batch statistics in training: the map does not apply, so the folded plan runs unfolded,
+    // bit for bit.
+    for (const ValueId b : {n.b1, n.b2, n.b3}) n.g.node_as<BatchNorm2d>(b).set_batch_stats(true);
+    n.g.select(n.head_only());
+    CHECK(c1.map_folded());
+    const auto folded = n.step();
+    n.g.fold_maps(false);
+    const auto plain = n.step();
+    CHECK(folded == plain);
   }
 }
 

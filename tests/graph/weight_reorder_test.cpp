@@ -1,8 +1,9 @@
-// The host's convolution weight layout changes (graph/weight_reorder.hpp),
-// taken by reorder_call, against oneDNN's reorder primitive on the same
-// input: the same bytes, padding included, for each kind of layout pair the
-// host handles (ResNet50's shapes, and smaller ones with padding);
-// and pairs it does not handle left to oneDNN.
+// The host's weight layout changes and fp32 -> bf16 conversions
+// (graph/weight_reorder.hpp), taken by reorder_call, against oneDNN's reorder
+// primitive on the same input: the same bytes, padding included, for each
+// kind of pair the host handles (ResNet50's and ViT's shapes, and smaller
+// ones with padding or a vector tail); and pairs it does not handle left to
+// oneDNN.
 #include "elastic/graph/weight_reorder.hpp"
 
 #include <cmath>
@@ -70,12 +71,12 @@ bool same_as_onednn(const Case& c, int threads = 2) {
   fill(static_cast<float*>(from.get_data_handle()), from_md.get_size() / sizeof(float), 11);
   std::memset(host.get_data_handle(), 0x5A, to_md.get_size());
   std::memset(reference.get_data_handle(), 0x5A, to_md.get_size());
-  const bool took = detail::weight_reorder_plan(from_md, to_md).has_value();
+  const bool took = detail::host_reorder(from_md, to_md);
   reorder_call(from, host)(ctx.stream());
   dnnl::reorder(from, reference).execute(ctx.stream(), from, reference);
   ctx.stream().wait();
   CHECK_MESSAGE(std::memcmp(host.get_data_handle(), reference.get_data_handle(), to_md.get_size()) == 0, "dims ",
-                c.dims[0], "x", c.dims[1], "x", c.dims[2], "x", c.dims[3], " to tag ", static_cast<int>(c.to_tag));
+                to_string(c.dims), " to tag ", static_cast<int>(c.to_tag));
   return took;
 }
 }  // namespace
@@ -106,6 +107,14 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
       {{16, 32, 5, 5}, f32, tag::ABcd16b16a, f32, tag::abcd},
       {{64, 64, 3, 3}, f32, tag::Acdb32a, f32, tag::abcd},  // forward layouts back
       {{128, 32, 3, 3}, f32, tag::Acdb64a, f32, tag::abcd},
+      // fp32 -> bf16 in the same layout: linear weights, 1x1 convolution weights,
+      // and sizes with a vector tail (one chunk, and several chunks and a tail).
+      {{3072, 768}, f32, tag::ab, bf16, tag::ab},
+      {{1000, 2048}, f32, tag::ab, bf16, tag::ab},
+      {{2048, 512, 1, 1}, f32, tag::abcd, bf16, tag::abcd},
+      {{7, 13}, f32, tag::ab, bf16, tag::ab},
+      {{100003}, f32, tag::a, bf16, tag::a},
+      {{4, 197, 768}, f32, tag::abc, bf16, tag::abc},
   };
   for (const Case& c : cases) {
     const bool took = same_as_onednn(c);
@@ -119,13 +128,14 @@ TEST_CASE("the host's weight layout changes give oneDNN's bytes, padding include
 }
 
 TEST_CASE("the host's weight layout changes are the same on one thread and on two") {
-  const Case c{{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b};
-  for (const int threads : {1, 2, 3}) {
-    CHECK(same_as_onednn(c, threads) == detail::weight_reorder_plan(memory::desc(c.dims, c.from_type, c.from_tag),
-                                                                    memory::desc(c.dims, c.to_type, c.to_tag))
-                                            .has_value());
-    CHECK(omp_get_max_threads() == threads);
-  }
+  const Case cases[] = {{{256, 128, 3, 3}, f32, tag::abcd, bf16, tag::AcdB32a2b},
+                        {{100003}, f32, tag::a, bf16, tag::a}};
+  for (const Case& c : cases)
+    for (const int threads : {1, 2, 3}) {
+      CHECK(same_as_onednn(c, threads) == detail::host_reorder(memory::desc(c.dims, c.from_type, c.from_tag),
+                                                               memory::desc(c.dims, c.to_type, c.to_tag)));
+      CHECK(omp_get_max_threads() == threads);
+    }
 }
 
 TEST_CASE("layout pairs the host does not handle are left to oneDNN") {
@@ -143,8 +153,18 @@ TEST_CASE("layout pairs the host does not handle are left to oneDNN") {
       {{64, 64, 3, 3}, f32, tag::ABcd16b16a, f32, tag::acdb},    // gradient to channels-last
       {{64, 64, 3, 3}, f32, tag::ABcd16b16a, bf16, tag::abcd},   // gradient to bf16
       {{64, 64, 3, 3}, f32, tag::abcd, f32, tag::abcd},          // a copy
+      {{64, 64}, f32, tag::ab, bf16, tag::ba},                   // to bf16, transposed
+      {{64, 64, 3, 3}, f32, tag::abcd, bf16, tag::acdb},         // to bf16, channels-last
+      {{64, 64, 3, 3}, bf16, tag::abcd, f32, tag::abcd},         // bf16 to fp32
   };
   for (const Case& c : others) CHECK_FALSE(same_as_onednn(c));
+  // Not dense: rows 128 floats apart, 64 of them used.
+  const memory::desc gaps({64, 64}, f32, memory::dims{128, 1}), gaps16({64, 64}, bf16, memory::dims{128, 1});
+  CHECK(detail::bf16_conversion_size(gaps, gaps16) == 0);
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+  CHECK(detail::bf16_conversion_size(memory::desc({64, 64}, f32, tag::ab), memory::desc({64, 64}, bf16, tag::ab)) ==
+        (detail::cpu_has_avx512f() ? 4096 : 0));
+#endif
   // 4-d descs only.
   CHECK_FALSE(detail::weight_reorder_plan(memory::desc({64, 64}, f32, tag::ab), memory::desc({64, 64}, f32, tag::ba)));
 }

@@ -198,6 +198,21 @@ class Graph {
   }
   bool keeps_weight_copies() const { return keep_copies_; }
 
+  // Whether frozen batch norms run inside the convolution before them (the
+  // default; FoldableMap): under plans that train neither the norm's params
+  // nor anything else that reads the convolution's output, the convolution's
+  // kernel applies the norm's map and activation and writes the norm's output.
+  // Off, each runs on its own; results differ in the last bits (the fold does
+  // not round the convolution's output before the map).
+  void fold_maps(bool on) {
+    require_finalized();
+    folding_ = on;
+    bind();
+  }
+  bool folding() const { return folding_; }
+  // (convolution, map) node pairs that fold under plans that train neither.
+  const std::vector<std::pair<int, int>>& folds() const { return folds_; }
+
   void forward(bool training) {
     require_finalized();
     training_ = training;
@@ -389,6 +404,22 @@ class Graph {
       transients_.push_back(lazy_floats(static_cast<std::int64_t>(bytes / 4 + 1)));
     for (auto& node : nodes_)
       for (auto& t : node->transients()) t.memory.set_data_handle(transients_[std::size_t(t.slot)].get());
+    link_folds(consumers);
+  }
+
+  // Pairs (conv, map) where node `map` can run as post-ops of the node before
+  // it (FoldableMap): the map's only input is that node's value, which nothing
+  // else reads and the user does not see.
+  void link_folds(const std::vector<int>& consumers) {
+    folds_.clear();
+    for (std::size_t b = 0; b < nodes_.size(); ++b) {
+      FoldableMap* map = nodes_[b]->foldable_map();
+      if (!map || info_[b].inputs.size() != 1) continue;
+      const int c = info_[b].inputs[0];
+      if (consumers[std::size_t(c)] != 1 || info_[std::size_t(c)].is_output || info_[std::size_t(c)].is_input) continue;
+      if (nodes_[std::size_t(c)]->link_map(*map, nodes_[b]->output_memory(), ctx_))
+        folds_.push_back({c, static_cast<int>(b)});
+    }
   }
 
   void require_finalized() const {
@@ -446,6 +477,16 @@ class Graph {
       nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc, plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr,
                       plan.run_weights[i] || !keep_copies_);
     }
+    // A map folds into the convolution before it under plans that run no
+    // backward of the convolution (its kept weight copy then holds the scaled
+    // weights) and do not train the map's params (their gradients read the
+    // convolution's output, which a fold never writes).
+    for (const auto& [c, b] : folds_) {
+      const bool on = folding_ && !plan.run_weights[std::size_t(b)] && !plan.run_data[std::size_t(c)] &&
+                      !plan.run_weights[std::size_t(c)];
+      nodes_[std::size_t(b)]->foldable_map()->set_folded(on);
+      nodes_[std::size_t(c)]->fold_map(on);
+    }
   }
 
   float* pinned(ValueId v, bool grad) {
@@ -484,6 +525,8 @@ class Graph {
   bool keep_copies_ = true;                           // keep_weight_copies
   std::int64_t arena_floats_ = 0;
   std::map<int, std::shared_ptr<float[]>> pinned_act_, pinned_grad_;
+  std::vector<std::pair<int, int>> folds_;  // (convolution, map) pairs link_folds found
+  bool folding_ = true;                     // fold_maps
   std::uint64_t step_ = 0;
   std::uint64_t pass_ = 0;         // counts backward passes (RunCtx::pass)
   int data_node_ = -1;             // the node of the last backward_data_node, until another call

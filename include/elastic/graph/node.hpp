@@ -106,12 +106,15 @@ class Call {
 };
 
 // A reorder (layout change or copy) from one memory to another, bound once:
-// on the host for the convolution weight layouts oneDNN's reorder is slowest
-// on (detail::HostWeightReorder, same bits), else oneDNN's reorder primitive.
+// on the host for the weight layout changes and fp32 -> bf16 conversions
+// oneDNN's reorder is slowest on (detail::HostWeightReorder and
+// detail::HostBf16Conversion, same bits), else oneDNN's reorder primitive.
 inline Call reorder_call(const dnnl::memory& from, const dnnl::memory& to) {
 #ifdef ELASTIC_HOST_WEIGHT_REORDER
   if (const auto plan = detail::weight_reorder_plan(from.get_desc(), to.get_desc()))
     return Call(std::function<void()>([r = std::make_shared<detail::HostWeightReorder>(from, to, *plan)] { (*r)(); }));
+  if (const auto n = detail::bf16_conversion_size(from.get_desc(), to.get_desc()))
+    return Call(std::function<void()>([r = std::make_shared<detail::HostBf16Conversion>(from, to, n)] { (*r)(); }));
 #endif
   return Call(dnnl::reorder(from, to, user_scratchpad()), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
@@ -134,6 +137,9 @@ class DerivedWeight {
   DerivedWeight(const dnnl::memory& param, const dnnl::memory& kernel, const dnnl::memory& shared)
       : kernel_(kernel), shared_(shared), fill_(reorder_call(param, kernel)) {}
   explicit operator bool() const { return static_cast<bool>(fill_); }
+  // A second way to fill the copy: the param scaled per output channel (a
+  // batch norm folded into the kernel, Conv2d::link_map).
+  void set_scaled_fill(Call fill) { scaled_fill_ = std::move(fill); }
 
   // Where the copy lives under the installed plan (from Node::on_bind).
   void bind(bool trained) {
@@ -147,7 +153,8 @@ class DerivedWeight {
     }
     kernel_.set_data_handle(trained ? shared_.get_data_handle() : own_.get_data_handle());
   }
-  inline void before_forward(const RunCtx& run);
+  // `scaled`: the forward reads the scaled weights (set_scaled_fill).
+  inline void before_forward(const RunCtx& run, bool scaled = false);
   inline void before_backward(const RunCtx& run);
   // Bytes of the node's own buffer (held while the param is frozen).
   std::size_t bytes() const { return own_ ? own_.get_desc().get_size() : 0; }
@@ -156,8 +163,9 @@ class DerivedWeight {
 
  private:
   dnnl::memory kernel_, shared_, own_;
-  Call fill_;
+  Call fill_, scaled_fill_;
   bool trained_ = true;
+  bool scaled_ = false;      // whether the copy holds the scaled weights
   std::uint64_t epoch_ = 0;  // RunCtx::reuse_epoch of the last fill of own_ (0: never reusable)
 };
 
@@ -174,14 +182,17 @@ struct RunCtx {
   std::uint64_t reuse_epoch = 0;
 };
 
-void DerivedWeight::before_forward(const RunCtx& run) {
-  if (!fill_ || (!trained_ && run.reuse_epoch != 0 && epoch_ == run.reuse_epoch)) return;
-  fill_(run.stream);
+void DerivedWeight::before_forward(const RunCtx& run, bool scaled) {
+  if (!fill_ || (!trained_ && run.reuse_epoch != 0 && epoch_ == run.reuse_epoch && scaled_ == scaled)) return;
+  (scaled ? scaled_fill_ : fill_)(run.stream);
+  scaled_ = scaled;
   epoch_ = trained_ ? 0 : run.reuse_epoch;
 }
 
 void DerivedWeight::before_backward(const RunCtx& run) {
-  if (fill_ && trained_) fill_(run.stream);
+  if (!fill_ || (!trained_ && !scaled_)) return;
+  fill_(run.stream);
+  scaled_ = false;
 }
 
 // Which activations a backward half reads; the memory planner keeps exactly
@@ -369,6 +380,31 @@ inline Call sum_call(const dnnl::memory& from, const dnnl::memory& to) {
   return Call(reduction(pd), {{DNNL_ARG_SRC, from}, {DNNL_ARG_DST, to}});
 }
 
+// A node whose forward, in some modes, is a per-channel affine map of its one
+// input followed by a clamp (batch norm with running statistics, and its
+// ReLU), which the convolution before it can apply inside its own kernel, as
+// oneDNN post-ops, writing this node's output directly. The graph links the
+// two (Graph::link_folds) and turns the fold on under plans that train
+// neither this node's params (their gradients read the input, which is then
+// never written) nor anything that reads that input but this node.
+class FoldableMap {
+ public:
+  virtual ~FoldableMap() = default;
+  // Whether this forward computes the map (else the convolution runs unfused).
+  virtual bool map_applies(const RunCtx& run) const = 0;
+  // Fills map_scale() and map_shift() for this forward: out = clamp(in * scale + shift).
+  virtual void prepare_map() = 0;
+  // (C) f32 vectors, one value per channel.
+  virtual const dnnl::memory& map_scale() const = 0;
+  virtual const dnnl::memory& map_shift() const = 0;
+  // The clamp after the map: relu [0, inf], relu6 [0, 6], none [-inf, inf].
+  virtual float map_lo() const = 0;
+  virtual float map_hi() const = 0;
+  // While on, forward leaves the output alone whenever the map applies: the
+  // convolution has written it.
+  virtual void set_folded(bool on) = 0;
+};
+
 class Node {
  public:
   explicit Node(std::string name) : name_(std::move(name)) {}
@@ -402,6 +438,15 @@ class Node {
   // (attention's probabilities); small per-channel vectors are not counted.
   virtual std::size_t own_bytes() const { return 0; }
 
+  // Folding (FoldableMap): the map this node's forward can be, or null.
+  virtual FoldableMap* foldable_map() { return nullptr; }
+  // Prepares to apply `map` inside this node's forward kernel, writing
+  // `map_dst` (the map's node's output) instead of its own output; false when
+  // it cannot (the graph then runs both nodes unfused). Called after every setup.
+  virtual bool link_map(FoldableMap&, const dnnl::memory&, Context&) { return false; }
+  // Whether the linked map is applied from the next forward on (while it applies).
+  virtual void fold_map(bool) {}
+
   const std::string& name() const { return name_; }
   const std::vector<int>& param_ids() const { return params_; }
   dnnl::memory::desc output_desc() const { return dst_.get_desc(); }
@@ -423,6 +468,8 @@ class Node {
     has_diff_src_.assign(inputs.size(), false);
   }
   bool has_output() const { return static_cast<bool>(dst_); }
+  // The output's memory (its handle set by bind).
+  const dnnl::memory& output_memory() const { return dst_; }
   struct Transient {
     int slot;
     dnnl::memory memory;

@@ -1,12 +1,14 @@
-// Layout changes of convolution weights on the host, in place of oneDNN's
-// reorder for the pairs it is slowest on:
+// Layout changes of weights on the host, in place of oneDNN's reorder for the
+// pairs it is slowest on:
 //  - from the plain (O, I, H, W) fp32 layout params keep into the blocked
 //    layouts the forward reads, output channels innermost (Acdb32a in fp32,
 //    AcdB32a2b in bf16, and their 16-, 48- and 64-channel forms);
 //  - for 1 x 1 kernels, into backward_data's layouts (BAcd16a16b in fp32,
 //    BAcd8a16b2a in bf16);
 //  - from the blocked layouts weight gradients come in (ABcd16b16a, Acdb32a,
-//    ...) back to plain.
+//    ...) back to plain;
+//  - fp32 to bf16 in the same dense layout (bf16 copies of linear and 1 x 1
+//    convolution weights, which their matmuls read in torch's layout).
 // On ResNet50's weights oneDNN 2.6 moves 5.5-20 GB/s on these, the host 18-31
 // GB/s (benchmarks/RESULTS.md, "Weight layout changes on the host"). The
 // bytes are oneDNN's: fp32 values are copied, and bf16 ones converted as
@@ -120,19 +122,79 @@ __attribute__((target("avx512f"))) inline void transpose16(const float* const* i
 }
 #pragma GCC diagnostic pop
 
-// out[o] = the bf16 pair (a[o], b[o]) for 16 o, a in the low half, each
-// converted as oneDNN's reorder converts on CPUs with native bf16 (its
+// v in bf16 as oneDNN's reorder converts it on CPUs with native bf16 (its
 // vcvtneps2bf16): a denormal becomes a zero of its sign; anything else is
 // host::from_float<bf16>'s rounding to nearest even.
-__attribute__((target("avx512f"))) inline void pack_bf16_pairs(const float* a, const float* b, std::uint32_t* out) {
-  const auto bits = [](float v) {
-    const auto u = std::bit_cast<std::uint32_t>(v);
-    const std::uint32_t rounded = std::bit_cast<std::uint16_t>(host::from_float<host::bf16>(v));
-    return (u & 0x7F800000u) == 0 ? (u >> 16) & 0x8000u : rounded;
-  };
-  for (int o = 0; o < 16; ++o) out[o] = bits(a[o]) | bits(b[o]) << 16;
+inline std::uint32_t onednn_bf16_bits(float v) {
+  const auto u = std::bit_cast<std::uint32_t>(v);
+  const std::uint32_t rounded = std::bit_cast<std::uint16_t>(host::from_float<host::bf16>(v));
+  return (u & 0x7F800000u) == 0 ? (u >> 16) & 0x8000u : rounded;
 }
+
+// out[o] = the bf16 pair (a[o], b[o]) for 16 o, a in the low half.
+__attribute__((target("avx512f"))) inline void pack_bf16_pairs(const float* a, const float* b, std::uint32_t* out) {
+  for (int o = 0; o < 16; ++o) out[o] = onednn_bf16_bits(a[o]) | onednn_bf16_bits(b[o]) << 16;
+}
+
+// The elements of a dense fp32 -> bf16 change that keeps the layout (a bf16
+// graph's copies of linear and 1 x 1 convolution weights, in torch's layout):
+// n floats in, n bf16 out, element for element. Chunks of 16 KiB floats are
+// split over the OpenMP threads; the loop vectorizes (AVX-512).
+class HostBf16Conversion {
+ public:
+  HostBf16Conversion(dnnl::memory from, dnnl::memory to, std::int64_t n)
+      : from_(std::move(from)), to_(std::move(to)), n_(n), threads_(std::max(1, omp_get_max_threads())) {}
+
+  void operator()() {
+    const auto* src = static_cast<const float*>(from_.get_data_handle());
+    auto* dst = static_cast<std::uint16_t*>(to_.get_data_handle());
+    const std::int64_t chunks = (n_ + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (n_ > host::kParallelMin)
+    for (std::int64_t c = 0; c < chunks; ++c)
+      convert(src + c * kChunk, dst + c * kChunk, std::min(kChunk, n_ - c * kChunk));
+  }
+
+ private:
+  static constexpr std::int64_t kChunk = 16384;
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static void convert(const float* __restrict src,
+                                                                           std::uint16_t* __restrict dst,
+                                                                           std::int64_t n) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) dst[i] = static_cast<std::uint16_t>(onednn_bf16_bits(src[i]));
+  }
+
+  dnnl::memory from_, to_;
+  std::int64_t n_;
+  int threads_;
+};
 #endif
+
+// The element count of a change HostBf16Conversion makes (fp32 to bf16, the
+// same dense layout of any rank, on a CPU with AVX-512); 0 for any other pair.
+inline std::int64_t bf16_conversion_size(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
+#ifdef ELASTIC_HOST_WEIGHT_REORDER
+  const dnnl_memory_desc_t &f = from.data, &t = to.data;
+  if (!cpu_has_avx512f() || f.data_type != dnnl_f32 || t.data_type != dnnl_bf16 || f.ndims != t.ndims || f.ndims < 1)
+    return 0;
+  std::int64_t n = 1;
+  for (const auto* m : {&f, &t})
+    if (m->format_kind != dnnl_blocked || m->offset0 != 0 || m->extra.flags != 0 ||
+        m->format_desc.blocking.inner_nblks != 0)
+      return 0;
+  for (int d = 0; d < f.ndims; ++d) {
+    if (f.dims[d] != t.dims[d] || f.dims[d] <= 0 || f.padded_dims[d] != f.dims[d] || t.padded_dims[d] != t.dims[d] ||
+        f.format_desc.blocking.strides[d] != t.format_desc.blocking.strides[d])
+      return 0;
+    n *= f.dims[d];
+  }
+  // Dense: the buffers hold exactly the n elements (no gaps between strides).
+  return from.get_size() == static_cast<std::size_t>(n) * sizeof(float) ? n : 0;
+#else
+  (void)from;
+  (void)to;
+  return 0;
+#endif
+}
 
 // The plan for changing `from` into `to` on the host, when the pair is one
 // this file handles and the CPU has AVX-512; empty otherwise.
@@ -203,6 +265,11 @@ inline std::optional<WeightReorderPlan> weight_reorder_plan(const dnnl::memory::
   (void)to;
   return {};
 #endif
+}
+
+// Whether reorder_call changes `from` into `to` on the host.
+inline bool host_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
+  return weight_reorder_plan(from, to).has_value() || bf16_conversion_size(from, to) > 0;
 }
 
 #ifdef ELASTIC_HOST_WEIGHT_REORDER

@@ -16,7 +16,9 @@
 // backward_weights takes the gamma/beta gradients when backward_data summed
 // them in the same pass, and otherwise sums them itself (one sweep over x, the
 // output and dy). Values are f32 or bf16 (the input's type); statistics,
-// gamma and beta fp32.
+// gamma and beta fp32. Under plans that run no backward of the convolution
+// before it nor train gamma and beta, the frozen map folds into that
+// convolution's kernel (FoldableMap, Graph::fold_maps) and forward does nothing.
 #pragma once
 
 #include <algorithm>
@@ -39,7 +41,7 @@ struct BatchNorm2dOptions {
   std::optional<Activation> activation = std::nullopt;
 };
 
-class BatchNorm2d final : public Node {
+class BatchNorm2d final : public Node, public FoldableMap {
  public:
   BatchNorm2d(std::string name, BatchNorm2dOptions o) : Node(std::move(name)), o_(o) {
     if (o.num_features <= 0) fail("layer '{}' (batchnorm2d): num_features must be positive", this->name());
@@ -138,10 +140,29 @@ class BatchNorm2d final : public Node {
     rows_ = x[0] * x[2] * x[3];
     rstd_.assign(C, 0.0f);
     a_.assign(C, 0.0f);
+    shift_.assign(C, 0.0f);
+    scale_mem_ = memory(stat_md, eng, a_.data());
+    shift_mem_ = memory(stat_md, eng, shift_.data());
+    folded_ = false;
     grads_.reserve(o_.num_features);
   }
 
+  // The frozen map, for the convolution before it to apply (FoldableMap):
+  // z = clamp(x * a + (beta - mean * a)).
+  FoldableMap* foldable_map() override { return this; }
+  bool map_applies(const RunCtx& run) const override { return !uses_batch(run); }
+  void prepare_map() override {
+    set_slope();
+    for (std::size_t c = 0; c < a_.size(); ++c) shift_[c] = beta_[c] - rmean_[c] * a_[c];
+  }
+  const dnnl::memory& map_scale() const override { return scale_mem_; }
+  const dnnl::memory& map_shift() const override { return shift_mem_; }
+  float map_lo() const override { return lo_; }
+  float map_hi() const override { return hi_; }
+  void set_folded(bool on) override { folded_ = on; }
+
   void forward(const RunCtx& run) override {
+    if (folded_ && map_applies(run)) return;  // the convolution before wrote the output
     if (!uses_batch(run)) {
       run.stream.wait();
       forward_frozen();
@@ -318,6 +339,9 @@ class BatchNorm2d final : public Node {
   bool sums_in_scratch_ = true;               // whether that backward_data summed them
   std::vector<float> rstd_;                   // (C) 1 / sqrt(var + eps) of the statistics in use
   std::vector<float> a_;                      // (C) gamma * rstd: the frozen map's slope
+  std::vector<float> shift_;                  // (C) beta - mean * a_: its shift when folded
+  dnnl::memory scale_mem_, shift_mem_;        // over a_ and shift_
+  bool folded_ = false;                       // set_folded
   detail::AffineGrads grads_;
   std::int64_t rows_ = 0;  // N*H*W
   Call fwd_batch_, bwd_batch_, act_fwd_, act_bwd_;

@@ -7,10 +7,14 @@
 // reorders: for the forward's into a DerivedWeight (kept while frozen; which
 // backward_data reuses when it wants the same layout), for the other passes
 // into the graph's shared transient buffers. Weight and bias gradients are
-// always fp32.
+// always fp32. A frozen batch norm after it can fold into its forward
+// (link_map).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -68,6 +72,11 @@ class Conv2d final : public Node {
 
     const auto& eng = ctx.engine();
     fwd_w_ = {};
+    fused_ = {};
+    map_ = nullptr;
+    fold_on_ = false;
+    conv_desc_.reset();
+    bias_value_ = o_.bias ? store[bias_].value : nullptr;
     host_dw_ = false;
     bwd_w_reorder_ = dw_reorder_ = {};
     const memory::dims strides{o_.stride, o_.stride}, dilates{o_.dilation - 1, o_.dilation - 1},
@@ -91,9 +100,9 @@ class Conv2d final : public Node {
       return;
     }
 
-    convolution_forward::primitive_desc fwd_pd({prop_kind::forward_training, algorithm::convolution_direct, src_md,
-                                                any_w, bias_md, dst_md, strides, dilates, pad, pad},
-                                               user_scratchpad(), eng);
+    conv_desc_.emplace(prop_kind::forward_training, algorithm::convolution_direct, src_md, any_w, bias_md, dst_md,
+                       strides, dilates, pad, pad);
+    convolution_forward::primitive_desc fwd_pd(*conv_desc_, user_scratchpad(), eng);
     convolution_backward_data::primitive_desc bwd_data_pd(
         {algorithm::convolution_direct, src_md, any_w, dst_md, strides, dilates, pad, pad}, user_scratchpad(), eng,
         fwd_pd);
@@ -143,15 +152,101 @@ class Conv2d final : public Node {
       if (!host_dw_) bwd_weights_args[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, bias_md);
     }
     fwd_ = Call(convolution_forward(fwd_pd), fwd_args);
+    fwd_args_ = fwd_args;
+    fwd_impl_ = fwd_pd.impl_info_str();
+    fwd_weights_md_ = fwd_pd.weights_desc();
     bwd_data_ = Call(convolution_backward_data(bwd_data_pd),
                      {{DNNL_ARG_DIFF_DST, diff_dst()}, {DNNL_ARG_WEIGHTS, bwd_w}, {DNNL_ARG_DIFF_SRC, diff_src()}});
     if (!host_dw_) bwd_weights_ = Call(convolution_backward_weights(bwd_w_pd), bwd_weights_args);
   }
 
   void forward(const RunCtx& run) override {
-    fwd_w_.before_forward(run);
-    fwd_(run.stream);
+    const bool fold = fold_on_ && map_->map_applies(run);
+    if (!fold) {
+      fwd_w_.before_forward(run);
+      fwd_(run.stream);
+      return;
+    }
+    map_->prepare_map();
+    if (o_.bias) {  // the map applied to the bias: b * scale + shift
+      const float *b = bias_value_, *scale = ptr_as<float>(map_->map_scale()),
+                  *shift = ptr_as<float>(map_->map_shift());
+      for (std::size_t k = 0; k < fold_bias_.size(); ++k) fold_bias_[k] = b[k] * scale[k] + shift[k];
+    }
+    fwd_w_.before_forward(run, true);
+    fused_(run.stream);
   }
+
+  // Folding the batch norm after it (FoldableMap) while nothing reads this
+  // node's own output or needs its backward: the forward kernel then reads
+  // weights scaled per output channel by the map's scale (its frozen copy,
+  // filled scaled by oneDNN's reorder with output scales), adds the map's
+  // shift as its bias and applies the clamp as a post-op (ReLU or clip),
+  // writing the map's output. Only a convolution that keeps a copy of its
+  // weights folds (a bf16 graph's, or a re-laid-out one); refused where oneDNN
+  // would pick another implementation or weight layout for the fused kernel.
+  bool link_map(FoldableMap& map, const dnnl::memory& map_dst, Context& ctx) override {
+    using namespace dnnl;
+    using tag = memory::format_tag;
+    fused_ = {};
+    map_ = nullptr;
+    fold_on_ = false;
+    if (!fwd_w_ || host_dw_ || map_dst.get_desc() != output_desc()) return false;
+    const auto& eng = ctx.engine();
+    const auto f32 = memory::data_type::f32;
+    const memory::dim K = o_.out_channels;
+    post_ops po;
+    const float lo = map.map_lo(), hi = map.map_hi();
+    if (lo == 0.0f && std::isinf(hi))
+      po.append_eltwise(1.0f, algorithm::eltwise_relu, 0.0f, 0.0f);
+    else if (std::isfinite(lo) || std::isfinite(hi))
+      po.append_eltwise(1.0f, algorithm::eltwise_clip, lo, hi);
+    primitive_attr attr = user_scratchpad();
+    attr.set_post_ops(po);
+    const memory::desc bias_md = pointwise_ ? memory::desc({1, K}, f32, tag::ab) : memory::desc({K}, f32, tag::a);
+    fold_bias_.assign(o_.bias ? static_cast<std::size_t>(K) : 0, 0.0f);
+    const memory bias(bias_md, eng, o_.bias ? fold_bias_.data() : map.map_shift().get_data_handle());
+    // The weights' output channels: dim 0, or dims 0 and 1 of grouped (g, o/g, ...) weights.
+    const int mask = user_w_.get_desc().dims().size() == 5 ? 3 : 1;
+    primitive_attr scales = user_scratchpad();
+    scales.set_output_scales(mask, {DNNL_RUNTIME_F32_VAL});
+    const memory scale(memory::desc({K}, f32, tag::a), eng, map.map_scale().get_data_handle());
+    Args args = fwd_args_;
+    args[DNNL_ARG_BIAS] = bias;
+    try {
+      const memory& kernel_w = pointwise_ ? wv_ : fwd_args_.at(DNNL_ARG_WEIGHTS);
+      const reorder::primitive_desc fill(eng, user_w_.get_desc(), eng, kernel_w.get_desc(), scales);
+      if (pointwise_) {
+        const memory::desc& X = x_.get_desc();
+        const matmul::primitive_desc pd(matmul::desc(X, wt_.get_desc(), bias_md, y_.get_desc()), attr, eng);
+        if (fwd_impl_ != pd.impl_info_str()) return false;
+        fold_y_ = memory(y_.get_desc(), eng, static_cast<void*>(nullptr));
+        args[DNNL_ARG_DST] = fold_y_;
+        fused_ = Call(matmul(pd), args);
+      } else {
+        auto d = *conv_desc_;
+        d.data.bias_desc = bias_md.data;
+        const convolution_forward::primitive_desc pd(d, attr, eng);
+        if (fwd_impl_ != pd.impl_info_str() || fwd_weights_md_ != pd.weights_desc()) return false;
+        args[DNNL_ARG_DST] = map_dst;
+        fused_ = Call(convolution_forward(pd), args);
+      }
+      fwd_w_.set_scaled_fill(Call(
+          reorder(fill), {{DNNL_ARG_FROM, user_w_}, {DNNL_ARG_TO, kernel_w}, {DNNL_ARG_ATTR_OUTPUT_SCALES, scale}}));
+    } catch (const dnnl::error&) {
+      fused_ = {};
+      return false;  // no kernel or reorder for this combination
+    }
+    fold_dst_ = map_dst;
+    map_ = &map;
+    return true;
+  }
+  void fold_map(bool on) override {
+    fold_on_ = on && map_ != nullptr;
+    if (fold_on_ && pointwise_) fold_y_.set_data_handle(fold_dst_.get_data_handle());
+  }
+  // Whether the next forward applies the linked map (while it applies).
+  bool map_folded() const { return fold_on_; }
 
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
@@ -219,7 +314,8 @@ class Conv2d final : public Node {
     dt_ = dt;
     wt_ = memory(Wt, eng, w.value);
     wv_ = memory(W, eng, w.value);
-    if (dt != f32) fwd_w_ = DerivedWeight(memory(dW, eng, w.value), wv_, transient(W, kWeightCopySlot));
+    user_w_ = memory(dW, eng, w.value);
+    if (dt != f32) fwd_w_ = DerivedWeight(user_w_, wv_, transient(W, kWeightCopySlot));
     const memory &wt = wt_, &wv = wv_;
     Args fwd_args{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, y_}};
     if (o_.bias) fwd_args[DNNL_ARG_BIAS] = memory(B, eng, store[bias_].value);
@@ -227,6 +323,8 @@ class Conv2d final : public Node {
                                      eng);
     const matmul::primitive_desc bwd_data(matmul::desc(Y, W, X), user_scratchpad(), eng);
     fwd_ = Call(matmul(fwd), fwd_args);
+    fwd_args_ = fwd_args;
+    fwd_impl_ = fwd.impl_info_str();
     bwd_data_ = Call(matmul(bwd_data), {{DNNL_ARG_SRC, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DST, dx_}});
     if (!o_.bias) {
       const matmul::primitive_desc bwd_weights(matmul::desc(DYt, X, dW), user_scratchpad(), eng);
@@ -298,6 +396,20 @@ class Conv2d final : public Node {
   bool host_dw_ = false;  // depthwise weight gradient on the host (host_depthwise_weight_grad)
   Shape x_shape_, y_shape_;
   std::vector<float> dw_acc_, dy_row_;  // per-tap sums (KH*KW, C); one dY row in fp32
+  // The forward as set up, for link_map to build the fused kernel from.
+  std::optional<dnnl::convolution_forward::desc> conv_desc_;
+  Args fwd_args_;
+  std::string fwd_impl_;
+  dnnl::memory::desc fwd_weights_md_;
+  // Folding (link_map): the fused forward, the linked map, its output (and a
+  // 2-D view of it for the matmul), the folded bias (with a bias of its own),
+  // and whether the fold is on.
+  Call fused_;
+  FoldableMap* map_ = nullptr;
+  dnnl::memory fold_dst_, fold_y_;
+  std::vector<float> fold_bias_;
+  const float* bias_value_ = nullptr;
+  bool fold_on_ = false;
 };
 
 }  // namespace elastic

@@ -63,8 +63,8 @@ class TimingProfiler {
     std::vector<float> scratch_w(static_cast<std::size_t>(span), 0.5f), scratch_g(scratch_w.size(), 0.1f);
     std::vector<std::vector<float>> scratch_slots(opt.slot_count(), std::vector<float>(scratch_w.size(), 0.0f));
 
-    std::vector<std::vector<double>> fwd_frozen(n_nodes), fwd_full(n_nodes), data(n_nodes), weights(n_nodes),
-        update(n_units);
+    std::vector<std::vector<double>> fwd_frozen(n_nodes), fwd_unfolded(n_nodes), fwd_full(n_nodes), data(n_nodes),
+        weights(n_nodes), update(n_units);
     {
       const Graph::TrainingSteps settings(g);  // as in the trainer's steps
       const auto time_forward = [&](std::vector<std::vector<double>>& out, bool record) {
@@ -77,6 +77,15 @@ class TimingProfiler {
       };
       g.select_none();
       for (int r = 0; r < o_.warmup + o_.repeats; ++r) time_forward(fwd_frozen, r >= o_.warmup);
+      // The same with the folded norms unfolded, as the nodes at and above the
+      // earliest selected unit run.
+      if (g.folding() && !g.folds().empty()) {
+        g.fold_maps(false);
+        for (int r = 0; r < o_.warmup + o_.repeats; ++r) time_forward(fwd_unfolded, r >= o_.warmup);
+        g.fold_maps(true);
+      } else {
+        fwd_unfolded = fwd_frozen;
+      }
       g.select_all();
       const auto& plan = g.plan();
       for (int r = 0; r < o_.warmup + o_.repeats; ++r) {
@@ -132,7 +141,7 @@ class TimingProfiler {
     for (std::size_t u = 0; u < n_units; ++u) {
       const auto node = static_cast<std::size_t>(units[u].node);
       p.units.push_back(units[u].name);
-      p.t_fw.push_back(std::max(0.0, summarize(fwd_full[node]).median - summarize(fwd_frozen[node]).median));
+      p.t_fw.push_back(std::max(0.0, summarize(fwd_full[node]).median - summarize(fwd_unfolded[node]).median));
       added += p.t_fw.back();
       const Summary w = summarize(weights[node]);
       const Summary up = summarize(update[u]);
@@ -141,14 +150,16 @@ class TimingProfiler {
       // t_dy: backward_data of the nodes above this unit's node, up to and including the next unit's node.
       const std::size_t from = node + 1;
       const std::size_t to = u + 1 < n_units ? static_cast<std::size_t>(units[u + 1].node) : n_nodes - 1;
-      double dy = 0, spread = 0;
+      // With it, the forward time those nodes add when unfolded (0 without folds).
+      double dy = 0, spread = 0, unfold = 0;
       for (std::size_t i = from; i <= to; ++i) {
+        unfold += summarize(fwd_unfolded[i]).median - summarize(fwd_frozen[i]).median;
         if (data[i].empty()) continue;
         const Summary d = summarize(data[i]);
         dy += d.median;
         spread += d.max - d.min;
       }
-      p.t_dy.push_back(dy);
+      p.t_dy.push_back(dy + std::max(0.0, unfold));
       p.t_dy_spread.push_back(spread);
     }
     p.t_fwd = p.t_fwd_frozen + added;
