@@ -119,6 +119,27 @@ TEST_CASE("a plan that trains only the last layers keeps fewer activations than 
   CHECK(full.grad_offset[3] >= 0);
 }
 
+TEST_CASE("a folded convolution's input stays apart from its map's output, only while the fold applies") {
+  // input -> conv 1 -> map 2 -> conv 3 -> map 4 -> head 5; every value 100 bytes.
+  auto t = chain(5);
+  const auto overlaps = [](const MemoryPlan& m, int a, int b) {
+    return m.act_offset[a] < m.act_offset[b] + 100 && m.act_offset[b] < m.act_offset[a] + 100;
+  };
+  const std::vector<bool> head_only{false, false, false, false, true};
+  // Unfolded, the map's output may take the memory of conv 3's input (dead after conv 3 ran).
+  const auto plain = plan_memory(t, derive_plan(t, head_only));
+  CHECK(overlaps(plain, 2, 4));
+  t.folds = {{3, 4}};
+  CHECK(fold_applies(derive_plan(t, head_only), 3, 4));
+  CHECK_FALSE(overlaps(plan_memory(t, derive_plan(t, head_only)), 2, 4));
+  // Where conv 3 runs backward or map 4 trains, the fold does not apply: no constraint.
+  for (const auto& mask :
+       {std::vector<bool>{false, false, true, false, true}, std::vector<bool>{false, false, false, true, true}}) {
+    const auto plan = derive_plan(t, mask);
+    CHECK_FALSE(fold_applies(plan, 3, 4));
+  }
+}
+
 TEST_CASE("a value read by two consumers gets its second gradient through a temporary") {
   // 0 input; 1 = a(0) [p0]; 2 = b(1) [p1]; 3 = add(1, 2) -> output
   Topology t;

@@ -465,6 +465,17 @@ TEST_CASE("frozen batch norms fold into the convolution before them and give the
     CHECK(c1.map_folded());
     CHECK(c2.map_folded() == linked(n.c2));
     CHECK(c3.map_folded() == linked(n.c3));
+    // The memory plan knows the folds: a folded convolution's input never shares memory with
+    // the output it writes for its map.
+    CHECK(n.g.topology().folds == folds);
+    const auto& topo = n.g.topology();
+    const MemoryPlan mem = plan_memory(topo, n.g.plan());
+    for (const auto& [c, b] : folds)
+      for (int v : topo.nodes[std::size_t(c)].inputs) {
+        const std::int64_t a0 = mem.act_offset[std::size_t(v)], b0 = mem.act_offset[std::size_t(b)];
+        if (a0 >= 0 && b0 >= 0)
+          CHECK((a0 + topo.nodes[std::size_t(v)].bytes <= b0 || b0 + topo.nodes[std::size_t(b)].bytes <= a0));
+      }
     n.g.reuse_frozen_weights(true);
     const auto [out, grad] = n.step();
     const auto [again, again_grad] = n.step();  // from the kept scaled copies

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "elastic/core/error.hpp"
@@ -28,6 +29,10 @@ struct Topology {
   };
   std::vector<NodeInfo> nodes;
   int num_params = 0;
+  // (convolution, map) node pairs whose map can run inside the convolution's
+  // kernel (Graph::folds): the convolution then writes the map's output while
+  // it reads its own inputs, so those stay alive until the map's forward.
+  std::vector<std::pair<int, int>> folds;
 };
 
 struct BackwardPlan {
@@ -39,6 +44,14 @@ struct BackwardPlan {
 
   int num_selected() const { return static_cast<int>(std::count(selected.begin(), selected.end(), true)); }
 };
+
+// Whether the map of fold pair (c, b) runs inside convolution c under `plan`:
+// when c runs no backward (its kept weight copy then holds the scaled weights)
+// and b's params do not train (their gradients read c's output, which a fold
+// never writes).
+inline bool fold_applies(const BackwardPlan& plan, int c, int b) {
+  return !plan.run_weights[std::size_t(b)] && !plan.run_data[std::size_t(c)] && !plan.run_weights[std::size_t(c)];
+}
 
 // Derives the plan of `mask` (one flag per param, forward order).
 inline BackwardPlan derive_plan(const Topology& topo, const std::vector<bool>& mask) {
@@ -139,6 +152,10 @@ inline MemoryPlan plan_memory(const Topology& topo, const BackwardPlan& plan) {
       }
     }
   }
+  // A folded convolution reads its inputs while it writes its map's output.
+  for (const auto& [c, b] : topo.folds)
+    if (fold_applies(plan, c, b))
+      for (int v : topo.nodes[std::size_t(c)].inputs) act_end[v] = std::max(act_end[v], fwd(b));
   std::vector<Lifetime> items;
   std::vector<int> act_item(n, -1), grad_item(n, -1);
   std::vector<std::vector<int>> temp_item(n);

@@ -101,6 +101,7 @@ class Graph {
     params_.allocate(seed);
     setup_nodes();
     topo_.nodes = info_;
+    topo_.folds = folds_;
     topo_.num_params = static_cast<int>(params_.size());
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
       if (info_[i].is_input || info_[i].is_output) pinned_act_[i] = aligned_floats(info_[i].bytes / 4 + 1);
@@ -407,18 +408,20 @@ class Graph {
     link_folds(consumers);
   }
 
-  // Pairs (conv, map) where node `map` can run as post-ops of the node before
-  // it (FoldableMap): the map's only input is that node's value, which nothing
-  // else reads and the user does not see.
+  // Pairs (conv, map) where node `map` can run inside the kernel of the node
+  // before it (FoldableMap): the map's only input is that node's value, which
+  // nothing else reads and the user does not see. Once finalized, only pairs
+  // the topology holds (whose inputs its memory plans keep alive) are linked.
   void link_folds(const std::vector<int>& consumers) {
     folds_.clear();
     for (std::size_t b = 0; b < nodes_.size(); ++b) {
       FoldableMap* map = nodes_[b]->foldable_map();
       if (!map || info_[b].inputs.size() != 1) continue;
       const int c = info_[b].inputs[0];
+      const std::pair<int, int> pair{c, static_cast<int>(b)};
       if (consumers[std::size_t(c)] != 1 || info_[std::size_t(c)].is_output || info_[std::size_t(c)].is_input) continue;
-      if (nodes_[std::size_t(c)]->link_map(*map, nodes_[b]->output_memory(), ctx_))
-        folds_.push_back({c, static_cast<int>(b)});
+      if (finalized_ && std::find(topo_.folds.begin(), topo_.folds.end(), pair) == topo_.folds.end()) continue;
+      if (nodes_[std::size_t(c)]->link_map(*map, nodes_[b]->output_memory(), ctx_)) folds_.push_back(pair);
     }
   }
 
@@ -477,13 +480,8 @@ class Graph {
       nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc, plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr,
                       plan.run_weights[i] || !keep_copies_);
     }
-    // A map folds into the convolution before it under plans that run no
-    // backward of the convolution (its kept weight copy then holds the scaled
-    // weights) and do not train the map's params (their gradients read the
-    // convolution's output, which a fold never writes).
     for (const auto& [c, b] : folds_) {
-      const bool on = folding_ && !plan.run_weights[std::size_t(b)] && !plan.run_data[std::size_t(c)] &&
-                      !plan.run_weights[std::size_t(c)];
+      const bool on = folding_ && fold_applies(plan, c, b);
       nodes_[std::size_t(b)]->foldable_map()->set_folded(on);
       nodes_[std::size_t(c)]->fold_map(on);
     }
