@@ -200,9 +200,9 @@ class Graph {
   bool keeps_weight_copies() const { return keep_copies_; }
 
   // Whether frozen batch norms run inside the convolution before them (the
-  // default; FoldableMap): under plans that train neither the norm's params
-  // nor anything else that reads the convolution's output, the convolution's
-  // kernel applies the norm's map and activation and writes the norm's output.
+  // default; FoldableMap): under plans that run no backward of the convolution
+  // and keep the norm's params frozen (fold_applies), the convolution's kernel
+  // applies the norm's map and activation and writes the norm's output.
   // Off, each runs on its own; results differ in the last bits (the fold does
   // not round the convolution's output before the map).
   void fold_maps(bool on) {
@@ -211,7 +211,7 @@ class Graph {
     bind();
   }
   bool folding() const { return folding_; }
-  // (convolution, map) node pairs that fold under plans that train neither.
+  // (convolution, map) node pairs that fold under plans where fold_applies.
   const std::vector<std::pair<int, int>>& folds() const { return folds_; }
 
   void forward(bool training) {

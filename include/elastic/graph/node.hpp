@@ -382,11 +382,12 @@ inline Call sum_call(const dnnl::memory& from, const dnnl::memory& to) {
 
 // A node whose forward, in some modes, is a per-channel affine map of its one
 // input followed by a clamp (batch norm with running statistics, and its
-// ReLU), which the convolution before it can apply inside its own kernel, as
-// oneDNN post-ops, writing this node's output directly. The graph links the
-// two (Graph::link_folds) and turns the fold on under plans that train
-// neither this node's params (their gradients read the input, which is then
-// never written) nor anything that reads that input but this node.
+// ReLU), which the convolution before it can apply inside its own kernel
+// (scaled weights, the shift as bias, the clamp as a post-op), writing this
+// node's output directly. The graph links the two (Graph::link_folds) and
+// turns the fold on under plans where fold_applies: no backward of the
+// convolution, and this node's params frozen (their gradients read the input,
+// which a fold never writes).
 class FoldableMap {
  public:
   virtual ~FoldableMap() = default;
