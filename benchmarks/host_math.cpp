@@ -4,7 +4,9 @@
 // the form they had before; and the data pipeline's per-pixel normalization
 // (data::normalize, a loop) against the same in xtensor, broadcast over the
 // channel axis and as per-channel views; bf16 gradient accumulation as Eigen
-// casts and as host::accumulate. Alternating repeats; medians in microseconds.
+// casts and as host::accumulate; the SGDW update right after a oneDNN fp32 and
+// bf16 weight-gradient kernel, as the plain loop and as the library runs it. Alternating
+// repeats; medians in microseconds.
 //   host_math [threads] [repeats]
 #include <cmath>
 #include <cstdio>
@@ -19,6 +21,8 @@
 #include <xtensor/xnoalias.hpp>
 #include <xtensor/xview.hpp>
 
+#include "elastic/core/context.hpp"
+#include "elastic/core/precision.hpp"
 #include "elastic/core/timer.hpp"
 #include "elastic/data/transforms.hpp"
 #include "elastic/optim/optimizer.hpp"
@@ -141,6 +145,56 @@ int main(int argc, char** argv) {
                          Eigen::numext::bit_cast<std::uint16_t>(y[std::size_t(i)]);
     fmt::print("bf16 accumulate, {} elements, median us: Eigen casts {:.1f}, host::accumulate {:.1f}; same bits: {}\n",
                n, summarize(a).median, summarize(b).median, same);
+  }
+
+  // The update right after a oneDNN kernel, as in a training step: the plain loop, compiled
+  // for the build's ISA (SSE2 unless -march says more), against the optimizer's apply
+  // (host::for_chunks: the AVX-512 copy where the CPU has it), each after the kernel a
+  // Linear node's update follows (its weight and bias gradients: inner product backward_weights) in
+  // fp32 and in bf16 (whose gemm leaves the vector registers' upper halves dirty). One ViT
+  // MLP weight.
+  {
+    using namespace dnnl;
+    Context ctx(threads);
+    const std::int64_t n = 2359296;
+    std::vector<float> w(std::size_t(n), 0.5f), g(w.size(), 1e-3f), v(w.size(), 0.0f);
+    float* slots[1] = {v.data()};
+    for (const auto type : {memory::data_type::f32, memory::data_type::bf16}) {
+      if (type == memory::data_type::bf16 && !precision_supported(Precision::bf16)) continue;
+      const memory::dim rows = 788, in = 768, out = 3072;  // that weight's own gradient
+      const memory::desc x({rows, in}, type, memory::format_tag::ab), dy({rows, out}, type, memory::format_tag::ab),
+          dw({out, in}, memory::data_type::f32, memory::format_tag::ab);
+      const inner_product_forward::primitive_desc hint(
+          {prop_kind::forward_training, x, memory::desc({out, in}, type, memory::format_tag::ab), dy}, ctx.engine());
+      const memory::desc db({out}, memory::data_type::f32, memory::format_tag::a);
+      const inner_product_backward_weights::primitive_desc pd({x, dw, db, dy}, ctx.engine(), hint);
+      std::vector<float> xb(std::size_t(rows * in), 0.0f), dyb(std::size_t(rows * out), 0.0f),
+          dwb(std::size_t(out * in));
+      std::vector<float> dbb(static_cast<std::size_t>(out));
+      memory mx(x, ctx.engine(), xb.data()), mdy(dy, ctx.engine(), dyb.data()), mdw(dw, ctx.engine(), dwb.data()),
+          mdb(db, ctx.engine(), dbb.data());
+      const inner_product_backward_weights ip(pd);
+      const auto kernel = [&] {
+        ip.execute(
+            ctx.stream(),
+            {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}, {DNNL_ARG_DIFF_BIAS, mdb}});
+        ctx.stream().wait();
+      };
+      std::vector<double> a, b;
+      for (int r = 0; r < repeats; ++r) {
+        kernel();
+        Stopwatch sw;
+        sgdw_loop(w.data(), g.data(), v.data(), n, 1e-4f);
+        a.push_back(sw.elapsed_ms() * 1000);
+        kernel();
+        sw.reset();
+        sgdw.apply(w.data(), g.data(), std::span<float* const>(slots, 1), n, 1e-4f, 1);
+        b.push_back(sw.elapsed_ms() * 1000);
+      }
+      fmt::print("sgdw, {} elements, after a {} weight-gradient kernel ({}), median us: loop {:.1f}, apply {:.1f}\n", n,
+                 type == memory::data_type::bf16 ? "bf16" : "fp32", pd.impl_info_str(), summarize(a).median,
+                 summarize(b).median);
+    }
   }
 
   // One 224x224 RGB image, ImageNet's statistics.

@@ -8,7 +8,8 @@
 // memory is the elastic step's. `kernels [FILE]` times full training steps (or
 // those of the selection in FILE) and the optimizer's share of them, then runs
 // one more step with oneDNN's verbose log on, between marker lines, for
-// benchmarks/kernel_report to attribute.
+// benchmarks/kernel_report to attribute. `kernels` and `full` also report the
+// CPU's multiply-add peak (fma_peak_gflops: what no kernel can exceed).
 // `probe` times the importance probe `steps` times in a row with the model's
 // default optimizer, and a full forward and backward; `probe spill` keeps the
 // weights the probe moves in a temporary file instead of in memory. `--precision bf16`
@@ -17,10 +18,13 @@
 // Usage: model_step MODEL [batch] [input_size] [threads] [steps] [warmup]
 //                   [full | select RHO FILE | train FILE | kernels [FILE] | probe [spill]] [--precision fp32|bf16]
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+
+#include <immintrin.h>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -86,6 +90,54 @@ double gemm_gflops(Context& ctx, dnnl::memory::data_type type = dnnl::memory::da
     });
     best = std::max(best, 2.0 * double(n) * double(n) * double(n) * 1e-9 / (t.median * 1e-3));
   }
+  return best;
+}
+
+// The CPU's arithmetic roof: multiply-adds per second from 16 independent
+// chains of 512-bit vfmadd231ps (fp32) or vdpbf16ps (bf16 pairs, fp32
+// accumulation) per thread, on `threads` threads; what no kernel can exceed.
+// 0 when the CPU lacks the instruction. The loops' results feed `sink` so
+// the compiler keeps them.
+__attribute__((target("avx512f"))) float lane_sum(const __m512 (&acc)[16]) {
+  alignas(64) float lanes[16];
+  __m512 sum = acc[0];
+  for (int i = 1; i < 16; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  _mm512_store_ps(lanes, sum);
+  float total = 0;
+  for (float v : lanes) total += v;
+  return total;
+}
+__attribute__((target("avx512f"))) float fma_chains(long iters) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-4f);
+  for (long it = 0; it < iters; ++it)
+    for (auto& r : acc) r = _mm512_fmadd_ps(r, a, b);
+  return lane_sum(acc);
+}
+__attribute__((target("avx512f,avx512bf16"))) float bf16_dot_chains(long iters) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  // bf16 1.0 and 2^-31: the sums stay finite.
+  const auto a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x30003000);
+  for (long it = 0; it < iters; ++it)
+    for (auto& r : acc) r = _mm512_dpbf16_ps(r, a, b);
+  return lane_sum(acc);
+}
+double fma_peak_gflops(int threads, bool bf16) {
+  if (!__builtin_cpu_supports("avx512f") || (bf16 && !__builtin_cpu_supports("avx512bf16"))) return 0.0;
+  constexpr long iters = 4'000'000;
+  // Per thread and iteration: 16 instructions of 16 lanes, 2 flops a lane (x2 pairs for bf16).
+  const double flop = double(threads) * double(iters) * 16 * 16 * 2 * (bf16 ? 2 : 1);
+  double best = 0;
+  float sink = 0;
+  for (int r = 0; r < 5; ++r) {
+    Stopwatch sw;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    sink += bf16 ? bf16_dot_chains(iters) : fma_chains(iters);
+    best = std::max(best, flop * 1e-9 / (sw.elapsed_ms() * 1e-3));
+  }
+  if (!std::isfinite(sink)) fail("fma_peak_gflops: the chains overflowed");
   return best;
 }
 }  // namespace
@@ -202,13 +254,17 @@ int main(int raw_argc, char** raw_argv) {
       std::fflush(stdout);
       dnnl::set_verbose(1);
       std::puts("elastic_kernels_begin");
+      Stopwatch logged;
       train_step(step++, mask, 1e-4f);
+      const double logged_ms = logged.elapsed_ms();
       std::puts("elastic_kernels_end");
       std::fflush(stdout);
       dnnl::set_verbose(0);
-      fmt::print(R"({{"model": "{}", "train_step": {}, "update_ms": {:.3f}, "gemm_gflops": {:.1f}}})"
-                 "\n",
-                 name, json(train), summarize(update_ms).median, gemm);
+      const double peak = fma_peak_gflops(ctx.threads(), precision == Precision::bf16);
+      fmt::print(
+          R"({{"model": "{}", "train_step": {}, "logged_step_ms": {:.3f}, "update_ms": {:.3f}, "gemm_gflops": {:.1f}, "fma_peak_gflops": {:.1f}}})"
+          "\n",
+          name, json(train), logged_ms, summarize(update_ms).median, gemm, peak);
       return 0;
     }
     if (mode == "probe") {  // the importance probe, `steps` times in a row (the first pays for first touches)
@@ -250,15 +306,16 @@ int main(int raw_argc, char** raw_argv) {
     const std::string train_memory = json(memory.training(every, every, every, true));
     const double gemm = gemm_gflops(ctx);
     const double bf16_gemm = precision == Precision::bf16 ? gemm_gflops(ctx, dnnl::memory::data_type::bf16) : 0.0;
+    const double peak = fma_peak_gflops(ctx.threads(), precision == Precision::bf16);
     // What full training keeps: fp32 weights, the kernels' weight copies (re-laid-out or
     // bf16), SGDW's momentum (one fp32 slot per weight) and the activation arena.
     const double mib = 1 << 20, weights = double(m.params().total_elements()) * 4 / mib;
     fmt::print(
-        R"({{"model": "{}", "precision": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "memory_mib": {{"weights": {:.1f}, "weight_copies": {:.1f}, "optimizer": {:.1f}, "activations": {:.1f}}}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}, "bf16_gemm_gflops": {:.1f}, "memory": {}}})"
+        R"({{"model": "{}", "precision": "{}", "batch": {}, "input_size": {}, "threads": {}, "params": {}, "arena_mib": {:.1f}, "memory_mib": {{"weights": {:.1f}, "weight_copies": {:.1f}, "optimizer": {:.1f}, "activations": {:.1f}}}, "forward": {}, "train_step": {}, "sgemm_gflops": {:.1f}, "bf16_gemm_gflops": {:.1f}, "fma_peak_gflops": {:.1f}, "memory": {}}})"
         "\n",
         name, to_string(precision), batch, size, ctx.threads(), m.params().total_elements(),
         double(m.graph->plan_arena_bytes()) / mib, weights, double(m.graph->weight_copy_bytes()) / mib, weights,
-        double(m.graph->plan_arena_bytes()) / mib, json(fwd), json(train), gemm, bf16_gemm, train_memory);
+        double(m.graph->plan_arena_bytes()) / mib, json(fwd), json(train), gemm, bf16_gemm, peak, train_memory);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -51,31 +51,6 @@ inline ConstArray array(const float* p, std::int64_t n) { return ConstArray(p, s
 // more than it saves.
 inline constexpr std::int64_t kParallelMin = 32768;
 
-// Calls f(begin, count) on blocks that cover [0, n) once: each thread takes
-// one contiguous range (boundaries on multiples of 16 elements, one cache
-// line; one thread for n <= kParallelMin) and walks it in blocks of kBlock
-// elements, so that an update written as several expressions (the slots, then
-// the weights) finds each block's operands in L1 on its second pass. Each
-// element is computed the same way on any thread count.
-inline constexpr std::int64_t kBlock = 1024;
-
-template <class F>
-void for_chunks(std::int64_t n, F&& f) {
-  const auto walk = [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t b = begin; b < end; b += kBlock) f(b, std::min(kBlock, end - b));
-  };
-  if (n <= kParallelMin) {
-    walk(0, n);
-    return;
-  }
-#pragma omp parallel
-  {
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const std::int64_t lines = (n + 15) / 16;
-    walk(std::min(n, lines * t / nt * 16), std::min(n, lines * (t + 1) / nt * 16));
-  }
-}
-
 // Loops written once and compiled twice: for the build's own ISA, and for
 // AVX-512 (F, BW, DQ, VL) when the build lacks it and the CPU has it (a
 // header-only library cannot pick its users' -march; oneDNN's kernels are JIT
@@ -120,25 +95,55 @@ void parallel_rows(std::int64_t rows, int threads, F&& f) {
   }
 }
 
+// Calls f(begin, count) on blocks that cover [0, n) once: each thread takes
+// one contiguous range (boundaries on multiples of 16 elements, one cache
+// line; one thread for n <= kParallelMin) and walks it in blocks of kBlock
+// elements, so that an update written as several expressions (the slots, then
+// the weights) finds each block's operands in L1 on its second pass. Each
+// element is computed the same way on any thread count. The walk runs as
+// vectorized() does: give f ELASTIC_INLINE. (Compiled for the build's SSE2,
+// an optimizer update ran 3.6x slower right after oneDNN 2.6's bf16 inner
+// product backward_weights with a bias, which leaves the vector registers'
+// upper halves dirty: legacy SSE instructions pay for that state, VEX and
+// EVEX ones do not. benchmarks/host_math, benchmarks/RESULTS.md.)
+inline constexpr std::int64_t kBlock = 1024;
+
+template <class F>
+void for_chunks(std::int64_t n, F&& f) {
+  const auto walk = [&](std::int64_t begin, std::int64_t end) ELASTIC_INLINE {
+    vectorized([&]() ELASTIC_INLINE {
+      for (std::int64_t b = begin; b < end; b += kBlock) f(b, std::min(kBlock, end - b));
+    });
+  };
+  if (n <= kParallelMin) {
+    walk(0, n);
+    return;
+  }
+#pragma omp parallel
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::int64_t lines = (n + 15) / 16;
+    walk(std::min(n, lines * t / nt * 16), std::min(n, lines * (t + 1) / nt * 16));
+  }
+}
+
 // to[i] = from[i]
 inline void copy(float* to, const float* from, std::int64_t n) {
-  for_chunks(n, [&](std::int64_t b, std::int64_t c) { array(to + b, c) = array(from + b, c); });
+  for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE { array(to + b, c) = array(from + b, c); });
 }
 
 // acc[i] += add[i]
 inline void accumulate(float* acc, const float* add, std::int64_t n) {
-  for_chunks(n, [&](std::int64_t b, std::int64_t c) { array(acc + b, c) += array(add + b, c); });
+  for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE { array(acc + b, c) += array(add + b, c); });
 }
 
 // acc[i] += add[i] on bf16 values: the sum in fp32, rounded once to bf16 (to_float
 // and from_float, which vectorize where Eigen's bf16 casts do not).
 inline void accumulate(bf16* acc, const bf16* add, std::int64_t n) {
-  for_chunks(n, [&](std::int64_t b, std::int64_t c) {
-    vectorized([&]() ELASTIC_INLINE {
-      bf16* __restrict a = acc + b;
-      const bf16* __restrict d = add + b;
-      for (std::int64_t i = 0; i < c; ++i) a[i] = from_float<bf16>(to_float(a[i]) + to_float(d[i]));
-    });
+  for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE {
+    bf16* __restrict a = acc + b;
+    const bf16* __restrict d = add + b;
+    for (std::int64_t i = 0; i < c; ++i) a[i] = from_float<bf16>(to_float(a[i]) + to_float(d[i]));
   });
 }
 

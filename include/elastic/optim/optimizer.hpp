@@ -81,7 +81,7 @@ class Optimizer {
       if (scratch_[i].size() < sizes_[k]) scratch_[i].resize(sizes_[k]);
       s[i] = scratch_[i].data();
       if (slots_[i][k].empty())
-        host::for_chunks(n, [&](std::int64_t b, std::int64_t c) { host::array(s[i] + b, c).setZero(); });
+        host::for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE { host::array(s[i] + b, c).setZero(); });
       else
         host::copy(s[i], slots_[i][k].data(), n);
     }
@@ -219,7 +219,7 @@ class SGDW final : public Optimizer {
   void apply(float* __restrict w, const float* __restrict g, std::span<float* const> slots, std::int64_t n, float lr,
              std::int64_t) const override {
     const float m = o_.momentum, wd = o_.weight_decay * lr;
-    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE {
       auto W = host::array(w + b, c), V = host::array(slots[0] + b, c);
       const auto G = host::array(g + b, c);
       V = m * V - lr * G;
@@ -268,7 +268,7 @@ class Adam final : public Optimizer {
         static_cast<float>(lr * std::sqrt(1 - std::pow(double(o_.beta2), t)) / (1 - std::pow(double(o_.beta1), t)));
     const float wd = o_.weight_decay * lr;
     const float b1 = o_.beta1, b2 = o_.beta2, eps = o_.eps;
-    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) {
+    host::for_chunks(n, [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE {
       auto W = host::array(w + b, c), M = host::array(slots[0] + b, c), V = host::array(slots[1] + b, c);
       const auto G = host::array(g + b, c);
       M = b1 * M + (1 - b1) * G;

@@ -831,7 +831,7 @@ class Trainer {
   // prunetrain: d/dw of l1 * sum |w| for kernel weights (rank >= 2).
   void add_l1(Param& p) const {
     if (p.role != ParamRole::weight || p.shape.size() < 2) return;
-    host::for_chunks(p.size(), [&](std::int64_t b, std::int64_t c) {
+    host::for_chunks(p.size(), [&](std::int64_t b, std::int64_t c) ELASTIC_INLINE {
       host::array(p.grad + b, c) += o_.l1 * host::array(p.value + b, c).sign();
     });
   }
