@@ -149,16 +149,19 @@ class ImportanceEvaluator {
 
   // sum g[i] * (w1[i] - w0[i]) in double (the difference in float), over 64 fixed chunks
   // summed in order: the same result on any thread count (reruns and resumed runs select
-  // identically).
+  // identically). Each chunk runs as host::vectorized does (the build's SSE2 code ran
+  // several times slower after oneDNN's bf16 kernels; core/host_math.hpp, for_chunks).
   static double dot(const float* g, const float* w1, const float* w0, std::int64_t n) {
     constexpr int kChunks = 64;
     std::array<double, kChunks> part{};
 #pragma omp parallel for schedule(static) if (n > host::kParallelMin)
     for (int c = 0; c < kChunks; ++c) {
       const std::int64_t begin = n * c / kChunks, count = n * (c + 1) / kChunks - begin;
-      part[std::size_t(c)] = (host::array(g + begin, count).cast<double>() *
-                              (host::array(w1 + begin, count) - host::array(w0 + begin, count)).cast<double>())
-                                 .sum();
+      host::vectorized([&]() ELASTIC_INLINE {
+        part[std::size_t(c)] = (host::array(g + begin, count).cast<double>() *
+                                (host::array(w1 + begin, count) - host::array(w0 + begin, count)).cast<double>())
+                                   .sum();
+      });
     }
     double s = 0;
     for (double p : part) s += p;
@@ -166,7 +169,10 @@ class ImportanceEvaluator {
   }
 
   static double abs_sum(std::span<const float> v) {
-    return host::array(v.data(), std::int64_t(v.size())).abs().cast<double>().sum();
+    double s = 0;
+    host::vectorized(
+        [&]() ELASTIC_INLINE { s = host::array(v.data(), std::int64_t(v.size())).abs().cast<double>().sum(); });
+    return s;
   }
 
   static std::vector<double> per_unit(const std::vector<Unit>& units, const std::vector<double>& per_param) {
