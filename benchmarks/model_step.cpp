@@ -24,7 +24,9 @@
 #include <filesystem>
 #include <fstream>
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -96,8 +98,9 @@ double gemm_gflops(Context& ctx, dnnl::memory::data_type type = dnnl::memory::da
 // The CPU's arithmetic roof: multiply-adds per second from 16 independent
 // chains of 512-bit vfmadd231ps (fp32) or vdpbf16ps (bf16 pairs, fp32
 // accumulation) per thread, on `threads` threads; what no kernel can exceed.
-// 0 when the CPU lacks the instruction. The loops' results feed `sink` so
-// the compiler keeps them.
+// 0 when the CPU lacks the instruction (or is not x86). The chains' sums feed
+// `sink` so that the compiler keeps them.
+#if defined(__x86_64__)
 __attribute__((target("avx512f"))) float lane_sum(const __m512 (&acc)[16]) {
   alignas(64) float lanes[16];
   __m512 sum = acc[0];
@@ -124,7 +127,9 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_dot_chains(long iters) 
     for (auto& r : acc) r = _mm512_dpbf16_ps(r, a, b);
   return lane_sum(acc);
 }
+#endif
 double fma_peak_gflops(int threads, bool bf16) {
+#if defined(__x86_64__)
   if (!__builtin_cpu_supports("avx512f") || (bf16 && !__builtin_cpu_supports("avx512bf16"))) return 0.0;
   constexpr long iters = 4'000'000;
   // Per thread and iteration: 16 instructions of 16 lanes, 2 flops a lane (x2 pairs for bf16).
@@ -139,6 +144,11 @@ double fma_peak_gflops(int threads, bool bf16) {
   }
   if (!std::isfinite(sink)) fail("fma_peak_gflops: the chains overflowed");
   return best;
+#else
+  (void)threads;
+  (void)bf16;
+  return 0.0;
+#endif
 }
 }  // namespace
 
