@@ -150,9 +150,9 @@ int main(int argc, char** argv) {
   // The update right after a oneDNN kernel, as in a training step: the plain loop, compiled
   // for the build's ISA (SSE2 unless -march says more), against the optimizer's apply
   // (host::for_chunks: the AVX-512 copy where the CPU has it), each after the kernel a
-  // Linear node's update follows (its weight and bias gradients: inner product backward_weights) in
-  // fp32 and in bf16 (whose gemm leaves the vector registers' upper halves dirty). One ViT
-  // MLP weight.
+  // Linear node's update follows (inner product backward_weights, bias included) in fp32
+  // and in bf16 (whose gemm leaves the vector registers' upper halves dirty). One ViT MLP
+  // weight.
   {
     using namespace dnnl;
     Context ctx(threads);
@@ -169,8 +169,7 @@ int main(int argc, char** argv) {
       const memory::desc db({out}, memory::data_type::f32, memory::format_tag::a);
       const inner_product_backward_weights::primitive_desc pd({x, dw, db, dy}, ctx.engine(), hint);
       std::vector<float> xb(std::size_t(rows * in), 0.0f), dyb(std::size_t(rows * out), 0.0f),
-          dwb(std::size_t(out * in));
-      std::vector<float> dbb(static_cast<std::size_t>(out));
+          dwb(std::size_t(out * in)), dbb(std::size_t(out), 0.0f);
       memory mx(x, ctx.engine(), xb.data()), mdy(dy, ctx.engine(), dyb.data()), mdw(dw, ctx.engine(), dwb.data()),
           mdb(db, ctx.engine(), dbb.data());
       const inner_product_backward_weights ip(pd);

@@ -149,8 +149,9 @@ class ImportanceEvaluator {
 
   // sum g[i] * (w1[i] - w0[i]) in double (the difference in float), over 64 fixed chunks
   // summed in order: the same result on any thread count (reruns and resumed runs select
-  // identically). Each chunk runs as host::vectorized does (the build's SSE2 code ran
-  // several times slower after oneDNN's bf16 kernels; core/host_math.hpp, for_chunks).
+  // identically). Each chunk runs as host::vectorized does (the build's SSE2 code took
+  // twice the share of a bf16 probe's time, after oneDNN's bf16 kernels; core/host_math.hpp,
+  // for_chunks).
   static double dot(const float* g, const float* w1, const float* w0, std::int64_t n) {
     constexpr int kChunks = 64;
     std::array<double, kChunks> part{};
