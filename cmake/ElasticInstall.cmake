@@ -1,9 +1,17 @@
 # Install rules and a relocatable package config so that another project can
-# `find_package(elastic)` and link `elastic::elastic`.
+# `find_package(elastic)` and link `elastic::elastic` (and `elastic::data`,
+# `elastic::onnx` where they were built).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS elastic elastic_data elastic_onnx EXPORT elasticTargets)
+# The engine, and the data and ONNX targets where their packages were found.
+set(installed elastic)
+foreach(target elastic_data elastic_onnx)
+  if(TARGET ${target})
+    list(APPEND installed ${target})
+  endif()
+endforeach()
+install(TARGETS ${installed} EXPORT elasticTargets)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 
 set(ELASTIC_CMAKE_DIR ${CMAKE_INSTALL_DATADIR}/elastic/cmake)

@@ -3,8 +3,9 @@
 // from outside. Dropout is off and batch norm uses running statistics. With
 // `--steps N` it trains instead: the inputs are N batches, each taken by one
 // training step (TrainStep, the Trainer's) of every param, with the run's
-// optimizer and cosine schedule; it writes each step's loss and the final
-// params, so a reference can check the whole update rule.
+// optimizer at the Trainer's learning rate (learning_rate_at: SGDW's cosine,
+// Adam's constant); it writes each step's loss and the final params, so a
+// reference can check the whole update rule.
 #pragma once
 
 #include <optional>
@@ -52,14 +53,15 @@ inline void add_step_command(CLI::App& app, StepArgs& a) {
                 "and param/<name> after the last step")
       ->check(cli::non_negative);
   c->add_option("--optimizer", a.optimizer, "with --steps: sgd (SGDW, momentum 0.9) or adam [default: the model's]");
-  c->add_option("--learning_rate", a.learning_rate, "with --steps: the initial learning rate of the cosine")
+  c->add_option("--learning_rate", a.learning_rate,
+                "with --steps: the learning rate (sgd: the cosine's initial rate; adam: constant)")
       ->capture_default_str()
       ->check(cli::positive);
   c->add_option("--weight_decay", a.weight_decay,
                 "with --steps: decoupled weight decay [default: 5e-4 with sgd, none with adam]")
       ->check(cli::non_negative);
   c->add_option("--schedule_steps", a.schedule_steps,
-                "with --steps: the cosine's length in steps [default: --steps]; step k uses its k-th rate")
+                "with --steps and sgd: the cosine's length in steps [default: --steps]; step k uses its k-th rate")
       ->check(cli::non_negative);
 }
 
@@ -107,7 +109,7 @@ inline int run_step(const StepArgs& a) {
         std::copy_n(images.data() + k * batch * per_image, batch * per_image, x.data());
         m.graph->write(m.images, x);
         m.loss_node().set_labels({y.begin() + k * batch, y.begin() + (k + 1) * batch});
-        losses.push_back(step(std::uint64_t(k), all, schedule(k)).loss());
+        losses.push_back(step(std::uint64_t(k), all, learning_rate_at(*opt, schedule, k)).loss());
       }
     }
     w.add_f32("loss", {steps}, losses);

@@ -674,8 +674,9 @@ int run_main(CLI::App& app, int argc, char** argv, const std::function<int()>& r
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);  // prints the help, or the error naming the flag
-    return code == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help: prints it
+    fmt::print(stderr, "error: {}\n", e.what());     // one line naming the flag or value
+    return 2;
   }
   try {
     return run();

@@ -28,6 +28,31 @@ def run(*args, binary=ELASTIC):
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=600)
 
 
+def write_safetensors(path, tensors):
+    """A safetensors file of numpy arrays (F32 or I64)."""
+    header, blobs, at = {}, [], 0
+    for name, a in tensors.items():
+        blob = a.tobytes()
+        header[name] = {"dtype": {np.float32: "F32", np.int64: "I64"}[a.dtype.type], "shape": list(a.shape),
+                        "data_offsets": [at, at + len(blob)]}
+        blobs.append(blob)
+        at += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def read_f32(path, name):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        body = f.read()
+    t = header[name]
+    begin, end = t["data_offsets"]
+    return np.frombuffer(body[begin:end], dtype=np.float32).reshape(t["shape"])
+
+
 def write_idx(path, array):
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
     with gzip.open(path, "wb") as f:
@@ -79,7 +104,7 @@ with tempfile.TemporaryDirectory() as tmp:
                          (["--precision", "fp16"], "--precision")]:
         r = run(*common, *args)
         lines = r.stderr.strip().splitlines()
-        check(r.returncode == 2 and lines and needle in lines[0], f"{args}: exit {r.returncode}, {r.stderr!r}")
+        check(r.returncode == 2 and len(lines) == 1 and needle in lines[0], f"{args}: exit {r.returncode}, {r.stderr!r}")
         check(len(lines[0]) < 200 if lines else False, f"{args}: a message of {len(lines[0])} characters")
 
     # bf16 on a CPU without native bf16 (oneDNN capped at plain AVX-512 here): refused in one line
@@ -131,6 +156,18 @@ with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "logs", "bf16", "metrics.jsonl")) as f:
             epochs = [j for j in map(json.loads, f) if j["type"] == "train_epoch"]
         check(len(epochs) == 2 and all(0 < e["loss"] < 10 for e in epochs), f"bf16 training losses: {epochs}")
+        # `elastic profile --precision bf16` times the bf16 step and keys its table bf16; that
+        # table is refused for an fp32 run.
+        bf16_profile = os.path.join(tmp, "pbf16.json")
+        p = run("profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "16",
+                "--num_classes", "10", "--threads", "2", "--out", bf16_profile, "--precision", "bf16")
+        check(p.returncode == 0 and "classifier.1" in p.stdout, f"profile --precision bf16: {p.returncode} {p.stderr!r}")
+        if p.returncode == 0:
+            with open(bf16_profile) as f:
+                check(json.load(f)["key"]["precision"] == "bf16", "profile --precision bf16 is keyed bf16")
+        r = run(*common, "--profile", bf16_profile, "--run_name", "fp32wrong", "--num_epochs", "1")
+        check(r.returncode == 1 and "precision bf16, but this run has precision fp32" in r.stderr,
+              f"bf16 profile for an fp32 run: {r.returncode} {r.stderr!r}")
 
     # A run: progress lines (stdout is a pipe), metrics, summary, log.txt, checkpoint and weights.
     r = run(*common, "--train_type", "elastic_training", "--num_epochs", "2", "--interval", "1", "--rho", "0.7",
@@ -172,6 +209,9 @@ with tempfile.TemporaryDirectory() as tmp:
     check(abs(s["training_time_h"] * 3600 - tests[-1]["train_time"]) < 1e-6, "summary training time")
     check(len(s["epochs"]) == 2, "summary per epoch")
     check(s["deadline_s"] is None and len(s["rho_per_selection"]) == len(sels), "summary: rho per selection")
+    check(s["config"]["precision"] == "fp32", f"the default precision is fp32: {s['config']}")
+    with open(os.path.join(run_dir, "profile.json")) as f:
+        check(json.load(f)["key"]["precision"] == "fp32", "the default run's profile is keyed fp32")
     txt = open(os.path.join(run_dir, "log.txt")).read()
     check("Best test accuracy" in txt and "selection at epoch 1" in txt, "log.txt holds the log lines")
     for f in ["checkpoint.safetensors", "model.safetensors", "profile.json"]:
@@ -196,6 +236,33 @@ with tempfile.TemporaryDirectory() as tmp:
             "--run_name", "r", "--save_model", "--learning_rate", "0.01", "--resume", "--num_classes", "12")
     check(r.returncode == 2 and "started with num_classes 10 but this command has 12" in r.stderr,
           f"resume with another class count: {r.returncode} {r.stderr!r}")
+
+    # A resume in another precision is refused, naming it (on a CPU without bf16, the CPU is named).
+    r = run(*common, "--train_type", "elastic_training", "--num_epochs", "2", "--interval", "1", "--rho", "0.7",
+            "--run_name", "r", "--save_model", "--learning_rate", "0.01", "--resume", "--precision", "bf16")
+    needle = 'started with precision "fp32" but this command has "bf16"' if has_bf16 else "avx512_bf16"
+    check(r.returncode == 2 and needle in r.stderr, f"resume in another precision: {r.returncode} {r.stderr!r}")
+
+    # `elastic step` computes in fp32 unless told otherwise: its output is the --precision fp32
+    # one, bit for bit; in bf16 the logits differ, to bf16's accuracy.
+    inputs = os.path.join(tmp, "step_in.safetensors")
+    write_safetensors(inputs, {"images": rng.standard_normal((2, 3, 32, 32)).astype(np.float32),
+                               "labels": np.array([3, 7], dtype=np.int64)})
+    step = ["step", "--model_name", "mobilenetv2", "--num_classes", "10", "--input_size", "32", "--threads", "2",
+            "--weights", os.path.join(run_dir, "model.safetensors"), "--inputs", inputs]
+    outs = {}
+    for name, extra in (("default", []), ("fp32", ["--precision", "fp32"]), ("bf16", ["--precision", "bf16"])):
+        if name == "bf16" and not has_bf16:
+            continue
+        outs[name] = os.path.join(tmp, f"step_{name}.safetensors")
+        r = run(*step, "--out", outs[name], *extra)
+        check(r.returncode == 0, f"step ({name}): {r.returncode} {r.stderr!r}")
+    with open(outs["default"], "rb") as a, open(outs["fp32"], "rb") as b:
+        check(a.read() == b.read(), "step's default output is --precision fp32's, bit for bit")
+    if "bf16" in outs:
+        lo, lb = read_f32(outs["fp32"], "logits"), read_f32(outs["bf16"], "logits")
+        err = float(np.linalg.norm(lb - lo) / np.linalg.norm(lo))
+        check(0 < err < 5e-2, f"step --precision bf16: logits {err:.3g} from fp32's")
 
     # On a terminal the progress line redraws in place.
     import pty

@@ -4,8 +4,13 @@
 // native bf16 dot products.
 #include "elastic/core/precision.hpp"
 
+#include <bit>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <set>
+#include <sstream>
 
 #include <doctest/doctest.h>
 
@@ -25,6 +30,7 @@
 #include "elastic/layers/pool.hpp"
 #include "elastic/layers/relayout.hpp"
 #include "elastic/layers/tokens.hpp"
+#include "elastic/optim/optimizer.hpp"
 #include "elastic/testing/gradcheck.hpp"
 
 // One namespace per test file: the tests of a directory build as one translation unit.
@@ -56,6 +62,64 @@ TEST_CASE("bf16 is refused below oneDNN's avx512_core_bf16, naming the missing C
   }
   CHECK(precision_unsupported(Precision::bf16, isa::avx512_core_bf16).empty());
   CHECK(precision_unsupported(Precision::bf16, isa::avx512_core_amx).empty());
+}
+
+namespace {
+
+// The CPU's feature flags as Linux reports them (empty where there is no /proc/cpuinfo).
+std::set<std::string> cpu_flags() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    std::set<std::string> flags;
+    for (std::string w; words >> w;) flags.insert(w);
+    return flags;
+  }
+  return {};
+}
+
+}  // namespace
+
+// The bf16 checks of this and other test files return early where bf16 is unavailable: this
+// keeps a wrong refusal on a CPU that has bf16 from passing as such a skip.
+TEST_CASE("bf16 is available exactly where the CPU has native bf16 dot products") {
+#if defined(__x86_64__) && defined(__linux__)
+  if (std::getenv("DNNL_MAX_CPU_ISA")) {
+    MESSAGE("not checked: DNNL_MAX_CPU_ISA caps oneDNN below what the CPU has");
+    return;
+  }
+  const auto flags = cpu_flags();
+  REQUIRE(flags.count("sse2") == 1);  // the flags were read
+  CHECK(precision_supported(Precision::bf16) == (flags.count("avx512_bf16") > 0));
+  CHECK(precision_supported(Precision::fp32));
+#else
+  MESSAGE("not checked: the CPU flags are read from Linux's /proc/cpuinfo on x86-64");
+#endif
+}
+
+// On a CPU with bf16 this checks the graph is accepted; ctest's core_precision_capped runs it
+// again with oneDNN capped at plain AVX-512 (DNNL_MAX_CPU_ISA, ELASTIC_EXPECT_NO_BF16 set),
+// where the refusal must happen.
+TEST_CASE("a bf16 graph is refused on a CPU without native bf16, naming the missing feature") {
+  Context ctx(1);
+  if (std::getenv("ELASTIC_EXPECT_NO_BF16")) REQUIRE_FALSE(precision_supported(Precision::bf16));
+  if (precision_supported(Precision::bf16)) {
+    const Graph g(ctx, Precision::bf16);
+    CHECK(g.precision() == Precision::bf16);
+  } else {
+    try {
+      const Graph g(ctx, Precision::bf16);
+      FAIL("a bf16 graph was built on a CPU without native bf16");
+    } catch (const UsageError& e) {
+      const std::string what = e.what();
+      CHECK(what.rfind("a bf16 graph needs a CPU with native bf16 dot products", 0) == 0);
+      CHECK(what.find("avx512_bf16") != std::string::npos);
+      CHECK(what.find('\n') == std::string::npos);
+    }
+  }
+  const Graph g(ctx, Precision::fp32);
+  CHECK(g.precision() == Precision::fp32);
 }
 
 namespace {
@@ -281,6 +345,102 @@ TEST_CASE("a bf16 graph's loss is fp32 and its logits' gradient matches fp32's; 
   // Activations and their gradients are stored in 2 bytes instead of 4.
   CHECK(arena[1] * 2 <= arena[0] + 1024);
   CHECK(arena[1] * 2 >= arena[0] - 1024);
+}
+
+namespace {
+
+// How many of `v` have bits below bf16's 8-bit significand (bf16 holds none of them exactly).
+std::int64_t below_bf16(std::span<const float> v) {
+  std::int64_t n = 0;
+  for (float x : v) n += (std::bit_cast<std::uint32_t>(x) & 0xFFFFu) != 0;
+  return n;
+}
+
+}  // namespace
+
+// A bf16 graph multiplies in bf16, but what the optimizer reads and writes keeps fp32's bits:
+// each weight gradient (an fp32 sum), the update, the momentum and the weights after it (an
+// update far below bf16's resolution still moves them), and the batch norm's running statistics.
+TEST_CASE("a bf16 graph's gradients, weights, optimizer state and batch-norm statistics are fp32") {
+  if (!cpu_has_bf16()) return;
+  const auto build = [](Context& ctx, Precision p, ValueId& loss) {
+    auto g = std::make_unique<Graph>(ctx, p);
+    const ValueId x = g->input("x", {4, 8, 6, 6});
+    ValueId h = g->add<Conv2d>(
+        {x}, "conv",
+        Conv2dOptions{.in_channels = 8, .out_channels = 16, .kernel_h = 3, .kernel_w = 3, .padding = 1, .bias = false});
+    h = g->add<BatchNorm2d>({h}, "bn", BatchNorm2dOptions{.num_features = 16});
+    g->node_as<BatchNorm2d>(h).set_batch_stats(true);
+    h = g->add<Eltwise>({h}, "relu", Activation::relu);
+    h = g->add<GlobalAvgPool>({h}, "gap");
+    h = g->add<Linear>({h}, "fc", LinearOptions{.in_features = 16, .out_features = 5});
+    loss = g->add<SoftmaxCrossEntropy>({h}, "loss");
+    g->finalize(3);
+    testing::random_input(*g, x, 4);
+    const std::vector<std::int32_t> labels{0, 3, 1, 4};
+    g->node_as<SoftmaxCrossEntropy>(loss).set_labels(labels);
+    g->grad_data(loss)[0] = 1.0f;
+    g->forward(true);
+    g->backward();
+    return g;
+  };
+  Context ctx(2);
+  ValueId loss = -1;
+  auto a = build(ctx, Precision::fp32, loss);
+  auto b = build(ctx, Precision::bf16, loss);
+  REQUIRE(b->precision() == Precision::bf16);
+
+  // The running statistics: fp32 values near fp32's (the batch's mean and variance of the
+  // bf16 convolution's output), not bf16's.
+  for (const char* name : {"bn.running_mean", "bn.running_var"}) {
+    CAPTURE(name);
+    const int i = b->params().find_buffer(name);
+    REQUIRE(i >= 0);
+    const auto got = b->params().buffer(std::size_t(i)).values();
+    const auto want = a->params().buffer(std::size_t(i)).values();
+    Tensor tg({std::int64_t(got.size())}), tw({std::int64_t(want.size())});
+    std::copy(got.begin(), got.end(), tg.data());
+    std::copy(want.begin(), want.end(), tw.data());
+    CHECK(rel_l2(tg, tw) <= 1e-2);
+    CHECK(below_bf16(got) >= std::int64_t(got.size()) - 1);
+  }
+
+  // The gradients: fp32 sums of products of bf16 values (fc.bias's sums only the four bf16
+  // gradients of the logits, which need few bits, so it is left out).
+  ParamStore& ps = b->params();
+  for (const Param& p : ps.params()) {
+    if (p.name == "fc.bias") continue;
+    CAPTURE(p.name);
+    CHECK(below_bf16(p.grads()) >= p.size() * 9 / 10);
+  }
+
+  // One SGD step (momentum 0.9, no decay) with a rate that moves each weight by at most 1e-6:
+  // below half a bf16 step of any weight over 2^-9 in size, which bf16 weights would not keep.
+  const int k = ps.find("conv.weight");
+  REQUIRE(k >= 0);
+  const Param& w = ps[std::size_t(k)];
+  float gmax = 0;
+  for (float g : w.grads()) gmax = std::max(gmax, std::abs(g));
+  REQUIRE(gmax > 0);
+  const float lr = 1e-6f / gmax;
+  const std::vector<float> before(w.values().begin(), w.values().end());
+  SGDW sgd({.momentum = 0.9f, .weight_decay = 0.0f});
+  std::vector<bool> only(ps.size(), false);
+  only[std::size_t(k)] = true;
+  sgd.step(ps, only, lr);
+  const auto momentum = sgd.state().slots.at("conv.weight.momentum");
+  std::int64_t moved = 0, exact = 0, sized = 0;
+  for (std::int64_t i = 0; i < w.size(); ++i) {
+    const float v = -(lr * w.grad[i]);
+    exact += momentum[std::size_t(i)] == v && w.value[i] == before[std::size_t(i)] + v;
+    if (std::abs(before[std::size_t(i)]) < 0x1p-9f) continue;
+    ++sized;
+    moved += w.value[i] != before[std::size_t(i)];
+  }
+  CHECK(exact == w.size());
+  CHECK(below_bf16(momentum) >= w.size() * 9 / 10);
+  REQUIRE(sized >= w.size() / 2);
+  CHECK(moved >= sized * 9 / 10);
 }
 
 }  // namespace core_precision_test

@@ -45,6 +45,8 @@ TEST_CASE("malformed profiles are refused, naming the file and the fault") {
       {with("\"t_fw_ms\"", "\"t_fw_old\""), "predates the model of the trainer's step"},
       {with("\"optimizer\": \"sgdw\"", "\"opt\": \"sgdw\""), "malformed"},
       {with("\"units\"", "\"unitz\""), "malformed"},
+      {with("\"optimizer\": \"sgdw\"", "\"optimizer\": \"sgdw\", \"precision\": \"fp16\""),
+       "key.precision 'fp16' is not one of fp32, bf16"},
       {"{", "malformed"},
   };
   for (const auto& [text, message] : cases) {
@@ -52,6 +54,28 @@ TEST_CASE("malformed profiles are refused, naming the file and the fault") {
     CHECK_THROWS_WITH_AS(Profile::parse(text, "bad/p.json"), doctest::Contains(message.c_str()), Error);
     CHECK_THROWS_WITH_AS(Profile::parse(text, "bad/p.json"), doctest::Contains("'bad/p.json'"), Error);
   }
+}
+
+// A profile holds the precision it was measured in (one written before bf16 existed has none:
+// it was fp32), and a run in the other precision refuses it, naming the field.
+TEST_CASE("a profile's precision is part of its key") {
+  const Profile legacy = Profile::parse(kValid, "p.json");
+  CHECK(legacy.key.precision == "fp32");
+  const Profile bf16 =
+      Profile::parse(with("\"optimizer\": \"sgdw\"", "\"optimizer\": \"sgdw\", \"precision\": \"bf16\""), "b.json");
+  CHECK(bf16.key.precision == "bf16");
+  CHECK(Profile::parse(bf16.to_json().dump(), "again.json").key.precision == "bf16");
+  ProfileKey want = legacy.key;
+  CHECK_NOTHROW(legacy.check_matches(want, "p.json"));
+  want.precision = "bf16";
+  CHECK_THROWS_WITH_AS(legacy.check_matches(want, "p.json"),
+                       doctest::Contains("'p.json' was measured for precision fp32, but this run has precision bf16"),
+                       Error);
+  CHECK_NOTHROW(bf16.check_matches(want, "b.json"));
+  want.precision = "fp32";
+  CHECK_THROWS_WITH_AS(bf16.check_matches(want, "b.json"),
+                       doctest::Contains("'b.json' was measured for precision bf16, but this run has precision fp32"),
+                       Error);
 }
 
 }  // namespace method_profile_test

@@ -37,6 +37,7 @@ TEST_CASE(
   REQUIRE(p.units.size() == units.size());
   REQUIRE(p.t_fw.size() == units.size());
   CHECK(p.key.optimizer == "adam");
+  CHECK(p.key.precision == "fp32");
   CHECK(TimingProfiler<>({.warmup = 0, .repeats = 1}).run(m, ctx.threads(), mask).key.optimizer == "sgdw");
   double added = 0;
   for (std::size_t u = 0; u < units.size(); ++u) {
@@ -52,6 +53,20 @@ TEST_CASE(
   CHECK(std::equal(before.begin(), before.end(), m.params().value_arena().begin()));
   CHECK(adam.state() == adam_before);
   CHECK(m.graph->plan().selected == mask);
+}
+
+TEST_CASE("a bf16 model's profile key says bf16") {
+  if (!precision_supported(Precision::bf16)) {
+    MESSAGE("not run: this CPU has no avx512_bf16");
+    return;
+  }
+  Context ctx(2);
+  Model m =
+      build_model("mobilenetv2", ctx, {.num_classes = 5, .input_size = 32, .batch = 2, .precision = Precision::bf16});
+  const SGDW sgd;
+  CHECK(profile_key(m, 2, sgd).precision == "bf16");
+  Model f = build_model("mobilenetv2", ctx, {.num_classes = 5, .input_size = 32, .batch = 2});
+  CHECK(profile_key(f, 2, sgd).precision == "fp32");
 }
 
 TEST_CASE("profiles round-trip through JSON and refuse another model, machine or setting by name") {

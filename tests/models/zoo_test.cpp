@@ -40,6 +40,9 @@ TEST_CASE("each model builds, computes a finite loss, reaches every end with gra
       CHECK(m.input_shape == Shape{batch, 3, 32, 32});
       CHECK(m.graph->shape(m.logits) == Shape{batch, classes});
       CHECK(m.num_classes == classes);
+      // The precision reaches the graph: its layers store their outputs in its type.
+      CHECK(m.graph->precision() == precision);
+      CHECK(m.graph->node(m.logits).output_desc().data_type() == activation_type(precision));
       Rng rng(3);
       Tensor x(m.input_shape);
       for (auto& v : x.span()) v = rng.normal();

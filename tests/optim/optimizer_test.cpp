@@ -199,4 +199,16 @@ TEST_CASE("preview writes the weights a step would, bit for bit, and leaves the 
   }
 }
 
+// The Trainer's rate and `elastic step --steps`'s both come from learning_rate_at.
+TEST_CASE("the learning rate follows the cosine with SGDW and stays constant with Adam") {
+  const CosineDecay cosine{0.1f, 10};
+  const SGDW sgd;
+  const Adam adam;
+  CHECK(learning_rate_at(sgd, cosine, 0) == 0.1f);
+  CHECK(learning_rate_at(sgd, cosine, 5) == cosine(5));
+  CHECK(learning_rate_at(sgd, cosine, 5) < 0.06f);
+  CHECK(learning_rate_at(sgd, cosine, 10) == 0.0f);
+  for (std::int64_t k : {0, 5, 10, 20}) CHECK(learning_rate_at(adam, cosine, k) == 0.1f);
+}
+
 }  // namespace optim_optimizer_test

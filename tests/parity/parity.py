@@ -18,9 +18,11 @@ against the float64 step. Ours must be as close as PyTorch's own bf16: logits an
 within max(1.5x PyTorch's error, 1e-2); over the param gradients, the median error
 within 1.5x PyTorch's median, and every gradient within max(5e-2, 1.5x PyTorch's error on
 it) (on the random-weight ResNet50 and VGG16 here PyTorch's own bf16 gradients are up to
-0.6 and 0.3 from float64, so 5e-2 alone is out of anyone's reach). PyTorch 1.13 has no bf16
-backward of ReLU6 on the CPU, so its bf16 MobileNetV2 runs ReLU6 as clamp(0, 6), the same
-function.
+0.6 and 0.3 from float64, so 5e-2 alone is out of anyone's reach). Ours must also be
+bf16-sized: at least 0.1x PyTorch bf16's error on the logits and the median gradient, so that
+a step which ran in fp32 fails. Elastic refusing bf16 skips the test (exit 77) only where the
+CPU's flags lack avx512_bf16. PyTorch 1.13 has no bf16 backward of ReLU6 on the CPU, so
+its bf16 MobileNetV2 runs ReLU6 as clamp(0, 6), the same function.
 """
 import os
 import subprocess
@@ -36,6 +38,9 @@ from torch_finetune import rel_l2  # noqa: E402
 
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
 BF16_FLOOR, BF16_RATIO, BF16_GRAD_MAX = 1e-2, 1.5, 5e-2
+# Ours at least this share of PyTorch bf16's error on the logits and the median gradient: a
+# step that ignored --precision and ran in fp32 would be about 1e-6 from float64 (1e-4 of it).
+BF16_SIZED = 0.1
 
 
 def main():
@@ -80,6 +85,9 @@ def main():
         sys.stdout.write(run.stdout)
         sys.stderr.write(run.stderr)
         if precision == "bf16" and run.returncode == 2 and "avx512_bf16" in run.stderr:
+            if cpu_has_bf16() and "DNNL_MAX_CPU_ISA" not in os.environ:
+                print("FAIL elastic refused bf16 on a CPU whose flags include avx512_bf16")
+                return 1
             print("skipped: this CPU has no native bf16")
             return 77
         if run.returncode != 0:
@@ -124,6 +132,15 @@ def main():
     return verdict(failures)
 
 
+def cpu_has_bf16():
+    """Whether Linux lists avx512_bf16 among the CPU's flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read().split()
+    except OSError:
+        return False
+
+
 def verdict(failures):
     for f in failures[:40]:
         print("FAIL", f)
@@ -149,6 +166,12 @@ def autocast_step(model, images, labels):
 def compare_bf16(model_name, got, theirs, model, logits, loss):
     failures = []
     report = []
+    if logits.abs().max().item() == 0:
+        failures.append("reference logits are all zero: the comparison would be vacuous")
+    params = dict(model.named_parameters())
+    extra = [k[5:] for k in got if k.startswith("grad/") and k[5:] not in params]
+    if extra:
+        failures.append(f"params in elastic's output that the model does not have: {extra}")
     for name, ref in (("logits", logits), ("loss", loss)):
         ours_e = rel_l2(got[name].reshape(ref.shape), ref)
         torch_e = rel_l2(theirs[name].reshape(ref.shape), ref)
@@ -156,6 +179,10 @@ def compare_bf16(model_name, got, theirs, model, logits, loss):
         report.append(f"{name} {ours_e:.3g} (torch bf16 {torch_e:.3g})")
         if not ours_e <= tol:
             failures.append(f"{name}: relative L2 error {ours_e:.3g} > {tol:.3g}")
+        # The step really ran in bf16: an fp32 step's logits are about 1e-6 from float64's.
+        if name == "logits" and not ours_e >= BF16_SIZED * torch_e:
+            failures.append(f"logits: error {ours_e:.3g} is not bf16-sized (torch bf16 {torch_e:.3g}): "
+                            "the step did not compute in bf16")
     ours_g, torch_g = [], []
     for name, p in model.named_parameters():
         key = f"grad/{name}"
@@ -172,6 +199,8 @@ def compare_bf16(model_name, got, theirs, model, logits, loss):
     torch_med = float(torch.tensor(torch_g).median())
     if not ours_med <= BF16_RATIO * torch_med:
         failures.append(f"median gradient error {ours_med:.3g} > {BF16_RATIO}x torch bf16's {torch_med:.3g}")
+    if not ours_med >= BF16_SIZED * torch_med:
+        failures.append(f"median gradient error {ours_med:.3g} is not bf16-sized (torch bf16 {torch_med:.3g})")
     print(f"{model_name} bf16 against float64: {', '.join(report)}; gradients of {len(ours_g)} params: median "
           f"{ours_med:.3g} (torch bf16 {torch_med:.3g}), max {max(ours_g):.3g} (torch bf16 {max(torch_g):.3g})")
     return verdict(failures)

@@ -34,23 +34,27 @@ inline dnnl::memory::data_type activation_type(Precision p) {
 }
 
 // Why this CPU cannot train in `p` (empty when it can), for oneDNN's
-// effective ISA `isa`. bf16 needs native bf16 dot products: oneDNN emulates
-// bf16 on plain AVX-512, slower than fp32, so emulation does not count.
-inline std::string precision_unsupported(Precision p, dnnl::cpu_isa isa) {
+// effective ISA `isa`; `subject` names what asked for it (the command-line
+// flag, or a graph). bf16 needs native bf16 dot products: oneDNN emulates bf16
+// on plain AVX-512, slower than fp32, so emulation does not count.
+inline std::string precision_unsupported(Precision p, dnnl::cpu_isa isa,
+                                         std::string_view subject = "--precision bf16") {
   if (p == Precision::fp32) return {};
   using isa_t = dnnl::cpu_isa;
   if (isa == isa_t::avx512_core_bf16 || isa == isa_t::avx512_core_amx) return {};
-  return "--precision bf16 needs a CPU with native bf16 dot products (the x86 flag avx512_bf16, as on Intel "
-         "Cooper Lake and Sapphire Rapids or AMD Zen 4); this CPU lacks it, and oneDNN's emulation is slower than "
-         "fp32";
+  return fmt::format(
+      "{} needs a CPU with native bf16 dot products (the x86 flag avx512_bf16, as on Intel Cooper Lake and "
+      "Sapphire Rapids or AMD Zen 4); this CPU lacks it, and oneDNN's emulation is slower than fp32",
+      subject);
 }
 
 // Whether this CPU can run `p`.
 inline bool precision_supported(Precision p) { return precision_unsupported(p, dnnl::get_effective_cpu_isa()).empty(); }
 
-// Refuses `p` on a CPU that cannot run it (a usage error: the flag is at fault).
-inline void require_precision(Precision p) {
-  const std::string why = precision_unsupported(p, dnnl::get_effective_cpu_isa());
+// Refuses `p` on a CPU that cannot run it (a usage error: the flag, or the
+// caller's choice of precision, is at fault).
+inline void require_precision(Precision p, std::string_view subject = "--precision bf16") {
+  const std::string why = precision_unsupported(p, dnnl::get_effective_cpu_isa(), subject);
   if (!why.empty()) usage_fail("{}", why);
 }
 

@@ -16,6 +16,7 @@
 #include "elastic/core/context.hpp"
 #include "elastic/core/error.hpp"
 #include "elastic/core/host_math.hpp"
+#include "elastic/core/precision.hpp"
 #include "elastic/core/tensor.hpp"
 #include "elastic/graph/backward_plan.hpp"
 #include "elastic/graph/node.hpp"
@@ -59,7 +60,11 @@ class InputNode final : public Node {
 class Graph {
  public:
   // `precision`: the format every layer computes in (core/precision.hpp).
-  explicit Graph(Context& ctx, Precision precision = Precision::fp32) : ctx_(ctx), precision_(precision) {}
+  // bf16 is refused on a CPU without native bf16 dot products (a UsageError
+  // naming the missing CPU feature).
+  explicit Graph(Context& ctx, Precision precision = Precision::fp32) : ctx_(ctx), precision_(precision) {
+    require_precision(precision, "a bf16 graph");
+  }
   Graph(const Graph&) = delete;
   Graph& operator=(const Graph&) = delete;
 

@@ -19,6 +19,7 @@
 
 #include "elastic/core/host_math.hpp"
 #include "elastic/graph/param.hpp"
+#include "elastic/optim/schedule.hpp"
 
 namespace elastic {
 
@@ -284,6 +285,12 @@ class Adam final : public Optimizer {
 // The reference's optimizer for a model when none is named: Adam for ViT (as
 // the reference recommends), SGDW for the CNNs.
 inline std::string default_optimizer(std::string_view model) { return model == "vit" ? "adam" : "sgd"; }
+
+// The learning rate of step `step` (0-based) of a run with `opt`: the reference
+// decays SGDW's along `schedule` and keeps Adam's at the schedule's initial rate.
+inline float learning_rate_at(const Optimizer& opt, const CosineDecay& schedule, std::int64_t step) {
+  return opt.name() == "adam" ? schedule.initial_lr : schedule(step);
+}
 
 // Refuses an optimizer name that make_optimizer does not know.
 inline void check_optimizer_name(std::string_view name) {

@@ -287,11 +287,9 @@ class Trainer {
   const TimeController* controller() const { return control_ ? &*control_ : nullptr; }
   std::int64_t total_steps() const { return schedule_.total_steps; }
 
-  // The learning rate of the next step: the reference decays SGDW's along a
-  // cosine over the run and keeps Adam's constant.
-  float learning_rate() const {
-    return opt_->name() == "adam" ? o_.learning_rate : schedule_(static_cast<std::int64_t>(step_));
-  }
+  // The learning rate of the next step (learning_rate_at: SGDW's along a cosine
+  // over the run, Adam's constant).
+  float learning_rate() const { return learning_rate_at(*opt_, schedule_, static_cast<std::int64_t>(step_)); }
 
   // Between epochs, or between two steps of one (from after_step, or after a
   // stop): the time of the epoch's running part is included.
