@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from export_torchvision import build, read_safetensors, write_safetensors
+from export_torchvision import build, read_safetensors, relu6_as_clamp, write_safetensors
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -117,11 +117,15 @@ def rel_l2(a, b):
     return (a - b).norm().item() / d if d > 0 else (a - b).norm().item()
 
 
-def torch_steps(model, images, labels, steps, lr, weight_decay, dtype):
+def torch_steps(model, images, labels, steps, lr, weight_decay, dtype, autocast=False):
     """`steps` training steps of every param of a copy of `model` in `dtype`, dropout off, on
-    `images`/`labels` split into `steps` batches, the cosine over `steps` steps. Returns (losses,
-    {param: its change, float64})."""
+    `images`/`labels` split into `steps` batches, the cosine over `steps` steps; with `autocast`,
+    the forward under torch.autocast("cpu", dtype=torch.bfloat16) (float32 weights, ReLU6 as the
+    same clamp: PyTorch 1.13 has no bf16 backward of ReLU6). Returns (losses, {param: its change,
+    float64})."""
     model = copy.deepcopy(model).to(dtype)
+    if autocast:
+        relu6_as_clamp(model)
     for m in model.modules():  # dropout off, as in `elastic step --steps`
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -131,41 +135,47 @@ def torch_steps(model, images, labels, steps, lr, weight_decay, dtype):
     batch = images.shape[0] // steps
     losses = []
     for k in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(images[k * batch:(k + 1) * batch].to(dtype)),
-                                                 labels[k * batch:(k + 1) * batch])
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(images[k * batch:(k + 1) * batch].to(dtype))
+            loss = torch.nn.functional.cross_entropy(logits, labels[k * batch:(k + 1) * batch])
         loss.backward()
         opt.step(cosine(lr, k, steps))
         losses.append(loss.item())
     return losses, {k: p.detach().double() - start[k] for k, p in model.named_parameters()}
 
 
-def check_steps(elastic, model_name, num_classes, size, model, images, labels, steps, lr, weight_decay, threads=2):
+def check_steps(elastic, model_name, num_classes, size, model, images, labels, steps, lr, weight_decay, threads=2,
+                precision="fp32"):
     """`steps` training steps of every param in elastic (`elastic step --steps`) and in PyTorch, from
     `model`'s weights, on `images`/`labels` split into `steps` batches, dropout off, the cosine over
     `steps` steps. Both are measured against PyTorch in float64, the exact computation; PyTorch in
     float32 is the yardstick: a param changes by little against its size over a few steps, so
     float32's rounding of the weights alone puts a floor under the change's error (1.2e-3 for
-    MobileNetV2's late 1x1 convolutions at lr 0.05, in PyTorch as in elastic).
-    Returns {"losses": [(elastic, float64)], "params": [(name, elastic's error, PyTorch float32's)]}."""
+    MobileNetV2's late 1x1 convolutions at lr 0.05, in PyTorch as in elastic). With precision
+    "bf16", elastic trains in bf16 and the yardstick is PyTorch under bf16 autocast.
+    Returns {"losses": [(elastic, float64, yardstick)], "params": [(name, elastic's error, the
+    yardstick's)]}."""
     with tempfile.TemporaryDirectory() as tmp:
         w, x, out = (os.path.join(tmp, f) for f in ("w.safetensors", "x.safetensors", "o.safetensors"))
         write_safetensors(w, {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")})
         write_safetensors(x, {"images": images, "labels": labels})
         cmd = [elastic, "step", "--model_name", model_name, "--num_classes", str(num_classes), "--input_size",
                str(size), "--weights", w, "--inputs", x, "--out", out, "--threads", str(threads), "--steps",
-               str(steps), "--optimizer", "sgd", "--learning_rate", str(lr), "--weight_decay", str(weight_decay)]
+               str(steps), "--optimizer", "sgd", "--learning_rate", str(lr), "--weight_decay", str(weight_decay),
+               "--precision", precision]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr[-2000:]}")
         got = read_safetensors(out)
     exact_losses, exact = torch_steps(model, images, labels, steps, lr, weight_decay, torch.float64)
-    _, single = torch_steps(model, images, labels, steps, lr, weight_decay, torch.float32)
+    yard_losses, yard = torch_steps(model, images, labels, steps, lr, weight_decay, torch.float32,
+                                    autocast=precision == "bf16")
     start = dict(model.named_parameters())
     params = []
     for name, change in exact.items():
         ours = got[f"param/{name}"].reshape(change.shape).double() - start[name].detach().double()
-        params.append((name, rel_l2(ours, change), rel_l2(single[name], change)))
-    return {"losses": list(zip([float(v) for v in got["loss"]], exact_losses)), "params": params}
+        params.append((name, rel_l2(ours, change), rel_l2(yard[name], change)))
+    return {"losses": list(zip([float(v) for v in got["loss"]], exact_losses, yard_losses)), "params": params}
 
 
 def build_model(model_name, num_classes, size, memory_format="default"):

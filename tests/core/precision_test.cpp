@@ -443,4 +443,107 @@ TEST_CASE("a bf16 graph's gradients, weights, optimizer state and batch-norm sta
   CHECK(moved >= sized * 9 / 10);
 }
 
+// Ones everywhere make every product 1, so each output is a count: up to 4608 here. A sum kept
+// in bf16 stops growing at 256 (256 + 1 rounds back to 256), so these come out exact only if the
+// kernels accumulate in fp32, in all three passes (the counts themselves are bf16 numbers).
+TEST_CASE("bf16 convolutions and linear layers accumulate in fp32: long sums of ones are exact") {
+  if (!cpu_has_bf16()) return;
+  struct Case {
+    const char* name;
+    Shape in;
+    Builder layer;
+  };
+  const auto conv = [](std::int64_t cin, std::int64_t cout, std::int64_t k) {
+    return [=](Graph& g, ValueId x) {
+      return g.add<Conv2d>(
+          {x}, "conv",
+          Conv2dOptions{.in_channels = cin, .out_channels = cout, .kernel_h = k, .kernel_w = k, .padding = k / 2});
+    };
+  };
+  const Case cases[] = {
+      {"linear, 4096 in, 1024 out, 1024 rows",
+       {1024, 4096},
+       [](Graph& g, ValueId x) {
+         return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 4096, .out_features = 1024});
+       }},
+      {"conv 3x3, 512 channels, 16x16", {4, 512, 16, 16}, conv(512, 64, 3)},
+      {"conv 1x1 (matmuls), 512 to 320 channels, 16x16", {4, 512, 16, 16}, conv(512, 320, 1)},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    Context ctx(2);
+    Graph g(ctx, Precision::bf16);
+    const ValueId x = g.input("x", c.in, true);
+    const ValueId y = c.layer(g, x);
+    g.finalize(5);
+    for (Param& p : g.params().params())
+      std::fill(p.values().begin(), p.values().end(), p.role == ParamRole::bias ? 0.0f : 1.0f);
+    Tensor in(c.in);
+    std::fill(in.span().begin(), in.span().end(), 1.0f);
+    g.write(x, in);
+    g.forward(true);
+    Tensor dy(g.shape(y));
+    std::fill(dy.span().begin(), dy.span().end(), 1.0f);
+    g.write_grad(y, dy);
+    g.backward();
+    const Tensor out = g.read(y), dx = g.read_grad(x);
+    // The counts: taps inside the image along one axis of a k-tap kernel padded by k / 2.
+    const auto taps = [](std::int64_t at, std::int64_t size, std::int64_t k) {
+      std::int64_t n = 0;
+      for (std::int64_t i = 0; i < k; ++i) n += at + i - k / 2 >= 0 && at + i - k / 2 < size;
+      return n;
+    };
+    std::int64_t wrong_y = 0, wrong_dx = 0, wrong_dw = 0;
+    const Param& w = g.params()[0];
+    if (c.in.size() == 2) {
+      const std::int64_t rows = c.in[0], cin = c.in[1], cout = w.shape[0];
+      for (float v : out.span()) wrong_y += v != float(cin);
+      for (float v : dx.span()) wrong_dx += v != float(cout);
+      for (float v : w.grads()) wrong_dw += v != float(rows);
+    } else {
+      const std::int64_t n = c.in[0], cin = c.in[1], h = c.in[2], wd = c.in[3], cout = w.shape[0], k = w.shape[2];
+      for (std::int64_t i = 0; i < out.numel(); ++i) {
+        const std::int64_t col = i % wd, row = i / wd % h;
+        wrong_y += out[i] != float(cin * taps(row, h, k) * taps(col, wd, k));
+      }
+      for (std::int64_t i = 0; i < dx.numel(); ++i) {
+        const std::int64_t col = i % wd, row = i / wd % h;
+        wrong_dx += dx[i] != float(cout * taps(row, h, k) * taps(col, wd, k));
+      }
+      // Weight (o, c, i, j) meets the image wherever tap (i, j) lands inside it.
+      const auto reach = [&](std::int64_t tap, std::int64_t size) {
+        std::int64_t m = 0;
+        for (std::int64_t at = 0; at < size; ++at) m += at + tap - k / 2 >= 0 && at + tap - k / 2 < size;
+        return m;
+      };
+      for (std::int64_t i = 0; i < w.size(); ++i)
+        wrong_dw += w.grad[i] != float(n * reach(i / k % k, h) * reach(i % k, wd));
+    }
+    CHECK(wrong_y == 0);
+    CHECK(wrong_dx == 0);
+    CHECK(wrong_dw == 0);
+    for (const Param& p : g.params().params())
+      if (p.role == ParamRole::bias)  // a sum of the output gradient over rows and pixels
+        for (float v : p.grads()) CHECK(v == float(dy.numel() / p.size()));
+  }
+}
+
+// Attention has no weights: what shows its products run on bf16 operands is that it keeps its
+// probabilities (the operand of P V and of both products of the backward) in bf16.
+TEST_CASE("bf16 attention keeps its probabilities in bf16") {
+  if (!cpu_has_bf16()) return;
+  std::size_t bytes[2] = {};
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    Context ctx(1);
+    Graph g(ctx, p);
+    const ValueId x = g.input("x", {2, 7, 48}, true);
+    const ValueId a = g.add<ScaledDotProductAttention>({x}, "attn", 2);
+    g.finalize(5);
+    CHECK(g.node(a).output_desc().data_type() == activation_type(p));
+    bytes[p == Precision::bf16] = g.node(a).own_bytes();
+  }
+  CHECK(bytes[0] == std::size_t(2 * 2 * 7 * 7 * 4));
+  CHECK(bytes[1] * 2 == bytes[0]);
+}
+
 }  // namespace core_precision_test
