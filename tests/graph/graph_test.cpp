@@ -330,6 +330,46 @@ TEST_CASE("a frozen convolution's weights written directly count from the next s
   }
 }
 
+// The same contract for the layers whose only copy is bf16's (a Linear, a 1x1 convolution run
+// as matmuls): where the kernel reads a copy (bf16), a direct write shows only after select();
+// where it reads the param itself (fp32: no copy), at once. Either way select() shows it.
+TEST_CASE("a frozen Linear's and 1x1 convolution's bf16 copies are kept between steps") {
+  for (Precision precision : precisions())
+    for (bool linear : {true, false}) {
+      CAPTURE(to_string(precision));
+      CAPTURE(linear);
+      Context ctx(2);
+      Graph g(ctx, precision);
+      const ValueId x = g.input("x", linear ? Shape{4, 32} : Shape{2, 16, 5, 5});
+      const ValueId a =
+          linear ? g.add<Linear>({x}, "a", LinearOptions{.in_features = 32, .out_features = 24})
+                 : g.add<Conv2d>({x}, "a", Conv2dOptions{.in_channels = 16, .out_channels = 24, .bias = false});
+      const ValueId y =
+          linear ? g.add<Linear>({a}, "b", LinearOptions{.in_features = 24, .out_features = 8})
+                 : g.add<Conv2d>({a}, "b", Conv2dOptions{.in_channels = 24, .out_channels = 8, .bias = false});
+      g.finalize(3);
+      testing::random_input(g, x, 5);
+      std::vector<bool> mask(g.params().size(), true);
+      mask[0] = false;              // a.weight frozen
+      if (linear) mask[1] = false;  // and a.bias
+      g.select(mask);
+      const bool copied = g.node(a).frozen_copy_bytes() > 0;
+      CHECK(copied == (precision == Precision::bf16));
+      g.reuse_frozen_weights(true);
+      g.forward(true);
+      const Tensor before = g.read(y);
+      for (auto& w : g.params()[0].values()) w *= 2.0f;  // behind the optimizer's back
+      g.forward(true);
+      const Tensor next = g.read(y);
+      CHECK(std::equal(before.span().begin(), before.span().end(), next.span().begin()) == copied);
+      g.select(mask);
+      g.forward(true);
+      const Tensor fresh = g.read(y);
+      CHECK_FALSE(std::equal(before.span().begin(), before.span().end(), fresh.span().begin()));
+      if (!copied) CHECK(std::equal(next.span().begin(), next.span().end(), fresh.span().begin()));
+    }
+}
+
 TEST_CASE(
     "updating each node's params as soon as backward has their streamed gradients equals updating after backward") {
   for (const std::vector<bool>& mask :
