@@ -264,6 +264,23 @@ with tempfile.TemporaryDirectory() as tmp:
         err = float(np.linalg.norm(lb - lo) / np.linalg.norm(lo))
         check(0 < err < 5e-2, f"step --precision bf16: logits {err:.3g} from fp32's")
 
+    # `step --steps` trains at the Trainer's rate: SGDW's along the cosine, whose length changes
+    # the second step's rate; Adam's constant, on which the cosine's length has no effect.
+    batches = os.path.join(tmp, "step_batches.safetensors")
+    write_safetensors(batches, {"images": rng.standard_normal((4, 3, 32, 32)).astype(np.float32),
+                                "labels": np.array([1, 3, 5, 7], dtype=np.int64)})
+    for opt, same in (("adam", True), ("sgd", False)):
+        results = []
+        for length in ("2", "50"):
+            o = os.path.join(tmp, f"steps_{opt}_{length}.safetensors")
+            r = run("step", "--model_name", "mobilenetv2", "--num_classes", "10", "--input_size", "32", "--threads", "2",
+                    "--weights", os.path.join(run_dir, "model.safetensors"), "--inputs", batches, "--out", o,
+                    "--steps", "2", "--optimizer", opt, "--learning_rate", "0.01", "--schedule_steps", length)
+            check(r.returncode == 0, f"step --steps 2 --optimizer {opt}: {r.returncode} {r.stderr!r}")
+            results.append(open(o, "rb").read() if r.returncode == 0 else b"")
+        check((results[0] == results[1]) == same,
+              f"step --steps with {opt}: the cosine's length {'must not matter' if same else 'must matter'}")
+
     # On a terminal the progress line redraws in place.
     import pty
     import select

@@ -21,7 +21,7 @@ it) (on the random-weight ResNet50 and VGG16 here PyTorch's own bf16 gradients a
 0.6 and 0.3 from float64, so 5e-2 alone is out of anyone's reach). Ours must also be
 bf16-sized: at least 0.1x PyTorch bf16's error on the logits and the median gradient, so that
 a step which ran in fp32 fails. Elastic refusing bf16 skips the test (exit 77) only where the
-CPU's flags lack avx512_bf16. PyTorch 1.13 has no bf16 backward of ReLU6 on the CPU, so
+CPU's flags lack avx512_bf16 or oneDNN is capped below it (DNNL_MAX_CPU_ISA). PyTorch 1.13 has no bf16 backward of ReLU6 on the CPU, so
 its bf16 MobileNetV2 runs ReLU6 as clamp(0, 6), the same function.
 """
 import os
@@ -85,7 +85,7 @@ def main():
         sys.stdout.write(run.stdout)
         sys.stderr.write(run.stderr)
         if precision == "bf16" and run.returncode == 2 and "avx512_bf16" in run.stderr:
-            if cpu_has_bf16() and "DNNL_MAX_CPU_ISA" not in os.environ:
+            if cpu_has_bf16() and not isa_capped():
                 print("FAIL elastic refused bf16 on a CPU whose flags include avx512_bf16")
                 return 1
             print("skipped: this CPU has no native bf16")
@@ -139,6 +139,11 @@ def cpu_has_bf16():
             return "avx512_bf16" in f.read().split()
     except OSError:
         return False
+
+
+def isa_capped():
+    """Whether oneDNN is told to stay below the CPU's instruction set (its environment variables)."""
+    return "DNNL_MAX_CPU_ISA" in os.environ or "ONEDNN_MAX_CPU_ISA" in os.environ
 
 
 def verdict(failures):

@@ -39,8 +39,9 @@ struct TimeControlOptions {
   // runs on one thread fewer (a trial); the count whose window gave the faster
   // full step stays. While on fewer threads, the full count is tried again
   // after `retry_windows` windows, so a busy core that frees up is noticed.
-  // A lost trial doubles the wait before the next (retry_windows, 2x, 4x, ...
-  // up to 64x), so a machine that is slow on any count pays little for trying.
+  // Each lost trial after the first doubles the wait before the next one
+  // (retry_windows, again retry_windows, then 2x, 4x, ... up to 64x), so a
+  // machine that is slow on any count pays little for trying.
   bool adapt_threads = true;
   double slow_factor = 1.4;
   int retry_windows = 10;
@@ -194,7 +195,7 @@ class TimeController {
         s_.lost_trials = 0;
         return false;
       }
-      // Lost: back, and wait twice as long as after the last lost trial.
+      // Lost: back; the wait before the next trial doubles from the second loss in a row on.
       s_.lost_trials = std::min<std::int64_t>(s_.lost_trials + 1, 7);
       out.threads = from;
       s_.fwd_scale = s_.trial_fwd_scale;
