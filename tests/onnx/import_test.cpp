@@ -510,6 +510,19 @@ TEST_CASE("bad ONNX input is refused with one line naming the file and the node"
     const std::string e = error_of(b.write("elastic_import_short.onnx"));
     CHECK(e.find("tensor 'conv.bias' holds 2 values for dims 4") != std::string::npos);
   }
+  SUBCASE("a Shape of a value ONNX cannot infer is refused, naming the node at fault, not a crash") {
+    // From opset 15 on, ONNX 1.12's data propagation through Shape reads its
+    // input's type unchecked; the Transpose's failed inference leaves none.
+    Builder b = small_classifier();
+    b.m.mutable_opset_import(0)->set_version(16);
+    auto* t = b.node("Transpose", "/bad/Transpose", {"r"}, {"t"});
+    Builder::ints(t, "perm", {0, 2, 9, 1});
+    b.node("Shape", "/bad/Shape", {"t"}, {"s"});
+    const std::string e = error_of(b.write("elastic_import_infer.onnx"));
+    CAPTURE(e);
+    CHECK(e.find("elastic_import_infer.onnx': node '/bad/Transpose' (Transpose): Transpose with perm [0, 2, 9, 1]") !=
+          std::string::npos);
+  }
   SUBCASE("a graph input that is not an image") {
     Builder b = small_classifier();
     b.m.mutable_graph()
