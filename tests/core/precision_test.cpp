@@ -230,6 +230,12 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
   compare("linear, tokens", {2, 5, 24}, [](Graph& g, ValueId x) {
     return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 24, .out_features = 12});
   });
+  // 600 rows: the forward runs on the inner product (forward_on_inner_product), not the matmul.
+  REQUIRE(forward_on_inner_product(dnnl::memory::data_type::bf16, 600));
+  REQUIRE_FALSE(forward_on_inner_product(dnnl::memory::data_type::bf16, 10));
+  compare("linear, tokens, 600 rows", {4, 150, 24}, [](Graph& g, ValueId x) {
+    return g.add<Linear>({x}, "fc", LinearOptions{.in_features = 24, .out_features = 12});
+  });
   for (bool batch_stats : {false, true})
     compare(batch_stats ? "batch norm, batch statistics" : "batch norm, frozen", {2, 16, 5, 5},
             [batch_stats](Graph& g, ValueId x) {

@@ -1,7 +1,8 @@
 // Linear as torch.nn.Linear: y = x W^T + b, W (out, in) in torch's layout.
 // Forward is oneDNN's matmul reading W^T through strides (its brgemm kernel;
-// the inner product's gemm runs this product 3-4% slower, and 1.3x slower at
-// 3072 -> 768: benchmarks/linear_kernels); backward_data and backward_weights
+// the inner product's gemm runs this product up to 1.3x slower in fp32,
+// benchmarks/linear_kernels), or in bf16 on a middle count of rows the inner
+// product (forward_on_inner_product); backward_data and backward_weights
 // (with the bias gradient in the same kernel) are oneDNN's inner product
 // primitives: as fast as matmuls there, with no separate bias sum. No weight is
 // re-laid-out (a bf16 graph's kernels read a bf16 copy of the same layout).
@@ -21,6 +22,15 @@ struct LinearOptions {
   // Param names after "<layer name>."; multi-head attention uses in_proj_weight/in_proj_bias.
   std::string weight_name = "weight", bias_name = "bias";
 };
+
+// Which kernel runs a linear forward of `rows` rows (benchmarks/linear_kernels,
+// AMD Zen 5, 2 threads): in bf16 the inner product beats the matmul by 6-13% on
+// ViT's four shapes (788 rows) and on ResNet50's 1x1 shapes of 784 and 3136
+// rows, and loses at 196 and 12544 rows; in fp32 the matmul is as fast or
+// faster everywhere (1.3x at 3072 -> 768).
+inline bool forward_on_inner_product(dnnl::memory::data_type dt, std::int64_t rows) {
+  return dt == dnnl::memory::data_type::bf16 && rows >= 512 && rows <= 4096;
+}
 
 class Linear final : public Node {
  public:
@@ -60,14 +70,14 @@ class Linear final : public Node {
     for (auto* m : {&x_, &dx_}) *m = memory(x2, eng, static_cast<void*>(nullptr));
     for (auto* m : {&y_, &dy_}) *m = memory(y2, eng, static_cast<void*>(nullptr));
 
-    // The inner product's forward descriptor is the backward passes' hint; it never runs.
+    // The inner product's forward descriptor: the backward passes' hint, and the
+    // forward itself where forward_on_inner_product says so.
     inner_product_forward::primitive_desc hint({prop_kind::forward_training, x2, w, b, y2}, user_scratchpad(), eng);
     inner_product_backward_data::primitive_desc bwd_d({x2, w, y2}, user_scratchpad(), eng, hint);
     inner_product_backward_weights::primitive_desc bwd_w({x2, dw, b, y2}, user_scratchpad(), eng, hint);
     const memory::desc wt({o_.in_features, o_.out_features}, dt, memory::format_tag::ba),
         b_row = o_.bias ? memory::desc({1, o_.out_features}, f32, memory::format_tag::ab) : memory::desc();
-    const matmul::primitive_desc fwd(o_.bias ? matmul::desc(x2, wt, b_row, y2) : matmul::desc(x2, wt, y2),
-                                     user_scratchpad(), eng);
+    const bool ip_forward = forward_on_inner_product(dt, rows);
     const Param& wp = store[weight_];
     const memory wg = grad_memory(weight_, dw);
     memory wv(w, eng, wp.value);
@@ -78,13 +88,18 @@ class Linear final : public Node {
     }
     wv_ = wv;
     wt_ = memory(wt, eng, wp.value);  // W^T: the same buffer as wv_ (rebound in on_bind)
-    Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, wt_}, {DNNL_ARG_DST, y_}};
+    Args fa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, ip_forward ? wv : wt_}, {DNNL_ARG_DST, y_}};
     Args wa{{DNNL_ARG_SRC, x_}, {DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_WEIGHTS, wg}};
     if (o_.bias) {
-      fa[DNNL_ARG_BIAS] = memory(b_row, eng, store[bias_].value);
+      fa[DNNL_ARG_BIAS] = memory(ip_forward ? b : b_row, eng, store[bias_].value);
       wa[DNNL_ARG_DIFF_BIAS] = grad_memory(bias_, b);
     }
-    fwd_ = Call(matmul(fwd), fa);
+    if (ip_forward)
+      fwd_ = Call(inner_product_forward(hint), fa);
+    else
+      fwd_ = Call(matmul(matmul::primitive_desc(o_.bias ? matmul::desc(x2, wt, b_row, y2) : matmul::desc(x2, wt, y2),
+                                                user_scratchpad(), eng)),
+                  fa);
     bwd_data_ = Call(inner_product_backward_data(bwd_d),
                      {{DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_WEIGHTS, wv}, {DNNL_ARG_DIFF_SRC, dx_}});
     bwd_weights_ = Call(inner_product_backward_weights(bwd_w), wa);
