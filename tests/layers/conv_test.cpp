@@ -54,6 +54,12 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
        {.in_channels = 4, .out_channels = 10, .kernel_h = 3, .kernel_w = 3, .stride = 2, .padding = 1, .bias = false}},
       {"1x1 with bias", {3, 7, 5, 4}, {.in_channels = 7, .out_channels = 3, .kernel_h = 1, .kernel_w = 1}},
       {"1x1 no bias", {3, 7, 5, 4}, {.in_channels = 7, .out_channels = 5, .kernel_h = 1, .kernel_w = 1, .bias = false}},
+      {"1x1 with bias, more outputs than inputs",
+       {3, 5, 4, 4},
+       {.in_channels = 5, .out_channels = 8, .kernel_h = 1, .kernel_w = 1}},
+      {"1x1 with bias, more outputs than inputs, on one 1x1 image",
+       {1, 3, 1, 1},
+       {.in_channels = 3, .out_channels = 7, .kernel_h = 1, .kernel_w = 1}},
       {"1x1 on one 1x1 image (a weight and bias gradient from one row)",
        {1, 7, 1, 1},
        {.in_channels = 7, .out_channels = 3, .kernel_h = 1, .kernel_w = 1}},
@@ -125,8 +131,8 @@ TEST_CASE("conv2d forward matches a direct convolution and gradients match finit
   // oneDNN 2.6 has no depthwise weight-gradient kernel for the images smaller
   // than the kernel above: their host loop is what the gradient check checked.
   CHECK(host_weight_grads >= 2);
-  // The three 1x1 stride-1 cases ran as matmuls (setup_pointwise), the rest as convolutions.
-  CHECK(pointwise == 3);
+  // The five 1x1 stride-1 cases ran as matmuls (setup_pointwise), the rest as convolutions.
+  CHECK(pointwise == 5);
 }
 
 TEST_CASE("conv2d rejects an input whose channel count differs from in_channels, naming the layer") {

@@ -18,6 +18,8 @@ TEST_CASE("linear matches x W^T + b for 2-D and token-wise 3-D inputs, with fini
       {{3, 13}, {.in_features = 13, .out_features = 7}},
       {{3, 13}, {.in_features = 13, .out_features = 7, .bias = false}},
       {{3, 5, 11}, {.in_features = 11, .out_features = 6}},
+      {{3, 7}, {.in_features = 7, .out_features = 13}},
+      {{2, 4, 6}, {.in_features = 6, .out_features = 6}},
   };
   for (const auto& c : cases) {
     CAPTURE(to_string(c.input));
