@@ -465,6 +465,51 @@ TEST_CASE("the graph hash identifies the graph, not its weights or file name") {
   for (const auto& p : {pa, pb, pc}) fs::remove(p);
 }
 
+TEST_CASE("shape arithmetic two Reshapes deep (opset 16, Shape with start and end) is computed at import") {
+  // The small classifier with its Flatten written as exporters write it: the
+  // batch from Shape(start 0, end 1), a Reshape to (batch, -1), then a Reshape
+  // to its own output's Shape, which is known only once the first is resolved.
+  const Builder plain = small_classifier();
+  Builder b = small_classifier();
+  b.m.mutable_opset_import(0)->set_version(16);
+  auto* minus_one = b.m.mutable_graph()->add_initializer();
+  minus_one->set_name("minus_one");
+  minus_one->set_data_type(::onnx::TensorProto::INT64);
+  minus_one->add_dims(1);
+  const std::int64_t m1 = -1;
+  minus_one->set_raw_data(std::string(reinterpret_cast<const char*>(&m1), sizeof m1));
+  const auto nodes = b.m.graph().node();
+  b.m.mutable_graph()->clear_node();
+  for (const auto& n : nodes) {
+    if (n.op_type() != "Flatten") {
+      *b.m.mutable_graph()->add_node() = n;
+      continue;
+    }
+    auto* shape = b.node("Shape", "/chain/Shape", {"g"}, {"batch"});
+    Builder::integer(shape, "start", 0);
+    Builder::integer(shape, "end", 1);
+    Builder::integer(b.node("Concat", "/chain/Concat", {"batch", "minus_one"}, {"flat_shape"}), "axis", 0);
+    b.node("Reshape", "/chain/Reshape", {"g", "flat_shape"}, {"flat"});
+    b.node("Shape", "/chain/Shape_1", {"flat"}, {"flat_dims"});
+    b.node("Reshape", "/chain/Reshape_1", {"flat", "flat_dims"}, {"f"});
+  }
+  Context ctx(1);
+  const ModelOptions o{.num_classes = 5, .input_size = 8, .batch = 2};
+  Model a = onnx_import::import_model(plain.write("elastic_import_plain.onnx"), ctx, o);
+  Model c = onnx_import::import_model(b.write("elastic_import_chain.onnx"), ctx, o);
+  const Tensor images = random_images({2, 3, 8, 8}, 17);
+  Tensor logits[2];
+  for (int k = 0; k < 2; ++k) {
+    Model& m = k ? c : a;
+    m.graph->write(m.images, images);
+    m.graph->forward(false);
+    logits[k] = m.graph->read(m.logits);
+  }
+  REQUIRE(logits[1].numel() == 10);
+  CHECK(max_abs_diff(logits[0], logits[1]) == 0.0);
+  CHECK(max_abs(logits[0]) > 0.0);
+}
+
 TEST_CASE("bad ONNX input is refused with one line naming the file and the node") {
   SUBCASE("an unsupported operator names itself, its node and the supported operators") {
     Builder b = small_classifier();

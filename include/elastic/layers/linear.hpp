@@ -25,9 +25,10 @@ struct LinearOptions {
 
 // Which kernel runs a linear forward of `rows` rows (benchmarks/linear_kernels,
 // AMD Zen 5, 2 threads): in bf16 the inner product beats the matmul by 6-13% on
-// ViT's four shapes (788 rows) and on ResNet50's 1x1 shapes of 784 and 3136
-// rows, and loses at 196 and 12544 rows; in fp32 the matmul is as fast or
-// faster everywhere (1.3x at 3072 -> 768).
+// ViT's four shapes (788 rows), and on the products of ResNet50's 1x1 shapes
+// at 784 and 3136 rows, losing at 196 and 12544 (those convolutions run on
+// their own matmuls, not here); in fp32 the inner product is at most 2% faster
+// and 1.3x slower at 3072 -> 768, so the matmul stays.
 inline bool forward_on_inner_product(dnnl::memory::data_type dt, std::int64_t rows) {
   return dt == dnnl::memory::data_type::bf16 && rows >= 512 && rows <= 4096;
 }

@@ -343,7 +343,13 @@ class Importer {
     if (op == "Shape") {
       const auto it = shapes_.find(n.input(0));
       if (it == shapes_.end()) return false;  // not inferred (yet)
-      ints_[n.output(0)] = IntTensor{{std::int64_t(it->second.size())}, it->second};
+      // Opset 15's start and end pick dims [start, end), negative ones from
+      // the back, both clamped to [0, rank].
+      const auto rank = static_cast<std::int64_t>(it->second.size());
+      const auto clamped = [rank](std::int64_t v) { return std::clamp(v < 0 ? v + rank : v, std::int64_t{0}, rank); };
+      const std::int64_t start = clamped(attr_int(n, "start", 0)), end = clamped(attr_int(n, "end", rank));
+      const std::vector<std::int64_t> dims(it->second.begin() + start, it->second.begin() + std::max(start, end));
+      ints_[n.output(0)] = IntTensor{{std::int64_t(dims.size())}, dims};
       return true;
     }
     std::vector<IntTensor> in;
@@ -516,9 +522,10 @@ class Importer {
     for (auto& o : *g->mutable_output()) o.mutable_type()->mutable_tensor_type()->clear_shape();
     try {
       // Without ONNX's data propagation: resolve_shapes computes the shape
-      // arithmetic itself. ONNX 1.12's propagation through Shape (opset 15 on)
-      // dereferences the type of an input whose inference failed, a crash on
-      // a model whose shapes do not add up (the fuzz corpus keeps one).
+      // arithmetic itself, one more round for each Reshape a chain depends on.
+      // ONNX 1.12's propagation through Shape (opset 15 on) dereferences the
+      // type of an input whose inference failed, a crash on a model whose
+      // shapes do not add up (the fuzz corpus keeps one).
       ::onnx::shape_inference::InferShapes(model_, ::onnx::OpSchemaRegistry::Instance(),
                                            ::onnx::ShapeInferenceOptions(false, 0, false));
     } catch (const std::exception& e) {
