@@ -140,6 +140,35 @@ TEST_CASE("a folded convolution's input stays apart from its map's output, only 
   }
 }
 
+TEST_CASE("a node's saved buffer lives from its forward to its backward, only where backward_data runs") {
+  // 0 input; 1 = linear(0) [p0]; 2 = gelu(1), saving 100 bytes, reading nothing in backward;
+  // 3 = head(2) [p1], the output.
+  Topology t;
+  t.nodes = {{.is_input = true, .bytes = 100},
+             {.inputs = {0}, .params = {0}, .weights_reads_inputs = true, .bytes = 100},
+             {.inputs = {1}, .bytes = 100, .saved_bytes = 100},
+             {.inputs = {2}, .params = {1}, .weights_reads_inputs = true, .is_output = true, .bytes = 100}};
+  t.num_params = 2;
+  const auto apart = [](std::int64_t a, std::int64_t b) { return a + 100 <= b || b + 100 <= a; };
+  const auto full = plan_memory(t, derive_plan(t, {true, true}));
+  REQUIRE(full.saved_offset[2] >= 0);
+  CHECK(full.saved_offset[0] == -1);
+  CHECK(full.saved_offset[1] == -1);
+  // Alive with it: value 1 (read by its forward), value 2 (the head reads it until its
+  // backward), and the two gradients its backward reads and writes.
+  for (const std::int64_t other : {full.act_offset[1], full.act_offset[2], full.grad_offset[1], full.grad_offset[2]}) {
+    REQUIRE(other >= 0);
+    CHECK(apart(full.saved_offset[2], other));
+  }
+  // Value 1 is dead once the gelu's forward has run: nothing of it is kept for backward, so
+  // the arena holds at most value 2, the saved buffer and the gradients at once after that.
+  CHECK(full.arena_bytes <= 5 * 128);
+  // With only the head trained, the gelu runs no backward and saves nothing.
+  const auto head = plan_memory(t, derive_plan(t, {false, true}));
+  CHECK(head.saved_offset[2] == -1);
+  CHECK(head.arena_bytes < full.arena_bytes);
+}
+
 TEST_CASE("a value read by two consumers gets its second gradient through a temporary") {
   // 0 input; 1 = a(0) [p0]; 2 = b(1) [p1]; 3 = add(1, 2) -> output
   Topology t;

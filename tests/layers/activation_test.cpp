@@ -124,7 +124,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("activations that declare they read only their output (relu, relu6, sigmoid, hardsigmoid) do") {
+TEST_CASE("activations that declare they do not read their input (relu, relu6, sigmoid, hardsigmoid, gelu) do not") {
   // Overwriting the input between forward and backward must not change the
   // gradient of a node that declared it only reads its output.
   for (auto a : kAll) {
@@ -154,12 +154,43 @@ TEST_CASE("activations that declare they read only their output (relu, relu6, si
   CHECK_FALSE(Eltwise("a", Activation::relu).data_reads().inputs);
   CHECK(Eltwise("a", Activation::relu6).data_reads().output);
   CHECK_FALSE(Eltwise("a", Activation::relu6).data_reads().inputs);
-  CHECK(Eltwise("a", Activation::gelu).data_reads().inputs);
+  // GELU keeps its derivative (saved_bytes) instead.
+  CHECK_FALSE(Eltwise("a", Activation::gelu).data_reads().inputs);
   CHECK_FALSE(Eltwise("a", Activation::gelu).data_reads().output);
   CHECK_FALSE(Eltwise("a", Activation::sigmoid).data_reads().inputs);
   CHECK_FALSE(Eltwise("a", Activation::hardsigmoid).data_reads().inputs);
   CHECK(Eltwise("a", Activation::silu).data_reads().inputs);
   CHECK(Eltwise("a", Activation::hardswish).data_reads().inputs);
+}
+
+TEST_CASE("GELU keeps its derivative only where its backward runs, and its values do not depend on that") {
+  for (const Precision precision : {Precision::fp32, Precision::bf16}) {
+    CAPTURE(to_string(precision));
+    const Shape shape{3, 7, 101};
+    const auto run = [&](bool grad) {
+      Context ctx(2);
+      Graph g(ctx, precision);
+      const auto x = g.input("x", shape, grad);
+      const auto y = g.add<Eltwise>({x}, "act", Activation::gelu);
+      g.finalize();
+      CHECK(g.node(y).saved_bytes() == g.node(y).output_desc().get_size());
+      // Its buffer is in the plan's arena exactly where backward_data runs.
+      CHECK(g.plan().run_data[std::size_t(y)] == grad);
+      away_from_kinks(g, x, 11);
+      g.forward(true);
+      return g.read(y);
+    };
+    const Tensor with = run(true), without = run(false);
+    for (std::int64_t i = 0; i < with.numel(); ++i) REQUIRE(with[i] == without[i]);
+  }
+  // In the memory plan: the derivative is a buffer of its own from forward to backward,
+  // and the GELU's input is not kept for it.
+  Context ctx(1);
+  Graph g(ctx);
+  const auto x = g.input("x", {4, 256}, true);
+  const auto y = g.add<Eltwise>({x}, "act", Activation::gelu);
+  g.finalize();
+  CHECK(g.topology().nodes[std::size_t(y)].saved_bytes == 4 * 256 * 4);
 }
 
 TEST_CASE("an activation kind outside the enum is refused, not taken for another kind") {

@@ -8,6 +8,7 @@
 
 #include "elastic/core/denormals.hpp"
 #include "elastic/core/error.hpp"
+#include "elastic/core/resident.hpp"
 
 namespace elastic {
 
@@ -16,8 +17,11 @@ class Context {
   // @param threads number of threads for oneDNN kernels; 0 = all cores.
   // @param flush_denormals flush denormal floats to zero on the calling thread
   //   and every kernel thread (see denormals.hpp); off only to measure what it saves.
+  // Also fixes glibc's malloc thresholds so that the kernels' per-call workspaces come
+  // back on resident pages (reuse_kernel_workspaces in resident.hpp; process-wide).
   explicit Context(int threads = 0, bool flush_denormals = true)
       : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), flush_denormals_(flush_denormals) {
+    reuse_kernel_workspaces();
     set_threads(threads);
   }
 

@@ -22,10 +22,11 @@ struct Topology {
     std::vector<int> params;  // param ids
     bool data_reads_inputs = false, data_reads_output = false;
     bool weights_reads_inputs = false, weights_reads_output = false;
-    bool is_input = false;       // a graph input (buffer pinned, written by the user)
-    bool requires_grad = false;  // graph input whose gradient is wanted
-    bool is_output = false;      // value (and its gradient) pinned, readable after the step
-    std::int64_t bytes = 0;      // size of the value (and of its gradient)
+    bool is_input = false;         // a graph input (buffer pinned, written by the user)
+    bool requires_grad = false;    // graph input whose gradient is wanted
+    bool is_output = false;        // value (and its gradient) pinned, readable after the step
+    std::int64_t bytes = 0;        // size of the value (and of its gradient)
+    std::int64_t saved_bytes = 0;  // a buffer of its own from its forward to its backward_data (Node::saved_bytes)
   };
   std::vector<NodeInfo> nodes;
   int num_params = 0;
@@ -90,6 +91,8 @@ struct MemoryPlan {
   // input's gradient to, when another consumer wrote the value's gradient
   // first (the graph then adds it in); -1 = writes the gradient directly.
   std::vector<std::vector<std::int64_t>> temp_offset;
+  // per node: offset of its saved buffer (Node::saved_bytes), where backward_data runs; else -1.
+  std::vector<std::int64_t> saved_offset;
   std::int64_t arena_bytes = 0;
 };
 
@@ -129,7 +132,8 @@ inline std::vector<std::int64_t> assign_offsets(const std::vector<Lifetime>& ite
 
 // Lifetimes on the timeline: node i's forward is step i, its backward is step
 // 2n-1-i. A value lives from its forward until its last reader; a gradient from
-// the first backward that writes it until its producer's backward has read it.
+// the first backward that writes it until its producer's backward has read it;
+// a node's saved buffer from its forward to its backward, where that runs.
 inline MemoryPlan plan_memory(const Topology& topo, const BackwardPlan& plan) {
   const int n = static_cast<int>(topo.nodes.size());
   auto fwd = [](int i) { return i; };
@@ -157,13 +161,17 @@ inline MemoryPlan plan_memory(const Topology& topo, const BackwardPlan& plan) {
     if (fold_applies(plan, c, b))
       for (int v : topo.nodes[std::size_t(c)].inputs) act_end[v] = std::max(act_end[v], fwd(b));
   std::vector<Lifetime> items;
-  std::vector<int> act_item(n, -1), grad_item(n, -1);
+  std::vector<int> act_item(n, -1), grad_item(n, -1), saved_item(n, -1);
   std::vector<std::vector<int>> temp_item(n);
   for (int i = 0; i < n; ++i) {
     const auto& node = topo.nodes[i];
     if (!node.is_input && !node.is_output) {
       act_item[i] = static_cast<int>(items.size());
       items.push_back({node.bytes, fwd(i), act_end[i]});
+    }
+    if (plan.run_data[i] && node.saved_bytes > 0) {
+      saved_item[i] = static_cast<int>(items.size());
+      items.push_back({node.saved_bytes, fwd(i), bwd(i)});
     }
     if (plan.active[i] && !node.is_output && !node.is_input && grad_first_writer[i] >= 0) {
       grad_item[i] = static_cast<int>(items.size());
@@ -194,8 +202,10 @@ inline MemoryPlan plan_memory(const Topology& topo, const BackwardPlan& plan) {
   mp.act_offset.resize(n);
   mp.grad_offset.resize(n);
   mp.temp_offset.resize(n);
+  mp.saved_offset.resize(n);
   for (int i = 0; i < n; ++i) {
     mp.act_offset[i] = at(act_item[i]);
+    mp.saved_offset[i] = at(saved_item[i]);
     mp.grad_offset[i] = at(grad_item[i]);
     for (int item : temp_item[i]) mp.temp_offset[i].push_back(at(item));
   }

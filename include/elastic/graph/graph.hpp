@@ -389,6 +389,7 @@ class Graph {
       if (finalized_ && node.output_desc() != before)
         fail("layer '{}' ({}) changed its output layout when set up again", node.name(), node.type());
       info_[i].bytes = static_cast<std::int64_t>(node.output_desc().get_size());
+      info_[i].saved_bytes = static_cast<std::int64_t>(node.saved_bytes());
       const Reads d = node.data_reads(), w = node.weights_reads();
       info_[i].data_reads_inputs = d.inputs;
       info_[i].data_reads_output = d.output;
@@ -483,7 +484,7 @@ class Graph {
           dsrc[j] = mem.temp_offset[i][j] >= 0 ? at(mem.temp_offset[i][j]) : grad_ptr(inputs[j]);
       }
       nodes_[i]->bind(src, act_ptr(static_cast<int>(i)), dsrc, plan.active[i] ? grad_ptr(static_cast<int>(i)) : nullptr,
-                      plan.run_weights[i] || !keep_copies_);
+                      plan.run_weights[i] || !keep_copies_, at(mem.saved_offset[i]));
     }
     for (const auto& [c, b] : folds_) {
       const bool on = folding_ && fold_applies(plan, c, b);

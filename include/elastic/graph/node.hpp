@@ -438,6 +438,11 @@ class Node {
   // Bytes of the buffers of its own that forward writes, outside the graph's arena
   // (attention's probabilities); small per-channel vectors are not counted.
   virtual std::size_t own_bytes() const { return 0; }
+  // Bytes of a buffer that forward fills for backward_data, in place of an input
+  // backward would otherwise read (GELU's derivative). The memory plan gives it a
+  // place in the arena from this node's forward to its backward under plans where
+  // backward_data runs; saved() is null under the others. Fixed by setup.
+  virtual std::size_t saved_bytes() const { return 0; }
 
   // Folding (FoldableMap): the map this node's forward can be, or null.
   virtual FoldableMap* foldable_map() { return nullptr; }
@@ -478,8 +483,9 @@ class Node {
   std::span<Transient> transients() { return transients_; }
 
   void bind(std::span<float* const> src, float* dst, std::span<float* const> diff_src, float* diff_dst,
-            bool trained = true) {
+            bool trained = true, float* saved = nullptr) {
     trained_ = trained;
+    saved_ = saved;
     for (std::size_t i = 0; i < src_.size(); ++i) {
       src_[i].set_data_handle(src[i]);
       diff_src_[i].set_data_handle(diff_src[i]);
@@ -536,6 +542,8 @@ class Node {
 
   // Whether the installed plan trains this node's params (else they are frozen).
   bool trained() const { return trained_; }
+  // The saved buffer (saved_bytes), or null where this plan runs no backward_data here.
+  float* saved() const { return saved_; }
   const dnnl::memory& src(std::size_t i = 0) const { return src_[i]; }
   const dnnl::memory& diff_src(std::size_t i = 0) const { return diff_src_[i]; }
   bool has_diff_src(std::size_t i = 0) const { return has_diff_src_[i]; }
@@ -558,6 +566,7 @@ class Node {
   dnnl::memory dst_, diff_dst_;
   std::vector<Transient> transients_;
   bool trained_ = true;
+  float* saved_ = nullptr;
   struct GradMemory {
     int param;
     dnnl::memory memory;

@@ -1,12 +1,18 @@
-// Elementwise activations on oneDNN's eltwise primitives: ReLU, ReLU6 (clamp to
-// [0, 6], MobileNetV2), the exact erf GELU (torch.nn.GELU's default, ViT),
-// sigmoid, SiLU (x * sigmoid(x)), hardswish and hardsigmoid (MobileNetV3).
-// Kinds that differentiate from their output (ReLU, ReLU6, sigmoid,
+// Elementwise activations: ReLU, ReLU6 (clamp to [0, 6], MobileNetV2), the
+// exact erf GELU (torch.nn.GELU's default, ViT), sigmoid, SiLU (x * sigmoid(x)),
+// hardswish and hardsigmoid (MobileNetV3), on oneDNN's eltwise primitives but
+// GELU. Kinds that differentiate from their output (ReLU, ReLU6, sigmoid,
 // hardsigmoid) do not keep their input for backward. oneDNN 2.6 has no
 // hardsigmoid: it runs as clip(x / 6 + 1/2, 0, 1), a linear eltwise then a
 // clip in place, and backward as the clip's backward then the same scaling.
+// GELU runs on the host (host::gelu_at): where its backward runs, one pass
+// writes gelu(x) and gelu'(x), the derivative kept in a saved buffer in place
+// of x, and backward is one product, dy * gelu'(x). oneDNN's backward
+// evaluated erf and exp again from x: 0.6-1.0 ms against 0.1-0.4 for the
+// product on a ViT-B/16 MLP at batch 4 (2.4M values; benchmarks/RESULTS.md).
 #pragma once
 
+#include "elastic/core/host_math.hpp"
 #include "elastic/graph/node.hpp"
 
 namespace elastic {
@@ -58,6 +64,10 @@ class Eltwise final : public Node {
     using namespace dnnl;
     expect(in.size() == 1, "expects one input");
     set_output(in[0]);
+    threads_ = ctx.threads();
+    size_ = static_cast<std::int64_t>(in[0].get_size() / memory::data_type_size(in[0].data_type()));
+    fwd_ = bwd_ = scale_in_ = scale_grad_ = {};
+    if (kind_ == Activation::gelu) return;  // on the host
     const auto [name, alg, alpha, beta, uses_dst, scale, shift] = spec_;
     const auto& eng = ctx.engine();
     const bool linear = scale != 1 || shift != 0;
@@ -69,7 +79,6 @@ class Eltwise final : public Node {
     bwd_ = Call(eltwise_backward(bwd), {{uses_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, uses_dst ? dst() : src()},
                                         {DNNL_ARG_DIFF_DST, diff_dst()},
                                         {DNNL_ARG_DIFF_SRC, diff_src()}});
-    scale_in_ = scale_grad_ = {};
     if (linear) {
       const auto linear_call = [&](float a, float b, const memory& from, const memory& to) {
         eltwise_forward::primitive_desc pd({prop_kind::forward_inference, algorithm::eltwise_linear, in[0], a, b},
@@ -82,21 +91,77 @@ class Eltwise final : public Node {
   }
 
   void forward(const RunCtx& run) override {
+    if (kind_ == Activation::gelu) {
+      run.stream.wait();
+      gelu_forward();
+      return;
+    }
     if (scale_in_) scale_in_(run.stream);
     fwd_(run.stream);
   }
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
+    if (kind_ == Activation::gelu) {
+      expect(saved() != nullptr, "backward without the derivative its forward keeps (no saved buffer bound)");
+      run.stream.wait();
+      gelu_backward();
+      return;
+    }
     bwd_(run.stream);
     if (scale_grad_) scale_grad_(run.stream);
   }
-  Reads data_reads() const override { return spec_.uses_dst ? Reads{.output = true} : Reads{.inputs = true}; }
+  Reads data_reads() const override {
+    if (kind_ == Activation::gelu) return {};
+    return spec_.uses_dst ? Reads{.output = true} : Reads{.inputs = true};
+  }
+  std::size_t saved_bytes() const override {
+    return kind_ == Activation::gelu ? static_cast<std::size_t>(dst().get_desc().get_size()) : 0;
+  }
 
  private:
+  // y = gelu(x), and gelu'(x) into the saved buffer where backward runs; the
+  // values are the same either way.
+  void gelu_forward() {
+    with_element(dst().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* __restrict x = ptr_as<T>(src());
+      T* __restrict y = ptr_as<T>(dst());
+      T* __restrict slope = reinterpret_cast<T*>(saved());
+      host::parallel_rows(size_, threads_, [&](std::int64_t begin, std::int64_t end, int) ELASTIC_INLINE {
+        if (slope) {
+#pragma omp simd
+          for (std::int64_t i = begin; i < end; ++i) {
+            const host::GeluAt g = host::gelu_at(host::to_float(x[i]));
+            y[i] = host::from_float<T>(g.value);
+            slope[i] = host::from_float<T>(g.slope);
+          }
+        } else {
+#pragma omp simd
+          for (std::int64_t i = begin; i < end; ++i)
+            y[i] = host::from_float<T>(host::gelu_at(host::to_float(x[i])).value);
+        }
+      });
+    });
+  }
+  // dx = dy * gelu'(x), in fp32, rounded once to the activation type.
+  void gelu_backward() {
+    with_element(dst().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
+      const T* __restrict dy = ptr_as<T>(diff_dst());
+      const T* __restrict slope = reinterpret_cast<const T*>(saved());
+      T* __restrict dx = ptr_as<T>(diff_src());
+      host::parallel_rows(size_, threads_, [&](std::int64_t begin, std::int64_t end, int) ELASTIC_INLINE {
+#pragma omp simd
+        for (std::int64_t i = begin; i < end; ++i)
+          dx[i] = host::from_float<T>(host::to_float(dy[i]) * host::to_float(slope[i]));
+      });
+    });
+  }
+
   Activation kind_;
   ActivationSpec spec_;
   Call fwd_, bwd_;
   Call scale_in_, scale_grad_;  // scale * x + shift before, its scale on the gradient after
+  int threads_ = 1;
+  std::int64_t size_ = 0;  // elements
 };
 
 }  // namespace elastic
