@@ -18,6 +18,8 @@ using namespace elastic;
 namespace {
 // Bytes glibc holds in blocks mapped on their own (not in its heaps).
 std::size_t mapped_bytes() { return mallinfo2().hblkhd; }
+// Bytes free at the top of the main heap, which trimming would give back.
+std::size_t free_top_bytes() { return mallinfo2().keepcost; }
 
 // Whether a block of `bytes`, written, is mapped on its own while it lives.
 bool mapped_on_its_own(std::size_t bytes) {
@@ -40,10 +42,15 @@ TEST_CASE("a Context keeps the kernels' per-call workspaces (blocks under 32 MiB
     CHECK_FALSE(mapped_on_its_own(mib << 20));
   }
   CHECK(mapped_on_its_own(40 << 20));  // large buffers are still mapped, and unmapped when freed
+  // A freed 20 MiB block at the heap's top stays there for the next one (glibc's default
+  // trim threshold, 128 KiB, would give it back at once).
+  CHECK(free_top_bytes() >= std::size_t{20} << 20);
 }
 
 TEST_CASE("return_freed_memory maps every block of 256 KiB and up, and a later Context leaves it so") {
+  REQUIRE(free_top_bytes() >= std::size_t{20} << 20);  // what the case above left
   return_freed_memory();
+  CHECK(free_top_bytes() < std::size_t{1} << 20);  // the heaps' free memory went back
   CHECK(mapped_on_its_own(1 << 20));
   Context ctx(1);
   CHECK(mapped_on_its_own(1 << 20));

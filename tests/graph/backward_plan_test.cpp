@@ -160,9 +160,15 @@ TEST_CASE("a node's saved buffer lives from its forward to its backward, only wh
     REQUIRE(other >= 0);
     CHECK(apart(full.saved_offset[2], other));
   }
-  // Value 1 is dead once the gelu's forward has run: nothing of it is kept for backward, so
-  // the arena holds at most value 2, the saved buffer and the gradients at once after that.
-  CHECK(full.arena_bytes <= 5 * 128);
+  // Value 1 is dead once the gelu's forward has run (nothing of it is kept for backward), so
+  // its gradient, written later by the gelu's backward, takes the same memory; were value 1
+  // kept until then, the two would be apart.
+  CHECK(full.grad_offset[1] == full.act_offset[1]);
+  auto keeping = t;
+  keeping.nodes[2].saved_bytes = 0;
+  keeping.nodes[2].data_reads_inputs = true;
+  const auto kept = plan_memory(keeping, derive_plan(keeping, {true, true}));
+  CHECK(apart(kept.grad_offset[1], kept.act_offset[1]));
   // With only the head trained, the gelu runs no backward and saves nothing.
   const auto head = plan_memory(t, derive_plan(t, {false, true}));
   CHECK(head.saved_offset[2] == -1);

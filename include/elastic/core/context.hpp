@@ -18,7 +18,8 @@ class Context {
   // @param flush_denormals flush denormal floats to zero on the calling thread
   //   and every kernel thread (see denormals.hpp); off only to measure what it saves.
   // Also fixes glibc's malloc thresholds so that the kernels' per-call workspaces come
-  // back on resident pages (reuse_kernel_workspaces in resident.hpp; process-wide).
+  // back on resident pages (reuse_kernel_workspaces in resident.hpp; process-wide, over
+  // the process's own settings of them).
   explicit Context(int threads = 0, bool flush_denormals = true)
       : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), flush_denormals_(flush_denormals) {
     reuse_kernel_workspaces();

@@ -70,7 +70,9 @@ inline float exp_nonpositive(float t) {
 // erf(z) = 1 - P(t) e^(-z^2), t = 1 / (1 + 0.3275911 z), z >= 0, is
 // Abramowitz and Stegun's 7.1.26 (absolute error under 1.5e-7); its
 // exponential is also the derivative's. Phi(-|x|) = P(t) e^(-x^2 / 2) / 2
-// directly, so the negative side has no cancellation.
+// directly, so the negative side has no cancellation. Past |x| = 13.19, where
+// e^(-x^2 / 2) is below the smallest normal float, the exponential is taken as
+// 0: gelu is then x or 0 and gelu' 1 or 0 exactly, for infinite x too.
 struct GeluAt {
   float value, slope;
 };
@@ -79,10 +81,12 @@ inline GeluAt gelu_at(float x) {
   const float t = 1.0f / (1.0f + 0.3275911f * z);
   const float poly =
       t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  const float e = exp_nonpositive(-0.5f * x * x);
+  const float h = -0.5f * x * x;
+  const bool far = h < -87.0f;
+  const float e = far ? 0.0f : exp_nonpositive(h);
   const float tail = 0.5f * poly * e;  // Phi(-|x|)
   const float cdf = x < 0.0f ? tail : 1.0f - tail;
-  return {x * cdf, cdf + x * e * 0.398942280f};
+  return {x * cdf, cdf + (far ? 0.0f : x * e * 0.398942280f)};
 }
 
 using Array = Eigen::Map<Eigen::ArrayXf>;

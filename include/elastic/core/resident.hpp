@@ -4,6 +4,7 @@
 // the kernels' next call (reuse_kernel_workspaces).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -21,8 +22,8 @@ inline std::int64_t resident_bytes() {
 }
 
 namespace detail {
-inline bool& returning_freed_memory() {
-  static bool on = false;
+inline std::atomic<bool>& returning_freed_memory() {
+  static std::atomic<bool> on = false;
   return on;
 }
 }  // namespace detail
@@ -42,14 +43,16 @@ inline void return_freed_memory() {
 }
 
 // oneDNN 2.6's gemm-based kernels (the inner products' backward passes, batched matmuls)
-// allocate their packing buffers on every call and free them at its end: 0.3-4.7 MiB each, 160
-// or so in a ViT-B/16 training step at batch 4. Under glibc's defaults, whether such a block
+// allocate their packing buffers on every call and free them at its end: 0.6-4.7 MB each, 168
+// in a ViT-B/16 fp32 training step at batch 4. Under glibc's defaults, whether such a block
 // lands on pages already resident depends on the heap's history: the heap's top goes back to
 // the system whenever more than the trim threshold is free there, and the next block faults
 // its pages in again (27,288 page faults in every ViT step of one build, none in another).
 // Fixing the thresholds at the values glibc's own adjustment ends at (blocks under 32 MiB
 // from the heap; its top returned past 64 MiB free) makes every run that steady state.
-// Process-wide; Context calls it, unless return_freed_memory was called first.
+// Process-wide; Context calls it, unless return_freed_memory was called first. It replaces
+// the process's own settings of these two (mallopt, GLIBC_TUNABLES): an application that
+// needs its own calls mallopt after making its Context.
 inline void reuse_kernel_workspaces() {
   if (detail::returning_freed_memory()) return;
   ::mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);

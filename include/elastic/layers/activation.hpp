@@ -119,8 +119,9 @@ class Eltwise final : public Node {
   }
 
  private:
-  // y = gelu(x), and gelu'(x) into the saved buffer where backward runs; the
-  // values are the same either way.
+  // y = gelu(x), and gelu'(x) into the saved buffer where backward runs (under a
+  // training plan, in evaluation too: a backward may follow any forward); the values
+  // are the same either way.
   void gelu_forward() {
     with_element(dst().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
       const T* __restrict x = ptr_as<T>(src());
@@ -142,7 +143,8 @@ class Eltwise final : public Node {
       });
     });
   }
-  // dx = dy * gelu'(x), in fp32, rounded once to the activation type.
+  // dx = dy * gelu'(x), multiplied in fp32 and rounded to the activation type (in bf16
+  // the kept derivative is itself a bf16 value: two roundings, about 2^-9 each).
   void gelu_backward() {
     with_element(dst().get_desc().data_type(), [&]<class T>(std::type_identity<T>) {
       const T* __restrict dy = ptr_as<T>(diff_dst());

@@ -150,10 +150,14 @@ class TimingProfiler {
       // t_dy: backward_data of the nodes above this unit's node, up to and including the next unit's node.
       const std::size_t from = node + 1;
       const std::size_t to = u + 1 < n_units ? static_cast<std::size_t>(units[u + 1].node) : n_nodes - 1;
-      // With it, the forward time those nodes add when unfolded (0 without folds).
+      // With it, the forward time those nodes add when their backward runs: unfolded
+      // (0 without folds), and for nodes that save something for backward (GELU's
+      // derivative; never a unit's node), writing it.
+      const auto& topo = g.topology();
       double dy = 0, spread = 0, unfold = 0;
       for (std::size_t i = from; i <= to; ++i) {
         unfold += summarize(fwd_unfolded[i]).median - summarize(fwd_frozen[i]).median;
+        if (topo.nodes[i].saved_bytes > 0) unfold += summarize(fwd_full[i]).median - summarize(fwd_unfolded[i]).median;
         if (data[i].empty()) continue;
         const Summary d = summarize(data[i]);
         dy += d.median;
