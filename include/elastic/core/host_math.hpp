@@ -42,53 +42,6 @@ inline bf16 from_float<bf16>(float v) {
   return Eigen::numext::bit_cast<bf16>(static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded));
 }
 
-// e^t for t <= 0: 2^n times a degree-7 Taylor polynomial of the remainder
-// r = t - n ln 2 (|r| <= ln 2 / 2, relative error under 1e-8 before rounding),
-// n = round(t / ln 2). t below -87 is taken as -87 (e^-87 = 1.6e-38, near the
-// smallest normal float). No branch or library call: loops over it vectorize.
-inline float exp_nonpositive(float t) {
-  t = t < -87.0f ? -87.0f : t;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float k = t * 1.44269504f + kRound;
-  const float n = k - kRound;
-  const std::int32_t e = std::bit_cast<std::int32_t>(k) - std::bit_cast<std::int32_t>(kRound);
-  // ln 2 in two parts, the first with 15 significant bits, so n * 0.693145752f is exact.
-  const float r = (t - n * 0.693145752f) - n * 1.42860677e-6f;
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * std::bit_cast<float>((e + 127) << 23);
-}
-
-// The erf GELU and its derivative at x: with Phi(x) = (1 + erf(x / sqrt 2)) / 2,
-// gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x e^(-x^2 / 2) / sqrt(2 pi).
-// erf(z) = 1 - P(t) e^(-z^2), t = 1 / (1 + 0.3275911 z), z >= 0, is
-// Abramowitz and Stegun's 7.1.26 (absolute error under 1.5e-7); its
-// exponential is also the derivative's. Phi(-|x|) = P(t) e^(-x^2 / 2) / 2
-// directly, so the negative side has no cancellation. Past |x| = 13.19, where
-// e^(-x^2 / 2) is below the smallest normal float, the exponential is taken as
-// 0: gelu is then x or 0 and gelu' 1 or 0 exactly, for infinite x too.
-struct GeluAt {
-  float value, slope;
-};
-inline GeluAt gelu_at(float x) {
-  const float z = std::abs(x) * 0.707106781f;
-  const float t = 1.0f / (1.0f + 0.3275911f * z);
-  const float poly =
-      t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  const float h = -0.5f * x * x;
-  const bool far = h < -87.0f;
-  const float e = far ? 0.0f : exp_nonpositive(h);
-  const float tail = 0.5f * poly * e;  // Phi(-|x|)
-  const float cdf = x < 0.0f ? tail : 1.0f - tail;
-  return {x * cdf, cdf + (far ? 0.0f : x * e * 0.398942280f)};
-}
-
 using Array = Eigen::Map<Eigen::ArrayXf>;
 using ConstArray = Eigen::Map<const Eigen::ArrayXf>;
 
@@ -129,6 +82,56 @@ void vectorized(F&& f) {
   }
 #endif
   f();
+}
+
+// e^t for t <= 0: 2^n times a degree-7 Taylor polynomial of the remainder
+// r = t - n ln 2 (|r| <= ln 2 / 2, relative error under 1e-8 before rounding),
+// n = round(t / ln 2). t below -87 is taken as -87 (e^-87 = 1.6e-38, near the
+// smallest normal float). No branch or library call, and always inlined: loops
+// over it vectorize.
+ELASTIC_INLINE inline float exp_nonpositive(float t) {
+  t = t < -87.0f ? -87.0f : t;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float k = t * 1.44269504f + kRound;
+  const float n = k - kRound;
+  const std::int32_t e = std::bit_cast<std::int32_t>(k) - std::bit_cast<std::int32_t>(kRound);
+  // ln 2 in two parts, the first with 15 significant bits, so n * 0.693145752f is exact.
+  const float r = (t - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * std::bit_cast<float>((e + 127) << 23);
+}
+
+// The erf GELU and its derivative at x: with Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+// gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x e^(-x^2 / 2) / sqrt(2 pi).
+// erf(z) = 1 - P(t) e^(-z^2), t = 1 / (1 + 0.3275911 z), z >= 0, is
+// Abramowitz and Stegun's 7.1.26 (absolute error under 1.5e-7); its
+// exponential is also the derivative's. Phi(-|x|) = P(t) e^(-x^2 / 2) / 2
+// directly, so the negative side has no cancellation. Past |x| = 13.19, where
+// e^(-x^2 / 2) is below the smallest normal float, the exponential is taken as
+// 0: gelu is then x or 0 and gelu' 1 or 0 exactly, for infinite x too.
+struct GeluAt {
+  float value, slope;
+};
+ELASTIC_INLINE inline GeluAt gelu_at(float x) {
+  const float z = std::abs(x) * 0.707106781f;
+  const float t = 1.0f / (1.0f + 0.3275911f * z);
+  const float poly =
+      t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float h = -0.5f * x * x;
+  const float e = h < -87.0f ? 0.0f : exp_nonpositive(h);
+  const float tail = 0.5f * poly * e;  // Phi(-|x|)
+  const float cdf = x < 0.0f ? tail : 1.0f - tail;
+  // e is 0 from |x| = 13.19 on; x is cut to 0 from 14 on, for infinite x (inf * 0 is
+  // NaN). (This form measured 20% faster in bf16 than one selecting on h < -87 twice.)
+  const float near_x = std::abs(x) < 14.0f ? x : 0.0f;
+  return {x * cdf, cdf + near_x * e * 0.398942280f};
 }
 
 // Calls f(begin, end, thread) on `threads` OpenMP threads, each with one
