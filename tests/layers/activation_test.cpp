@@ -154,9 +154,11 @@ TEST_CASE("activations that declare they do not read their input (relu, relu6, s
   CHECK_FALSE(Eltwise("a", Activation::relu).data_reads().inputs);
   CHECK(Eltwise("a", Activation::relu6).data_reads().output);
   CHECK_FALSE(Eltwise("a", Activation::relu6).data_reads().inputs);
-  // GELU keeps its derivative (saved_bytes) instead.
-  CHECK_FALSE(Eltwise("a", Activation::gelu).data_reads().inputs);
-  CHECK_FALSE(Eltwise("a", Activation::gelu).data_reads().output);
+  // GELU on the host keeps its derivative (saved_bytes) instead; on oneDNN it reads x.
+  CHECK_FALSE(Eltwise("a", Activation::gelu, true).data_reads().inputs);
+  CHECK_FALSE(Eltwise("a", Activation::gelu, true).data_reads().output);
+  CHECK(Eltwise("a", Activation::gelu, false).data_reads().inputs);
+  CHECK(Eltwise("a", Activation::gelu).data_reads().inputs == !host::runs_avx512());
   CHECK_FALSE(Eltwise("a", Activation::sigmoid).data_reads().inputs);
   CHECK_FALSE(Eltwise("a", Activation::hardsigmoid).data_reads().inputs);
   CHECK(Eltwise("a", Activation::silu).data_reads().inputs);
@@ -172,7 +174,7 @@ TEST_CASE("GELU keeps its derivative only where its backward runs, and its value
       Context ctx(2);
       Graph g(ctx, precision);
       const auto x = g.input("x", shape, grad);
-      const auto y = g.add<Eltwise>({x}, "act", Activation::gelu);
+      const auto y = g.add<Eltwise>({x}, "act", Activation::gelu, true);
       g.finalize();
       // Its derivative is written exactly where backward_data runs (Node::saved bound).
       CHECK(g.plan().run_data[std::size_t(y)] == grad);
@@ -187,12 +189,45 @@ TEST_CASE("GELU keeps its derivative only where its backward runs, and its value
   Context ctx(1);
   Graph g(ctx);
   const auto x = g.input("x", {4, 256}, true);
-  const auto y = g.add<Eltwise>({x}, "act", Activation::gelu);
+  const auto y = g.add<Eltwise>({x}, "act", Activation::gelu, true);
   const auto z = g.add<Eltwise>({y}, "relu", Activation::relu);
   g.finalize();
   CHECK(g.topology().nodes[std::size_t(y)].saved_bytes == 4 * 256 * 4);
   CHECK(g.topology().nodes[std::size_t(z)].saved_bytes == 0);
   CHECK(g.plan_arena_bytes() > 0);
+}
+
+TEST_CASE("GELU on oneDNN's kernels (CPUs without AVX-512) matches its definition, finite differences and the host's") {
+  const Shape shape{3, 5, 7, 6};
+  const auto run = [&](bool host_gelu, Tensor* dx) {
+    Context ctx(2);
+    Graph g(ctx);
+    const auto x = g.input("x", shape, true);
+    const auto y = g.add<Eltwise>({x}, "act", Activation::gelu, host_gelu);
+    g.finalize();
+    CHECK(g.topology().nodes[std::size_t(y)].saved_bytes == (host_gelu ? g.topology().nodes[std::size_t(y)].bytes : 0));
+    const Tensor in = away_from_kinks(g, x, 21);
+    g.forward(true);
+    const Tensor out = g.read(y);
+    if (!host_gelu) {
+      double worst = 0;
+      for (std::int64_t i = 0; i < in.numel(); ++i)
+        worst = std::max(worst, std::abs(out[i] - reference(Activation::gelu, in[i])));
+      CHECK(worst < 1e-5);
+      const auto res = testing::check_gradients(g, {x}, y, {.eps = 1e-3, .max_checks = 200});
+      CHECK_MESSAGE(res.ok, res.report);
+    }
+    g.write_grad(y, Tensor(shape, 1.0f));
+    g.backward();
+    *dx = g.read_grad(x);
+    return out;
+  };
+  Tensor dx_dnnl, dx_host;
+  const Tensor on_dnnl = run(false, &dx_dnnl), on_host = run(true, &dx_host);
+  for (std::int64_t i = 0; i < on_host.numel(); ++i) {
+    CHECK(on_host[i] == doctest::Approx(on_dnnl[i]).epsilon(1e-6));
+    CHECK(dx_host[i] == doctest::Approx(dx_dnnl[i]).epsilon(1e-6));
+  }
 }
 
 TEST_CASE("an activation kind outside the enum is refused, not taken for another kind") {

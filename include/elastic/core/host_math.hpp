@@ -84,6 +84,17 @@ void vectorized(F&& f) {
   f();
 }
 
+// Whether vectorized() runs AVX-512 code here (its copy, or the build's own ISA).
+inline bool runs_avx512() {
+#if defined(__AVX512F__)
+  return true;
+#elif defined(ELASTIC_AVX512_DISPATCH)
+  return cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
 // e^t for t <= 0: 2^n times a degree-7 Taylor polynomial of the remainder
 // r = t - n ln 2 (|r| <= ln 2 / 2, relative error under 1e-8 before rounding),
 // n = round(t / ln 2). t below -87 is taken as -87 (e^-87 = 1.6e-38, near the

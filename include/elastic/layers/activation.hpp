@@ -5,11 +5,13 @@
 // hardsigmoid) do not keep their input for backward. oneDNN 2.6 has no
 // hardsigmoid: it runs as clip(x / 6 + 1/2, 0, 1), a linear eltwise then a
 // clip in place, and backward as the clip's backward then the same scaling.
-// GELU runs on the host (host::gelu_at): where its backward runs, one pass
-// writes gelu(x) and gelu'(x), the derivative kept in a saved buffer in place
-// of x, and backward is one product, dy * gelu'(x). oneDNN's backward
-// evaluated erf and exp again from x: 0.6-1.0 ms against 0.1-0.4 for the
-// product on a ViT-B/16 MLP at batch 4 (2.4M values; benchmarks/RESULTS.md).
+// GELU runs on the host (host::gelu_at) where its loops run as AVX-512 code:
+// where its backward runs, one pass writes gelu(x) and gelu'(x), the
+// derivative kept in a saved buffer in place of x, and backward is one
+// product, dy * gelu'(x). oneDNN's backward evaluated erf and exp again from
+// x: 0.6-1.0 ms against 0.1-0.4 for the product on a ViT-B/16 MLP at batch 4
+// (2.4M values; benchmarks/RESULTS.md). Elsewhere (the build's SSE2 copy of
+// those loops does not vectorize) GELU stays on oneDNN's JIT kernels.
 #pragma once
 
 #include "elastic/core/host_math.hpp"
@@ -55,7 +57,13 @@ inline ActivationSpec activation_spec(Activation kind) {
 
 class Eltwise final : public Node {
  public:
-  Eltwise(std::string name, Activation kind) : Node(std::move(name)), kind_(kind), spec_(activation_spec(kind)) {}
+  // `host_gelu`: GELU on the host (the default where vectorized() runs AVX-512
+  // code) or on oneDNN's eltwise kernels; other kinds ignore it.
+  Eltwise(std::string name, Activation kind, bool host_gelu = host::runs_avx512())
+      : Node(std::move(name)),
+        kind_(kind),
+        spec_(activation_spec(kind)),
+        host_(kind == Activation::gelu && host_gelu) {}
 
   std::string_view type() const override { return spec_.name; }
   Activation kind() const { return kind_; }
@@ -67,7 +75,7 @@ class Eltwise final : public Node {
     threads_ = ctx.threads();
     size_ = static_cast<std::int64_t>(in[0].get_size() / memory::data_type_size(in[0].data_type()));
     fwd_ = bwd_ = scale_in_ = scale_grad_ = {};
-    if (kind_ == Activation::gelu) return;  // on the host
+    if (host_) return;
     const auto [name, alg, alpha, beta, uses_dst, scale, shift] = spec_;
     const auto& eng = ctx.engine();
     const bool linear = scale != 1 || shift != 0;
@@ -91,7 +99,7 @@ class Eltwise final : public Node {
   }
 
   void forward(const RunCtx& run) override {
-    if (kind_ == Activation::gelu) {
+    if (host_) {
       run.stream.wait();
       gelu_forward();
       return;
@@ -101,7 +109,7 @@ class Eltwise final : public Node {
   }
   void backward_data(const RunCtx& run) override {
     if (!has_diff_src()) return;
-    if (kind_ == Activation::gelu) {
+    if (host_) {
       expect(saved() != nullptr, "backward without the derivative its forward keeps (no saved buffer bound)");
       run.stream.wait();
       gelu_backward();
@@ -111,12 +119,10 @@ class Eltwise final : public Node {
     if (scale_grad_) scale_grad_(run.stream);
   }
   Reads data_reads() const override {
-    if (kind_ == Activation::gelu) return {};
+    if (host_) return {};
     return spec_.uses_dst ? Reads{.output = true} : Reads{.inputs = true};
   }
-  std::size_t saved_bytes() const override {
-    return kind_ == Activation::gelu ? static_cast<std::size_t>(dst().get_desc().get_size()) : 0;
-  }
+  std::size_t saved_bytes() const override { return host_ ? static_cast<std::size_t>(dst().get_desc().get_size()) : 0; }
 
  private:
   // y = gelu(x), and gelu'(x) into the saved buffer where backward runs (under a
@@ -160,6 +166,7 @@ class Eltwise final : public Node {
 
   Activation kind_;
   ActivationSpec spec_;
+  bool host_ = false;  // GELU on the host
   Call fwd_, bwd_;
   Call scale_in_, scale_grad_;  // scale * x + shift before, its scale on the gradient after
   int threads_ = 1;
