@@ -28,11 +28,6 @@ void sweep() {
   for (std::size_t i = 0; i < sweep_buffer.size(); i += 64) ++sweep_buffer[i];
 }
 
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -85,7 +80,8 @@ int main(int argc, char** argv) {
           (*calls[k])();
           if (r >= 3) ms[k].push_back(sw.elapsed_ms());
         }
-      const double m[4] = {median(ms[0]), median(ms[1]), median(ms[2]), median(ms[3])};
+      const double m[4] = {summarize(ms[0]).median, summarize(ms[1]).median, summarize(ms[2]).median,
+                           summarize(ms[3]).median};
       fmt::print("{:>5} {:>5}   {:>7.3f} / {:<7.3f} {:>7.3f} / {:<7.3f} {:>7.3f} / {:<7.3f}\n", to_string(p),
                  cold ? "cold" : "warm", m[0], m[2], m[1], m[3], m[0] + m[1], m[2] + m[3]);
     }
