@@ -175,7 +175,11 @@ def check_steps(elastic, model_name, num_classes, size, model, images, labels, s
     for name, change in exact.items():
         ours = got[f"param/{name}"].reshape(change.shape).double() - start[name].detach().double()
         params.append((name, rel_l2(ours, change), rel_l2(yard[name], change)))
-    return {"losses": list(zip([float(v) for v in got["loss"]], exact_losses, yard_losses)), "params": params}
+    ours_losses = [float(v) for v in got["loss"].reshape(-1)]
+    if len(ours_losses) != steps or len(exact_losses) != steps:
+        raise SystemExit(f"expected {steps} losses from each side, got {len(ours_losses)} from elastic "
+                         f"and {len(exact_losses)} from PyTorch")
+    return {"losses": list(zip(ours_losses, exact_losses, yard_losses)), "params": params}
 
 
 def build_model(model_name, num_classes, size, memory_format="default"):

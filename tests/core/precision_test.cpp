@@ -303,7 +303,7 @@ TEST_CASE("every layer in a bf16 graph computes what it computes in fp32, to bf1
   });
 }
 
-TEST_CASE("a bf16 graph's loss is fp32 and its logits' gradient matches fp32's; activations take half the memory") {
+TEST_CASE("a bf16 graph's loss is fp32 and its param gradients match fp32's; activations take half the memory") {
   if (!cpu_has_bf16()) return;
   const auto build = [](Context& ctx, Precision p, ValueId& logits, ValueId& loss) {
     auto g = std::make_unique<Graph>(ctx, p);

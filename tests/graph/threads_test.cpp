@@ -66,6 +66,8 @@ double relative_l2(std::span<const float> a, std::span<const float> b) {
 
 TEST_CASE("training across set_threads (2 -> 1 -> 2) follows a run that keeps 2 threads") {
   Run fixed, switched;
+  const auto start = fixed.m.params().value_arena();
+  const std::vector<float> w0(start.begin(), start.end());
   std::vector<int> threads_seen;
   for (int s = 0; s < 8; ++s) {
     fixed.step(s, [] {});
@@ -84,8 +86,9 @@ TEST_CASE("training across set_threads (2 -> 1 -> 2) follows a run that keeps 2 
   for (int s = 0; s < 8; ++s)
     CHECK(switched.losses[std::size_t(s)] == doctest::Approx(fixed.losses[std::size_t(s)]).epsilon(1e-4));
   CHECK(relative_l2(switched.m.params().value_arena(), fixed.m.params().value_arena()) < 1e-5);
-  // Training moved the weights, so the comparison above compares steps.
-  CHECK(fixed.losses.front() != fixed.losses.back());
+  // The updates inside backward moved the weights (the losses differ anyway: each step has a
+  // batch of its own), so the comparison above compares trained weights.
+  CHECK(relative_l2(fixed.m.params().value_arena(), w0) > 1e-3);
 }
 
 TEST_CASE("set_threads to the count in force changes nothing; a bad count is a usage error") {

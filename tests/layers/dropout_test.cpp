@@ -91,6 +91,16 @@ TEST_CASE("dropout keeps the same mask across repeated forwards and in backward 
   CHECK(count_zeros(out) > 0);
   const auto& node = static_cast<const Dropout&>(g.node(y));
   for (std::int64_t i = 0; i < in.numel(); ++i) CHECK((out[i] != 0.0f) == node.keeps(8, i));
+  // Another forward of the same step draws the same mask; one of another step does not.
+  g.forward(true);
+  const Tensor again = g.read(y);
+  CHECK(std::equal(out.span().begin(), out.span().end(), again.span().begin()));
+  g.set_step(9);
+  g.forward(true);
+  const Tensor other = g.read(y);
+  CHECK_FALSE(std::equal(out.span().begin(), out.span().end(), other.span().begin()));
+  g.set_step(8);
+  g.forward(true);
   g.write_grad(y, Tensor(g.shape(y), 1.0f));
   g.backward();
   const Tensor dx = g.read_grad(x);

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
 #include <doctest/doctest.h>
 
+#include "elastic/layers/activation.hpp"
 #include "elastic/layers/conv.hpp"
 #include "elastic/layers/linear.hpp"
 #include "elastic/testing/gradcheck.hpp"
@@ -232,27 +234,68 @@ TEST_CASE("pooling backward reads no activation, so gradients stay right when th
   CHECK_MESSAGE(res.ok, res.report);
 }
 
+namespace {
+// Passes its input through, and records where the plan in force put that input.
+class InputAddress final : public Node {
+ public:
+  using Node::Node;
+  std::string_view type() const override { return "input_address"; }
+  void setup(std::span<const dnnl::memory::desc> in, Context&, ParamStore&) override {
+    set_output(in[0]);
+    bytes_ = in[0].get_size();
+  }
+  void forward(const RunCtx& run) override {
+    run.stream.wait();
+    std::memcpy(dst().get_data_handle(), src().get_data_handle(), bytes_);
+  }
+  void backward_data(const RunCtx& run) override {
+    if (!has_diff_src()) return;
+    run.stream.wait();
+    std::memcpy(diff_src().get_data_handle(), diff_dst().get_data_handle(), bytes_);
+  }
+  const void* seen = nullptr;
+
+ protected:
+  void on_bind() override { seen = src().get_data_handle(); }
+
+ private:
+  std::size_t bytes_ = 0;
+};
+}  // namespace
+
 TEST_CASE("global average pooling follows its output buffer when another plan re-binds it") {
   Context ctx(1);
   Graph g(ctx);
   const auto x = g.input("x", {3, 4, 6, 5});
-  const auto conv =
-      g.add<Conv2d>({x}, "conv", Conv2dOptions{.in_channels = 4, .out_channels = 7, .kernel_h = 3, .kernel_w = 3});
-  const auto gap = g.add<GlobalAvgPool>({conv}, "gap");
-  const auto y = g.add<Linear>({gap}, "fc", LinearOptions{.in_features = 7, .out_features = 3});
+  auto h =
+      g.add<Conv2d>({x}, "conv1", Conv2dOptions{.in_channels = 4, .out_channels = 6, .kernel_h = 3, .kernel_w = 3});
+  h = g.add<Eltwise>({h}, "relu", Activation::relu);
+  h = g.add<Conv2d>({h}, "conv2", Conv2dOptions{.in_channels = 6, .out_channels = 7, .kernel_h = 1, .kernel_w = 1});
+  const auto gap = g.add<GlobalAvgPool>({h}, "gap");
+  const auto tap = g.add<InputAddress>({gap}, "tap");
+  const auto y = g.add<Linear>({tap}, "fc", LinearOptions{.in_features = 7, .out_features = 3});
   g.finalize(4);
+  const auto& seen = g.node_as<InputAddress>(tap).seen;
   testing::random_input(g, x, 8);
   g.forward(false);
   const Tensor all = g.read(y).clone();
-  // Only fc selected: conv needs no gradient, so the arena is laid out anew.
-  g.select({false, false, true, true});
+  const void* at_all = seen;
+  // Only fc selected: nothing below it needs a gradient, so the arena is laid out anew.
+  const std::size_t n = g.params().size();
+  std::vector<bool> fc_only(n, false);
+  fc_only[n - 2] = fc_only[n - 1] = true;
+  g.select(fc_only);
   g.forward(false);
-  const Tensor fc_only = g.read(y).clone();
+  const Tensor top = g.read(y).clone();
+  const void* at_top = seen;
   g.select_none();
   g.forward(false);
   const Tensor none = g.read(y);
+  const void* at_none = seen;
+  // The plans place gap's output apart (else this test would not test the re-binding).
+  CHECK((at_all != at_top || at_all != at_none));
   for (std::int64_t i = 0; i < all.numel(); ++i) {
-    CHECK(fc_only[i] == all[i]);
+    CHECK(top[i] == all[i]);
     CHECK(none[i] == all[i]);
   }
 }

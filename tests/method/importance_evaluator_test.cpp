@@ -52,6 +52,67 @@ std::vector<double> grads(const std::vector<double>& w, const double x[2], int l
   }
   return g;
 }
+// x (1, dims[0]) through linears dims[l-1] -> dims[l] (fc1, fc2, ...) to cross-entropy
+// with label 1.
+Model linear_chain(Context& ctx, const std::vector<std::int64_t>& dims) {
+  auto g = std::make_unique<Graph>(ctx);
+  const ValueId x = g->input("x", {1, dims[0]});
+  ValueId h = x;
+  for (std::size_t l = 1; l < dims.size(); ++l)
+    h = g->add<Linear>({h}, fmt::format("fc{}", l), LinearOptions{.in_features = dims[l - 1], .out_features = dims[l]});
+  return finish_model("linear_chain", std::move(g), x, h, 5);
+}
+
+// Its param gradients in double, in the store's order (per layer W (out x in), then b).
+std::vector<double> chain_grads(const std::vector<double>& w, const std::vector<std::int64_t>& dims,
+                                const std::vector<double>& x, int label) {
+  const std::size_t L = dims.size() - 1;
+  std::vector<std::size_t> at(L);  // where layer l's W starts
+  std::size_t k = 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    at[l] = k;
+    k += std::size_t(dims[l + 1] * dims[l] + dims[l + 1]);
+  }
+  std::vector<std::vector<double>> h{x};
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::size_t in = std::size_t(dims[l]), out = std::size_t(dims[l + 1]);
+    std::vector<double> z(out);
+    for (std::size_t i = 0; i < out; ++i) {
+      z[i] = w[at[l] + out * in + i];
+      for (std::size_t j = 0; j < in; ++j) z[i] += w[at[l] + i * in + j] * h[l][j];
+    }
+    h.push_back(z);
+  }
+  const auto& z = h.back();
+  const double top = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (double v : z) sum += std::exp(v - top);
+  std::vector<double> dz(z.size()), g(w.size(), 0.0);
+  for (std::size_t i = 0; i < z.size(); ++i) dz[i] = std::exp(z[i] - top) / sum - (int(i) == label);
+  for (std::size_t l = L; l-- > 0;) {
+    const std::size_t in = std::size_t(dims[l]), out = std::size_t(dims[l + 1]);
+    std::vector<double> below(in, 0.0);
+    for (std::size_t i = 0; i < out; ++i) {
+      g[at[l] + out * in + i] = dz[i];
+      for (std::size_t j = 0; j < in; ++j) {
+        g[at[l] + i * in + j] = dz[i] * h[l][j];
+        below[j] += dz[i] * w[at[l] + i * in + j];
+      }
+    }
+    dz = below;
+  }
+  return g;
+}
+
+// Writes the model's one input row (x0, x1) and label 1.
+void set_point(Model& m, double x0, double x1) {
+  Tensor xin({1, 2});
+  xin[0] = float(x0);
+  xin[1] = float(x1);
+  m.graph->write(m.images, xin);
+  m.loss_node().set_labels(std::vector<std::int32_t>{1});
+}
+
 // The small CNN (batch 4) on a random batch drawn with `seed`.
 Model small_cnn_on_batch(Context& ctx, std::uint64_t seed) {
   Model m = small_cnn(ctx, {.batch = 4, .width1 = 8, .width2 = 8});
@@ -69,11 +130,7 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   for (const auto& p : ps.params())
     for (float v : p.values()) w.push_back(v);
   const double x[2] = {0.7, -1.3};
-  Tensor xin({1, 2});
-  xin[0] = float(x[0]);
-  xin[1] = float(x[1]);
-  m.graph->write(m.images, xin);
-  m.loss_node().set_labels(std::vector<std::int32_t>{1});
+  set_point(m, x[0], x[1]);
   const float lr = 0.5f;
   SGDW opt({.momentum = 0.0f, .weight_decay = 0.0f});
   ImportanceEvaluator<> eval;
@@ -113,6 +170,51 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   double wu[2] = {0, 0};
   for (std::size_t i = 0; i < w.size(); ++i) wu[i < 9 ? 0 : 1] += std::abs(w[i]);
   CHECK(wm[0] / wm[1] == doctest::Approx(wu[0] / wu[1]).epsilon(1e-5));
+}
+
+// A scope of two units (fc2, fc3) of three: fc1 stays at w0 in both passes, fc2 and fc3 take
+// the previewed step, and their scores keep their ratio (normalized by the larger). Moving fc1
+// too changes that ratio by far more than the tolerance (checked), so a probe that moved every
+// unit and reported only the scope's would fail.
+TEST_CASE("a scoped loss-drop probe moves only the scope's units and scores them by hand's figures") {
+  Context ctx(1);
+  const std::vector<std::int64_t> dims{2, 3, 3, 2};
+  Model m = linear_chain(ctx, dims);
+  auto& ps = m.params();
+  std::vector<double> w;
+  std::vector<int> unit_of;  // per value
+  for (std::size_t k = 0; k < ps.size(); ++k)
+    for (float v : ps[k].values()) {
+      w.push_back(v);
+      unit_of.push_back(int(k / 2));
+    }
+  const std::vector<double> x{0.7, -1.3};
+  set_point(m, x[0], x[1]);
+  const float lr = 0.5f;
+  SGDW opt({.momentum = 0.0f, .weight_decay = 0.0f});
+  ImportanceEvaluator<> eval;
+  const std::vector<bool> all(ps.size(), true), scope{false, true, true};
+  const auto scores = eval.evaluate(m, opt, lr, ImportanceMetric::loss_drop, 0, all, {scope, {}});
+  REQUIRE(scores.size() == 3);
+
+  const auto g0 = chain_grads(w, dims, x, 1);
+  // Per-unit loss drop with the units in `moved` stepped: -g1 . (w1 - w0).
+  const auto by_hand = [&](const std::vector<bool>& moved) {
+    std::vector<double> w1 = w;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      if (moved[std::size_t(unit_of[i])]) w1[i] -= lr * g0[i];
+    const auto g1 = chain_grads(w1, dims, x, 1);
+    std::vector<double> unit(3, 0.0);
+    for (std::size_t i = 0; i < w.size(); ++i) unit[std::size_t(unit_of[i])] += -g1[i] * (w1[i] - w[i]);
+    return unit;
+  };
+  const auto hand = by_hand(scope), everything = by_hand({true, true, true});
+  const double largest = std::max(std::abs(hand[1]), std::abs(hand[2]));
+  CHECK(scores[0] == 0);
+  CHECK(scores[1] == doctest::Approx(hand[1] / largest).epsilon(1e-3));
+  CHECK(scores[2] == doctest::Approx(hand[2] / largest).epsilon(1e-3));
+  const double ratio = hand[1] / hand[2], moved_all = everything[1] / everything[2];
+  CHECK(std::abs(ratio - moved_all) > 1e-2 * std::abs(ratio));
 }
 
 TEST_CASE("an evaluation leaves weights, statistics, optimizer state and plan bit-identical") {

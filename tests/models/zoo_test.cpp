@@ -6,6 +6,7 @@
 #include "elastic/models/zoo.hpp"
 
 #include <cmath>
+#include <string>
 
 #include <doctest/doctest.h>
 
@@ -63,11 +64,13 @@ TEST_CASE("each model builds, computes a finite loss, reaches every end with gra
           // The first param (the stem's weight) and the last (the head's bias) have gradients.
           CHECK(abs_sum(m.params()[0]) > 0);
           CHECK(abs_sum(m.params()[m.params().size() - 1]) > 0);
-          CHECK(losses[0] == doctest::Approx(std::log(double(classes))).epsilon(0.5));  // near chance at the start
+          // Near chance (ln 5 = 1.61) at the start: 1.08-1.87 over the four models and both
+          // precisions (a relative tolerance: scale(0), not doctest's absolute 1).
+          CHECK(losses[0] == doctest::Approx(std::log(double(classes))).epsilon(0.4).scale(0));
         }
         opt.step(m.params(), all, 0.01f);
       }
-      MESSAGE(name, ": loss ", losses.front(), " -> ", losses.back());
+      MESSAGE(std::string(name), ": loss ", losses.front(), " -> ", losses.back());
       CHECK(losses.back() < losses.front());
       const Tensor logits = m.graph->read(m.logits);
       for (float v : logits.span()) CHECK(std::isfinite(v));

@@ -452,17 +452,21 @@ TEST_CASE("the graph hash identifies the graph, not its weights or file name") {
   b.m.mutable_graph()->mutable_initializer(0)->mutable_raw_data()->at(0) ^= 1;  // other weights
   Builder c = small_classifier(1, {1, 1, 1, 1});
   Builder::ints(c.m.mutable_graph()->mutable_node(3), "pads", {0, 0, 0, 0});  // another graph
+  Builder d = small_classifier(1, {0, 0, 0, 0});  // only an attribute's value differs: the conv's pads
   const fs::path pa = a.write("elastic_hash_a.onnx"), pb = b.write("elastic_hash_b.onnx"),
-                 pc = c.write("elastic_hash_c.onnx");
+                 pc = c.write("elastic_hash_c.onnx"), pd = d.write("elastic_hash_d.onnx");
   Context ctx(1);
   const ModelOptions o{.num_classes = 5, .input_size = 8, .batch = 2};
-  onnx_import::ImportReport ra, rb, rc;
+  onnx_import::ImportReport ra, rb, rc, rd;
   onnx_import::import_model(pa, ctx, o, {}, &ra);
   onnx_import::import_model(pb, ctx, o, {}, &rb);
   onnx_import::import_model(pc, ctx, o, {}, &rc);
+  onnx_import::import_model(pd, ctx, o, {}, &rd);
   CHECK(ra.graph_hash == rb.graph_hash);
   CHECK(ra.graph_hash != rc.graph_hash);
-  for (const auto& p : {pa, pb, pc}) fs::remove(p);
+  CHECK(ra.graph_hash != rd.graph_hash);
+  CHECK(rc.graph_hash != rd.graph_hash);
+  for (const auto& p : {pa, pb, pc, pd}) fs::remove(p);
 }
 
 TEST_CASE("shape arithmetic two Reshapes deep (opset 16, Shape with start and end) is computed at import") {

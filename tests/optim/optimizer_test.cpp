@@ -72,7 +72,7 @@ TEST_CASE("SGDW reproduces tfa.optimizers.SGDW under the reference's two cosine 
   CHECK(s3[1].value[1] == doctest::Approx(3.0 * (1 - 0.01 * 0.01)).epsilon(1e-7));
 }
 
-TEST_CASE("Adam: Keras bias correction with a per-param step count") {
+TEST_CASE("Adam: Keras bias correction, step by step") {
   auto s = two_params();
   Adam opt({.beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-7f});
   double w = -2.0, m = 0, v = 0;  // element 1 of a.weight
@@ -87,9 +87,43 @@ TEST_CASE("Adam: Keras bias correction with a per-param step count") {
     w -= lr_t * m / (std::sqrt(v) + 1e-7);
     CHECK(s[0].value[1] == doctest::Approx(w).epsilon(1e-6));
   }
-  // First Adam step moves each element by about lr against its gradient's sign.
   CHECK(opt.state().steps.at("a.weight") == 3);
   CHECK(opt.state().steps.at("a.bias") == 0);
+}
+
+// Keras' Adam: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), w -= lr_t * m / (sqrt(v) + eps), with
+// t the param's own step count. eps = 1e-3 against sqrt(v) ~ 3e-4 makes eps's place count:
+// PyTorch's form (eps added to sqrt(v / (1 - b2^t))) moves b by 0.0091 here instead of
+// 0.0024, and an optimizer-wide count (t = 3 for b's first step) by 0.0015.
+TEST_CASE("Adam: each param's correction counts its own steps, and eps is added to sqrt(v) as Keras adds it") {
+  auto s = two_params();
+  const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-3;
+  Adam opt({.beta1 = float(b1), .beta2 = float(b2), .eps = float(eps)});
+  struct Ref {
+    double w, m = 0, v = 0;
+    int t = 0;
+    void step(double g, double lr, double b1, double b2, double eps) {
+      ++t;
+      m = b1 * m + (1 - b1) * g;
+      v = b2 * v + (1 - b2) * g * g;
+      w -= lr * std::sqrt(1 - std::pow(b2, t)) / (1 - std::pow(b1, t)) * m / (std::sqrt(v) + eps);
+    }
+  };
+  Ref a{.w = 1.0}, b{.w = 0.25};  // element 0 of a.weight and of a.bias
+  for (int t = 0; t < 2; ++t) {   // a alone, twice
+    set_grads(s, 1.0f);
+    opt.step(s, {true, false}, float(lr));
+    a.step(0.1f, lr, b1, b2, eps);
+  }
+  set_grads(s, 0.01f);  // then both: b's first step, a's third
+  opt.step(s, {true, true}, float(lr));
+  a.step(double(0.1f * 0.01f), lr, b1, b2, eps);
+  b.step(double(-1.0f * 0.01f), lr, b1, b2, eps);
+  CHECK(opt.state().steps.at("a.weight") == 3);
+  CHECK(opt.state().steps.at("a.bias") == 1);
+  CHECK(s[0].value[0] == doctest::Approx(a.w).epsilon(1e-6));
+  CHECK(s[1].value[0] == doctest::Approx(b.w).epsilon(1e-6));
+  CHECK(b.w == doctest::Approx(0.25 + 0.0024).epsilon(1e-4));  // the figure the comment above gives
 }
 
 TEST_CASE("Adam with weight_decay is AdamW: the weights shrink by weight_decay * lr before the Adam step") {

@@ -128,8 +128,11 @@ TEST_CASE("a torn write leaves the previous checkpoint in place and loadable") {
   Run& a = saved.a;
   const auto& path = saved.path;
   const auto before = all_values(a.model.params());
-  // A writer killed mid-write leaves only a partial temporary file behind.
-  std::ofstream(path.string() + ".tmp", std::ios::binary) << "\x40\x00\x00\x00\x00\x00\x00\x00{\"partial";
+  // A writer killed mid-write leaves only a partial temporary file behind: a header length
+  // (64) and the start of the header.
+  const std::string_view torn("\x40\x00\x00\x00\x00\x00\x00\x00{\"partial", 17);
+  std::ofstream(path.string() + ".tmp", std::ios::binary).write(torn.data(), std::streamsize(torn.size()));
+  REQUIRE(fs::file_size(path.string() + ".tmp") == torn.size());
   Run b;
   load_checkpoint(path, b.model.params());
   CHECK(all_values(b.model.params()) == before);
