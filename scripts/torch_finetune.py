@@ -176,9 +176,8 @@ def check_steps(elastic, model_name, num_classes, size, model, images, labels, s
         ours = got[f"param/{name}"].reshape(change.shape).double() - start[name].detach().double()
         params.append((name, rel_l2(ours, change), rel_l2(yard[name], change)))
     ours_losses = [float(v) for v in got["loss"].reshape(-1)]
-    if len(ours_losses) != steps or len(exact_losses) != steps:
-        raise SystemExit(f"expected {steps} losses from each side, got {len(ours_losses)} from elastic "
-                         f"and {len(exact_losses)} from PyTorch")
+    if len(ours_losses) != steps:
+        raise SystemExit(f"expected {steps} losses from `elastic step`, got {len(ours_losses)}")
     return {"losses": list(zip(ours_losses, exact_losses, yard_losses)), "params": params}
 
 

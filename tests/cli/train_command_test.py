@@ -132,7 +132,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
     if has_bf16:
         # An fp32 profile is refused for a bf16 run, naming the field; a bf16 run trains
-        # elastically with its own profile, time control on, its losses finite and positive.
+        # elastically with its own profile, time control on, its losses between 0 and 10.
         fp32_profile = os.path.join(tmp, "p16.json")
         p = run("profile", "--model_name", "mobilenetv2", "--input_size", "32", "--batch_size", "16",
                 "--num_classes", "10", "--threads", "2", "--out", fp32_profile)
