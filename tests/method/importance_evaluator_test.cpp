@@ -17,41 +17,6 @@ namespace method_importance_evaluator_test {
 using namespace elastic;
 
 namespace {
-// x (1, 2) -> fc1 (2 -> 3) -> fc2 (3 -> 2) -> cross-entropy with label 1.
-Model two_linear(Context& ctx) {
-  auto g = std::make_unique<Graph>(ctx);
-  const ValueId x = g->input("x", {1, 2});
-  const ValueId h = g->add<Linear>({x}, "fc1", LinearOptions{.in_features = 2, .out_features = 3});
-  const ValueId z = g->add<Linear>({h}, "fc2", LinearOptions{.in_features = 3, .out_features = 2});
-  return finish_model("two_linear", std::move(g), x, z, 5);
-}
-
-// Gradients of the two-layer model in double: returns {dW1 (3x2), db1 (3), dW2 (2x3), db2 (2)} flat.
-std::vector<double> grads(const std::vector<double>& w, const double x[2], int label) {
-  const double* W1 = w.data();
-  const double* b1 = W1 + 6;
-  const double* W2 = b1 + 3;
-  const double* b2 = W2 + 6;
-  double h[3], z[2];
-  for (int i = 0; i < 3; ++i) h[i] = W1[2 * i] * x[0] + W1[2 * i + 1] * x[1] + b1[i];
-  for (int i = 0; i < 2; ++i) z[i] = W2[3 * i] * h[0] + W2[3 * i + 1] * h[1] + W2[3 * i + 2] * h[2] + b2[i];
-  const double m = std::max(z[0], z[1]), e0 = std::exp(z[0] - m), e1 = std::exp(z[1] - m);
-  const double dz[2] = {e0 / (e0 + e1) - (label == 0), e1 / (e0 + e1) - (label == 1)};
-  std::vector<double> g(17, 0.0);
-  double dh[3] = {0, 0, 0};
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 3; ++j) {
-      g[9 + 3 * i + j] = dz[i] * h[j];
-      dh[j] += dz[i] * W2[3 * i + j];
-    }
-  for (int i = 0; i < 2; ++i) g[15 + i] = dz[i];
-  for (int i = 0; i < 3; ++i) {
-    g[2 * i] = dh[i] * x[0];
-    g[2 * i + 1] = dh[i] * x[1];
-    g[6 + i] = dh[i];
-  }
-  return g;
-}
 // x (1, dims[0]) through linears dims[l-1] -> dims[l] (fc1, fc2, ...) to cross-entropy
 // with label 1.
 Model linear_chain(Context& ctx, const std::vector<std::int64_t>& dims) {
@@ -124,12 +89,13 @@ Model small_cnn_on_batch(Context& ctx, std::uint64_t seed) {
 
 TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   Context ctx(1);
-  Model m = two_linear(ctx);
+  const std::vector<std::int64_t> dims{2, 3, 2};  // fc1 (2 -> 3), fc2 (3 -> 2)
+  Model m = linear_chain(ctx, dims);
   auto& ps = m.params();
   std::vector<double> w;
   for (const auto& p : ps.params())
     for (float v : p.values()) w.push_back(v);
-  const double x[2] = {0.7, -1.3};
+  const std::vector<double> x{0.7, -1.3};
   set_point(m, x[0], x[1]);
   const float lr = 0.5f;
   SGDW opt({.momentum = 0.0f, .weight_decay = 0.0f});
@@ -138,10 +104,10 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   const auto scores = eval.evaluate(m, opt, lr, ImportanceMetric::loss_drop, 0, all);
   REQUIRE(scores.size() == 2);
 
-  const auto g0 = grads(w, x, 1);
+  const auto g0 = chain_grads(w, dims, x, 1);
   std::vector<double> w1 = w;
   for (std::size_t i = 0; i < w.size(); ++i) w1[i] -= lr * g0[i];
-  const auto g1 = grads(w1, x, 1);
+  const auto g1 = chain_grads(w1, dims, x, 1);
   double unit[2] = {0, 0};
   for (std::size_t i = 0; i < w.size(); ++i) unit[i < 9 ? 0 : 1] += -g1[i] * (w1[i] - w[i]);
   const double largest = std::max(std::abs(unit[0]), std::abs(unit[1]));
@@ -153,7 +119,7 @@ TEST_CASE("loss-drop importance equals a hand computation on a tiny model") {
   const auto fc2 = eval.evaluate(m, opt, lr, ImportanceMetric::loss_drop, 0, all, {{false, true}, {}});
   std::vector<double> w1_top = w;
   for (std::size_t i = 9; i < w.size(); ++i) w1_top[i] -= lr * g0[i];
-  const auto g1_top = grads(w1_top, x, 1);
+  const auto g1_top = chain_grads(w1_top, dims, x, 1);
   double top = 0;
   for (std::size_t i = 9; i < w.size(); ++i) top += -g1_top[i] * (w1_top[i] - w[i]);
   CHECK(fc2[0] == 0);

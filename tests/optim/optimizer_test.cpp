@@ -25,6 +25,18 @@ void set_grads(ParamStore& s, float scale) {
   for (int i = 0; i < 3; ++i) s[0].grad[i] = gw[i] * scale;
   for (int i = 0; i < 2; ++i) s[1].grad[i] = gb[i] * scale;
 }
+// One element under Keras' Adam, in double: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t),
+// w -= lr_t * m / (sqrt(v) + eps), t the element's own step count.
+struct KerasAdam {
+  double w, m = 0, v = 0;
+  int t = 0;
+  void step(double g, double lr, double b1, double b2, double eps) {
+    ++t;
+    m = b1 * m + (1 - b1) * g;
+    v = b2 * v + (1 - b2) * g * g;
+    w -= lr * std::sqrt(1 - std::pow(b2, t)) / (1 - std::pow(b1, t)) * m / (std::sqrt(v) + eps);
+  }
+};
 std::unique_ptr<Optimizer> make(int which) {
   if (which == 0) return std::make_unique<SGDW>(SGDWOptions{});
   return std::make_unique<Adam>();
@@ -75,42 +87,27 @@ TEST_CASE("SGDW reproduces tfa.optimizers.SGDW under the reference's two cosine 
 TEST_CASE("Adam: Keras bias correction, step by step") {
   auto s = two_params();
   Adam opt({.beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-7f});
-  double w = -2.0, m = 0, v = 0;  // element 1 of a.weight
+  KerasAdam ref{.w = -2.0};  // element 1 of a.weight
   const double grads[] = {-0.3, 0.6, 0.15};
   for (int t = 1; t <= 3; ++t) {
     set_grads(s, float(grads[t - 1] / -0.3));
     opt.step(s, {true, false}, 0.01f);
-    const double g = grads[t - 1];
-    m = 0.9 * m + 0.1 * g;
-    v = 0.999 * v + 0.001 * g * g;
-    const double lr_t = 0.01 * std::sqrt(1 - std::pow(0.999, t)) / (1 - std::pow(0.9, t));
-    w -= lr_t * m / (std::sqrt(v) + 1e-7);
-    CHECK(s[0].value[1] == doctest::Approx(w).epsilon(1e-6));
+    ref.step(grads[t - 1], 0.01, 0.9, 0.999, 1e-7);
+    CHECK(s[0].value[1] == doctest::Approx(ref.w).epsilon(1e-6));
   }
   CHECK(opt.state().steps.at("a.weight") == 3);
   CHECK(opt.state().steps.at("a.bias") == 0);
 }
 
-// Keras' Adam: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), w -= lr_t * m / (sqrt(v) + eps), with
-// t the param's own step count. eps = 1e-3 against sqrt(v) ~ 3e-4 makes eps's place count:
-// PyTorch's form (eps added to sqrt(v / (1 - b2^t))) moves b by 0.0091 here instead of
-// 0.0024, and an optimizer-wide count (t = 3 for b's first step) by 0.0015.
+// Keras' Adam (KerasAdam), with t the param's own step count. eps = 1e-3 against sqrt(v) ~ 3e-4 makes eps's place
+// count: PyTorch's form (eps added to sqrt(v / (1 - b2^t))) moves b by 0.0091 here instead of 0.0024, and an
+// optimizer-wide count (t = 3 for b's first step) by 0.0015.
 TEST_CASE("Adam: each param's correction counts its own steps, and eps is added to sqrt(v) as Keras adds it") {
   auto s = two_params();
   const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-3;
   Adam opt({.beta1 = float(b1), .beta2 = float(b2), .eps = float(eps)});
-  struct Ref {
-    double w, m = 0, v = 0;
-    int t = 0;
-    void step(double g, double lr, double b1, double b2, double eps) {
-      ++t;
-      m = b1 * m + (1 - b1) * g;
-      v = b2 * v + (1 - b2) * g * g;
-      w -= lr * std::sqrt(1 - std::pow(b2, t)) / (1 - std::pow(b1, t)) * m / (std::sqrt(v) + eps);
-    }
-  };
-  Ref a{.w = 1.0}, b{.w = 0.25};  // element 0 of a.weight and of a.bias
-  for (int t = 0; t < 2; ++t) {   // a alone, twice
+  KerasAdam a{.w = 1.0}, b{.w = 0.25};  // element 0 of a.weight and of a.bias
+  for (int t = 0; t < 2; ++t) {         // a alone, twice
     set_grads(s, 1.0f);
     opt.step(s, {true, false}, float(lr));
     a.step(0.1f, lr, b1, b2, eps);
